@@ -1,0 +1,67 @@
+"""Random centre sampling on ragged batches (no Python loop over samples)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._checks import check_batch, check_k, check_ratio, check_tensor
+from .batch import batch_counts, batch_ptr
+
+__all__ = ["per_sample_count", "random_sample"]
+
+
+def per_sample_count(counts: Tensor, ratio: Optional[float], num_points: Optional[int], name: str = "num_points") -> Tensor:
+    """How many points to pick in each sample: ``ceil(ratio * n_b)`` or a fixed count.
+
+    ``counts: [B]`` points per sample -> ``[B]`` picks per sample (0 for empty samples).
+    A fixed ``num_points`` larger than a non-empty sample raises ``ValueError``.
+    """
+    if num_points is not None:
+        num_points = check_k(num_points, name)
+        nonempty = counts > 0
+        if bool((counts[nonempty] < num_points).any()):
+            small = int(counts[nonempty].min())
+            raise ValueError(f"{name}={num_points} is larger than a sample's point count ({small})")
+        return torch.where(nonempty, torch.full_like(counts, num_points), torch.zeros_like(counts))
+    ratio = check_ratio(ratio)
+    # ceil(ratio * n) computed in float64 as torch-cluster does, guarded against 0.5 * 4 -> 2.0000001
+    picks = torch.ceil(counts.double() * ratio - 1e-9).long()
+    return torch.where(counts > 0, picks.clamp(min=1), picks)
+
+
+def random_sample(
+    batch: Tensor,
+    ratio: Optional[float] = 0.5,
+    num_points: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    sort: bool = False,
+) -> Tensor:
+    """Pick a uniformly random subset of points in every sample, without replacement.
+
+    Args:
+        batch: ``[N]`` sorted sample ids of the points.
+        ratio: fraction of each sample to keep, ``ceil(ratio * n_b)`` points
+            (ignored when ``num_points`` is given).
+        num_points: keep exactly this many points per sample.
+        generator: ``torch.Generator`` for reproducible draws (on the batch's device).
+        sort: return each sample's picks in ascending index order instead of draw order.
+
+    Returns:
+        ``[M]`` LongTensor of global point indices, grouped by sample in sample order.
+    """
+    batch = check_tensor(batch, "batch", ndim=1)
+    batch, num_samples = check_batch(batch, batch.numel(), batch.device)
+    counts = batch_counts(batch, num_samples)
+    picks = per_sample_count(counts, ratio, num_points)
+    keys = torch.rand(batch.numel(), generator=generator, device=batch.device, dtype=torch.float64)
+    # sort by (sample, random key): sample ids are integers, keys in [0, 1)
+    order = torch.argsort(batch.double() + keys)
+    ptr = batch_ptr(counts)
+    rank = torch.arange(batch.numel(), device=batch.device) - ptr[batch]
+    chosen = order[rank < picks[batch]]
+    if sort:
+        chosen = torch.sort(chosen).values
+    return chosen
+
