@@ -1,0 +1,34 @@
+"""Model registry in the timm manner: ``register_model``, ``create_model``, ``list_models``."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable, Dict, List
+
+from torch import nn
+
+__all__ = ["register_model", "create_model", "list_models"]
+
+_MODELS: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register a model constructor under its function name."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> List[str]:
+    """Registered model names matching a shell-style ``pattern``, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model: ``create_model("coc_tiny", num_classes=10)``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name not in _MODELS:
+        raise ValueError(f"unknown model name {name!r}; available: {', '.join(list_models())}")
+    return _MODELS[name](**kwargs)
