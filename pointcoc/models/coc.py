@@ -1,0 +1,212 @@
+"""Context Cluster (CoC) classifiers in points mode (SPEC section 3).
+
+The network sees a point batch (``x [N, C]``, ``pos [N, P]``, ``batch [N]``). On full
+image grids (``pc.image_to_points`` of whole images) the reducers use grid windows
+and the clusters the grid proposal, which reproduces the grid reference
+(:mod:`pointcoc.grid`) number for number. On any other point set - discrete or
+masked pixels, RGB-D points, point clouds - the reducers use FPS anchors with kNN
+neighbours and the clusters FPS (or random) centres, with regions tiling each
+sample's bounding box. The weights are the same in both modes.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_batch, check_positions, check_tensor
+from ..grid.models import VARIANTS, CocConfig
+from ..nn.cluster_plan import ClusterPlan
+from ..nn.context_cluster import ContextCluster
+from ..nn.geometry import PointGeometry
+from ..nn.layers import DropPath, Mlp
+from ..nn.norm import PointGroupNorm, segment_mean
+from ..nn.reducer import PointReducer
+from .registry import register_model
+
+__all__ = ["CocBlock", "ContextClusterNet", "PointsInput", "as_point_batch", "register_coc_variant"]
+
+PointsInput = Any  # torch_geometric Data/Batch, or any object with x, pos, batch (pixel, grid_size optional)
+
+
+def as_point_batch(points: PointsInput) -> Tuple[Tensor, PointGeometry]:
+    """Features and geometry of a point batch (a PyG ``Data``/``Batch`` or look-alike).
+
+    A ``[B, C, H, W]`` / ``[C, H, W]`` image tensor is converted with ``pc.image_to_points``.
+    """
+    if isinstance(points, Tensor):
+        from ..points import image_to_points
+
+        points = image_to_points(points)
+    x = getattr(points, "x", None)
+    pos = getattr(points, "pos", None)
+    if x is None or pos is None:
+        raise TypeError("points must carry x [N, C] and pos [N, P] (e.g. the output of pc.image_to_points)")
+    x = check_tensor(x, "points.x", ndim=2)
+    pos = check_positions(pos, "points.pos")
+    if x.size(0) != pos.size(0):
+        raise ValueError(f"points.x has {x.size(0)} rows but points.pos has {pos.size(0)}")
+    batch, num_samples = check_batch(getattr(points, "batch", None), x.size(0), x.device, "points.batch")
+    pixel = getattr(points, "pixel", None)
+    grid_size = getattr(points, "grid_size", None)
+    if grid_size is not None:
+        grid_size = grid_size.view(-1, 2)
+        if grid_size.size(0) != num_samples:
+            pixel = grid_size = None  # sizes do not describe these samples: treat as a plain point set
+    return x, PointGeometry(pos=pos, batch=batch, num_samples=num_samples, pixel=pixel, grid_size=grid_size)
+
+
+class CocBlock(nn.Module):
+    """MetaFormer block: ``x + ls1 * Cluster(GN(x))``, then ``x + ls2 * MLP(GN(x))`` on ``x: [N, dim]``."""
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float,
+        heads: int,
+        head_dim: int,
+        centres: int,
+        folds: int,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 1e-5,
+        normalize: str = "similarity",
+    ) -> None:
+        super().__init__()
+        self.norm1 = PointGroupNorm(dim)
+        self.token_mixer = ContextCluster(
+            dim, dim, heads=heads, head_dim=head_dim, proposal="grid", centres=(centres, centres), regions=folds,
+            normalize=normalize,
+        )
+        self.norm2 = PointGroupNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
+        self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, geo: PointGeometry, plan: ClusterPlan) -> Tensor:
+        b, B, u = geo.batch, geo.num_samples, geo.uniform
+        x = x + self.drop_path(self.layer_scale_1 * self.token_mixer(self.norm1(x, b, B, u), plan=plan), b, B)
+        return x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x, b, B, u)), b, B)
+
+
+class ContextClusterNet(nn.Module):
+    """CoC classifier on point sets.
+
+    Args:
+        config: the variant's architecture (:data:`pointcoc.grid.models.VARIANTS`).
+        num_classes: classifier outputs.
+        in_chans: point feature channels (3 for RGB); the network input is ``[x, pos]``.
+        pos_dim: position coordinates (2 for images, 3 for point clouds / back-projected RGB-D).
+        drop_path_rate: stochastic depth, growing linearly over the blocks.
+        layer_scale_init_value: initial layer scale.
+        normalize: cluster aggregation normalisation (``"similarity"`` or ``"count"``).
+        mode: ``"auto"`` (grid mode on full image grids, point mode otherwise), ``"grid"`` or ``"point"``.
+        point_proposal: centre proposal in point mode: ``"fps"`` or ``"random"``.
+        point_regions: use the variant's regions (bounding-box tiles) in point mode; if False
+            each sample is one region.
+
+    ``forward(points)`` -> logits ``[B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        config: CocConfig,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        pos_dim: int = 2,
+        drop_path_rate: float = 0.0,
+        layer_scale_init_value: float = 1e-5,
+        normalize: str = "similarity",
+        mode: str = "auto",
+        point_proposal: str = "fps",
+        point_regions: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in ("auto", "grid", "point"):
+            raise ValueError(f"mode must be 'auto', 'grid' or 'point', got {mode!r}")
+        if point_proposal not in ("fps", "random"):
+            raise ValueError(f"point_proposal must be 'fps' or 'random', got {point_proposal!r}")
+        self.config, self.num_classes, self.in_chans, self.pos_dim = config, num_classes, in_chans, pos_dim
+        self.mode, self.point_proposal, self.point_regions = mode, point_proposal, point_regions
+        dims = config.dims
+        self.patch_embed = PointReducer(in_chans + pos_dim, dims[0], 4, 4, 0)
+        total = sum(config.layers)
+        rates = torch.linspace(0, drop_path_rate, total).tolist() if total > 1 else [drop_path_rate] * total
+        network: List[nn.Module] = []
+        start = 0
+        for s, depth in enumerate(config.layers):
+            network.append(
+                nn.ModuleList(
+                    CocBlock(
+                        dims[s], config.mlp_ratios[s], config.heads[s], config.head_dim, config.proposals[s],
+                        config.folds[s], rates[start + j], layer_scale_init_value, normalize,
+                    )
+                    for j in range(depth)
+                )
+            )
+            start += depth
+            if s + 1 < len(config.layers):
+                network.append(PointReducer(dims[s], dims[s + 1], 3, 2, 1))
+        self.network = nn.ModuleList(network)
+        self.norm = PointGroupNorm(dims[-1])
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def stage_plan(self, stage: nn.ModuleList, geo: PointGeometry, grid_mode: bool) -> ClusterPlan:
+        """The cluster plan shared by every block of a stage."""
+        mixer: ContextCluster = stage[0].token_mixer
+        if grid_mode:
+            return mixer.make_plan(geo.pos, geo.batch, pixel=geo.pixel, grid_size=geo.grid_size)
+        folds = mixer.regions if self.point_regions else 1
+        return mixer.make_plan(
+            geo.pos, geo.batch, proposal=self.point_proposal, regions=folds, random_start=self.training
+        )
+
+    def forward_features(self, points: PointsInput) -> Tuple[Tensor, PointGeometry]:
+        """Last-stage point features ``[M, dims[-1]]`` (normalised) and their geometry."""
+        x, geo = as_point_batch(points)
+        if x.size(1) != self.in_chans:
+            raise ValueError(f"points.x must have in_chans={self.in_chans} channels, got {x.size(1)}")
+        if geo.pos.size(1) != self.pos_dim:
+            raise ValueError(f"points.pos must have pos_dim={self.pos_dim} coordinates, got {geo.pos.size(1)}")
+        grid_mode = self.mode == "grid" or (self.mode == "auto" and geo.is_full_grid)
+        if grid_mode and geo.pixel is None:
+            raise ValueError("mode='grid' needs image points with pixel and grid_size (pc.image_to_points)")
+        reduce_mode = "grid" if grid_mode else "knn"
+        x = torch.cat([x, geo.pos.to(x.dtype)], dim=1)
+        x, geo = self.patch_embed(x, geo, reduce_mode, random_start=self.training)
+        for layer in self.network:
+            if isinstance(layer, PointReducer):
+                x, geo = layer(x, geo, reduce_mode, random_start=self.training)
+            else:
+                plan = self.stage_plan(layer, geo, grid_mode)
+                for block in layer:
+                    x = block(x, geo, plan)
+        return self.norm(x, geo.batch, geo.num_samples, geo.uniform), geo
+
+    def forward(self, points: PointsInput) -> Tensor:
+        x, geo = self.forward_features(points)
+        return self.head(segment_mean(x, geo.batch, geo.num_samples, geo.counts))
+
+
+def register_coc_variant(name: str, config: CocConfig) -> None:
+    """Register ``name`` as a points-mode CoC model built from ``config``."""
+
+    def build(num_classes: int = 1000, **kwargs: Any) -> ContextClusterNet:
+        return ContextClusterNet(config, num_classes=num_classes, **kwargs)
+
+    build.__name__ = name
+    build.__doc__ = f"Points-mode {name} (SPEC section 3)."
+    register_model(build)
+
+
+for _name, _config in VARIANTS.items():
+    register_coc_variant(_name, _config)

@@ -1,0 +1,222 @@
+"""The context-cluster operation on point sets (SPEC section 2).
+
+One code path serves point clouds, discrete or masked pixels, RGB-D points and
+grid images: the geometry lives in a :class:`~pointcoc.nn.cluster_plan.ClusterPlan`,
+the features flow through scatter-add and gather over centre ids. Nothing of
+size points x centres x channels is allocated: the hard assignment is an argmax
+computed without gradient (chunked), and only the assigned similarity is
+recomputed with gradient, which gives the reference's values and gradients.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_float, check_tensor
+from .cluster_plan import PROPOSALS, ClusterPlan, make_plan
+
+__all__ = ["context_cluster", "assign_centres", "ContextCluster", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("similarity", "count")
+
+# largest similarity block evaluated at once by the no-grad argmax (elements)
+_SIM_CHUNK = 1 << 24
+
+
+def _centre_means(feats: Tensor, plan: ClusterPlan) -> Tensor:
+    """Mean of every centre's members. ``feats: [N, H, D]`` -> ``[G * c, H, D]``."""
+    src = feats if plan.member_point is None else feats[plan.member_point]
+    sums = feats.new_zeros((plan.num_groups * plan.num_centres,) + tuple(feats.shape[1:]))
+    sums = sums.index_add(0, plan.member_centre, src)
+    count = plan.centre_count.clamp(min=1).to(feats.dtype)
+    return sums / count.view(-1, *([1] * (feats.dim() - 1)))
+
+
+@torch.no_grad()
+def assign_centres(fn: Tensor, cn: Tensor, plan: ClusterPlan, alpha: Tensor, beta: Tensor) -> Tensor:
+    """Hard assignment ``a(i) = argmax_j sigmoid(beta + alpha * cos(f_i, c_j))`` per head.
+
+    Args:
+        fn: ``[N, H, d]`` L2-normalised point features.
+        cn: ``[G, c, H, d]`` L2-normalised centre features.
+        plan: the layer's plan.
+
+    Returns:
+        ``[N, H]`` local centre index (ties: the lowest index, as ``torch.max``).
+    """
+    G, c, H, d = cn.shape
+    N = fn.size(0)
+    if c == 1:
+        return torch.zeros(N, H, dtype=torch.long, device=fn.device)
+    L = plan.max_group_size
+    if plan.dense_index is None:
+        dense = fn.view(G, L, H, d)
+    else:
+        dense = fn.new_zeros(G * L, H, d)
+        dense[plan.dense_index] = fn
+        dense = dense.view(G, L, H, d)
+    invalid = None if plan.centre_valid is None else ~plan.centre_valid  # [G, c]
+    out = torch.empty(G, L, H, dtype=torch.long, device=fn.device)
+    step = max(1, _SIM_CHUNK // max(1, G * H * c))
+    cT = cn.permute(0, 2, 3, 1)  # [G, H, d, c]
+    for s in range(0, L, step):
+        blk = dense[:, s : s + step].transpose(1, 2)  # [G, H, l, d]
+        sim = torch.sigmoid(beta + alpha * torch.matmul(blk, cT))  # [G, H, l, c]
+        if invalid is not None:
+            sim.masked_fill_(invalid[:, None, None, :], float("-inf"))
+        out[:, s : s + step] = sim.argmax(-1).transpose(1, 2)
+    out = out.view(G * L, H)
+    return out if plan.dense_index is None else out[plan.dense_index]
+
+
+def context_cluster(
+    f: Tensor,
+    v: Tensor,
+    plan: ClusterPlan,
+    alpha: Tensor,
+    beta: Tensor,
+    normalize: str = "similarity",
+) -> Tuple[Tensor, Tensor]:
+    """Cluster, aggregate and dispatch (SPEC section 2, steps 2-6, before the projection).
+
+    Args:
+        f: ``[N, H, d]`` similarity-space features (``H`` heads).
+        v: ``[N, H, d]`` value-space features.
+        plan: segments and centre memberships (:func:`~pointcoc.nn.cluster_plan.make_plan`).
+        alpha, beta: ``[1]`` similarity scale and shift.
+        normalize: ``"similarity"`` (divide by ``1 + sum s``, the paper) or ``"count"``
+            (``1 + #points``, the older reference).
+
+    Returns:
+        ``out [N, H, d]`` dispatched features and ``assignment [N, H]`` (global centre id
+        ``group * c + j``).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    N, H, d = f.shape
+    c = plan.num_centres
+    means = _centre_means(torch.cat([f, v], dim=-1), plan)  # [G*c, H, 2d]
+    cf, vc = means[..., :d], means[..., d:]
+    fn = F.normalize(f, dim=-1)
+    cn = F.normalize(cf, dim=-1)
+    local = assign_centres(fn.detach(), cn.detach().view(plan.num_groups, c, H, d), plan, alpha.detach(), beta.detach())
+    centre = plan.group[:, None] * c + local  # [N, H]
+    slot = (centre * H + torch.arange(H, device=f.device)).view(-1)  # row of [G*c*H, ...]
+    cos = (fn * cn.reshape(-1, d)[slot].view(N, H, d)).sum(-1)
+    s = torch.sigmoid(beta + alpha * cos)  # [N, H] similarity to the assigned centre
+    num = vc.reshape(-1, d).index_add(0, slot, (s.unsqueeze(-1) * v).view(-1, d))
+    weight = s.reshape(-1) if normalize == "similarity" else torch.ones_like(s).view(-1)
+    den = weight.new_ones(num.size(0)).index_add(0, slot, weight)
+    agg = num / den.unsqueeze(-1)
+    out = s.unsqueeze(-1) * agg[slot].view(N, H, d)
+    return out, centre
+
+
+class ContextCluster(nn.Module):
+    """Context-cluster token mixer on point sets.
+
+    Args:
+        dim: input channels ``C``.
+        out_dim: output channels (default ``dim``).
+        heads, head_dim: heads split the ``heads * head_dim`` channels of ``f``/``v``.
+        proposal: ``"grid"``, ``"fps"``, ``"random"``, ``"index"`` or ``"mean"``.
+        centres: centres per region (``(rows, cols)`` grid bins, or a count).
+        regions: folds per axis (``1`` = the whole sample is one region).
+        k: points averaged into each point-proposed centre (``None``: automatic).
+        normalize: ``"similarity"`` (paper) or ``"count"`` (older reference).
+
+    Parameters: ``f``, ``v`` (Linear ``dim -> heads*head_dim``), ``proj``
+    (``heads*head_dim -> out_dim``), ``sim_alpha`` (init 1), ``sim_beta`` (init 0).
+
+    ``forward(x [N, C], pos [N, P], batch [N], plan=...)`` returns ``[N, out_dim]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: Optional[int] = None,
+        heads: int = 4,
+        head_dim: int = 24,
+        proposal: str = "grid",
+        centres: Union[int, Tuple[int, int]] = 2,
+        regions: Optional[Union[int, Sequence[int]]] = 1,
+        k: Optional[int] = None,
+        normalize: str = "similarity",
+    ) -> None:
+        super().__init__()
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        out_dim = out_dim or dim
+        self.heads, self.head_dim = heads, head_dim
+        self.proposal, self.centres, self.regions, self.k = proposal, centres, regions, k
+        self.normalize = normalize
+        self.f = nn.Linear(dim, heads * head_dim)
+        self.v = nn.Linear(dim, heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, out_dim)
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+        self.record_assignment = False
+        self.last_assignment: Optional[Tensor] = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.heads}, head_dim={self.head_dim}, proposal={self.proposal!r}, centres={self.centres}, "
+            f"regions={self.regions}, k={self.k}, normalize={self.normalize!r}"
+        )
+
+    def make_plan(
+        self,
+        pos: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        *,
+        pixel: Optional[Tensor] = None,
+        grid_size: Optional[Tensor] = None,
+        index: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        random_start: bool = False,
+        proposal: Optional[str] = None,
+        regions: Optional[Union[int, Sequence[int]]] = None,
+    ) -> ClusterPlan:
+        """The plan of this layer for a point set (``proposal``/``regions`` override the layer's)."""
+        return make_plan(
+            pos,
+            batch,
+            proposal=proposal or self.proposal,
+            centres=self.centres,
+            regions=self.regions if regions is None else regions,
+            k=self.k,
+            pixel=pixel,
+            grid_size=grid_size,
+            index=index,
+            generator=generator,
+            random_start=random_start,
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        plan: Optional[ClusterPlan] = None,
+        **plan_kwargs,
+    ) -> Tensor:
+        """``x: [N, C]`` -> ``[N, out_dim]``; builds a plan from ``pos``/``batch`` unless given."""
+        x = check_float(check_tensor(x, "x", ndim=2), "x")
+        if plan is None:
+            if pos is None and batch is None:
+                batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+            plan = self.make_plan(pos, batch, **plan_kwargs)
+        if plan.num_points != x.size(0):
+            raise ValueError(f"x has {x.size(0)} points but the plan was built for {plan.num_points}")
+        N = x.size(0)
+        f = self.f(x).view(N, self.heads, self.head_dim)
+        v = self.v(x).view(N, self.heads, self.head_dim)
+        out, centre = context_cluster(f, v, plan, self.sim_alpha, self.sim_beta, self.normalize)
+        if self.record_assignment:
+            self.last_assignment = centre.detach()
+        return self.proj(out.reshape(N, self.heads * self.head_dim))

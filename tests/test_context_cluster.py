@@ -1,0 +1,118 @@
+"""The points-mode context-cluster operation against the grid reference and brute force."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import pointcoc as pc
+from pointcoc.grid.cluster import Cluster
+from pointcoc.nn.context_cluster import ContextCluster
+from tests.helpers import DEVICES, grid_points
+
+
+def _copy_grid_weights(grid: Cluster, layer: ContextCluster) -> None:
+    with torch.no_grad():
+        for name in ("f", "v", "proj"):
+            getattr(layer, name).weight.copy_(getattr(grid, name).weight.flatten(1))
+            getattr(layer, name).bias.copy_(getattr(grid, name).bias)
+        layer.sim_alpha.copy_(grid.sim_alpha)
+        layer.sim_beta.copy_(grid.sim_beta)
+
+
+def _grid_vs_points(fold, centres, heads, size=(56, 56), batch=1, dim=4, head_dim=3, normalize="similarity",
+                    device="cpu", alpha=None):
+    torch.manual_seed(fold * 100 + centres * 10 + heads)
+    H, W = size
+    grid = Cluster(dim, dim + 1, centres, centres, fold, fold, heads, head_dim, normalize).double().to(device)
+    layer = ContextCluster(dim, dim + 1, heads, head_dim, "grid", (centres, centres), fold,
+                           normalize=normalize).double().to(device)
+    with torch.no_grad():  # non-trivial similarity parameters
+        grid.sim_alpha.fill_(1.7 if alpha is None else alpha)
+        grid.sim_beta.fill_(-0.3)
+    _copy_grid_weights(grid, layer)
+    img = torch.randn(batch, dim, H, W, dtype=torch.float64, device=device, requires_grad=True)
+    pts = grid_points(img.detach())
+    x = pts.x.clone().requires_grad_(True)
+    ref = grid(img)
+    out = layer(x, pts.pos, pts.batch, pixel=pts.pixel, grid_size=pts.grid_size)
+    ref_pts = ref.permute(0, 2, 3, 1).reshape(-1, dim + 1)
+    torch.testing.assert_close(out, ref_pts, rtol=0, atol=1e-10)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g.view(batch, H, W, dim + 1).permute(0, 3, 1, 2))
+    torch.testing.assert_close(x.grad, img.grad.permute(0, 2, 3, 1).reshape(-1, dim), rtol=0, atol=1e-10)
+    for name in ("f", "v", "proj"):
+        for p in ("weight", "bias"):
+            gp = getattr(getattr(grid, name), p).grad
+            torch.testing.assert_close(getattr(getattr(layer, name), p).grad, gp.reshape(gp.size(0), -1).squeeze(-1)
+                                       if p == "weight" else gp, rtol=0, atol=1e-10)
+    for p in ("sim_alpha", "sim_beta"):
+        torch.testing.assert_close(getattr(layer, p).grad, getattr(grid, p).grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("fold,centres", list(itertools.product([1, 2, 4, 7, 8], [1, 2, 3, 4, 5, 7])))
+def test_grid_equivalence_float64(fold, centres, heads):
+    _grid_vs_points(fold, centres, heads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grid_equivalence_count_normalisation_and_negative_alpha(device):
+    _grid_vs_points(2, 3, 2, size=(12, 18), normalize="count", device=device)
+    _grid_vs_points(2, 2, 2, size=(12, 12), alpha=-2.0, device=device)
+
+
+def _brute_force(f, v, group, centre_members, alpha, beta):
+    """Dense float64 oracle: points x centres similarity with a 0/1 mask, per group and head."""
+    N, H, d = f.shape
+    out = torch.zeros_like(v)
+    for g in group.unique():
+        pts = (group == g).nonzero().flatten()
+        mem = centre_members[int(g)]
+        for h in range(H):
+            cf = torch.stack([f[m, h].mean(0) for m in mem])
+            cv = torch.stack([v[m, h].mean(0) for m in mem])
+            cos = torch.nn.functional.normalize(f[pts, h], dim=-1) @ torch.nn.functional.normalize(cf, dim=-1).T
+            sim = torch.sigmoid(beta + alpha * cos)  # [n, c]
+            mask = torch.zeros_like(sim).scatter_(1, sim.argmax(1, keepdim=True), 1.0)
+            sim = sim * mask
+            agg = (sim.T @ v[pts, h] + cv) / (sim.sum(0)[:, None] + 1)
+            out[pts, h] = sim @ agg
+    return out
+
+
+def test_mean_proposal_matches_brute_force():
+    torch.manual_seed(0)
+    sizes = [5, 1, 8]
+    group = torch.arange(3).repeat_interleave(torch.tensor(sizes))
+    f = torch.randn(14, 2, 3, dtype=torch.float64)
+    v = torch.randn(14, 2, 3, dtype=torch.float64)
+    plan = pc.nn.make_plan(None, group, proposal="mean", regions=None)
+    out, centre = pc.nn.context_cluster(f, v, plan, torch.tensor([1.3], dtype=torch.float64),
+                                        torch.tensor([0.2], dtype=torch.float64))
+    members = {g: [(group == g).nonzero().flatten()] for g in range(3)}
+    torch.testing.assert_close(out, _brute_force(f, v, group, members, 1.3, 0.2), rtol=0, atol=1e-12)
+    assert torch.equal(centre, group[:, None].expand(14, 2))
+
+
+def test_index_proposal_matches_brute_force():
+    torch.manual_seed(1)
+    pos = torch.rand(20, 2, dtype=torch.float64)
+    batch = torch.tensor([0] * 12 + [1] * 8)
+    f = torch.randn(20, 2, 4, dtype=torch.float64)
+    v = torch.randn(20, 2, 4, dtype=torch.float64)
+    index = torch.tensor([3, 0, 7, 15, 12])
+    plan = pc.nn.make_plan(pos, batch, proposal="index", index=index, k=3, regions=None)
+    assert plan.num_centres == 3 and plan.centre_valid is not None
+    out, _ = pc.nn.context_cluster(f, v, plan, torch.tensor([2.0], dtype=torch.float64),
+                                   torch.tensor([-0.5], dtype=torch.float64))
+    members = {}
+    for g, props in ((0, [3, 0, 7]), (1, [15, 12])):
+        pts = (batch == g).nonzero().flatten()
+        members[g] = []
+        for p in props:
+            d = ((pos[pts] - pos[p]) ** 2).sum(1)
+            members[g].append(pts[torch.argsort(d, stable=True)[:3]])
+    torch.testing.assert_close(out, _brute_force(f, v, batch, members, 2.0, -0.5), rtol=0, atol=1e-12)
