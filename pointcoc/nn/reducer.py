@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import fps, knn_padded
+from .. import ops
 from ..ops.batch import batch_ptr
 from .geometry import PointGeometry
 
@@ -132,9 +132,9 @@ class PointReducer(nn.Module):
             index, new = grid_windows(geo, self.kernel, self.stride, self.padding)
         elif mode == "knn":
             ratio = 1.0 / (self.stride[0] * self.stride[1])
-            anchors = fps(geo.pos, geo.batch, ratio=ratio, random_start=random_start, generator=generator)
+            anchors = ops.fps(geo.pos, geo.batch, ratio=ratio, random_start=random_start, generator=generator)
             k = self.kernel[0] * self.kernel[1]
-            index, _ = knn_padded(geo.pos, geo.pos[anchors], k, geo.batch, geo.batch[anchors])
+            index, _ = ops.knn_padded(geo.pos, geo.pos[anchors], k, geo.batch, geo.batch[anchors])
             new = PointGeometry(pos=geo.pos[anchors], batch=geo.batch[anchors], num_samples=geo.num_samples)
         else:
             raise ValueError(f"mode must be 'grid' or 'knn', got {mode!r}")

@@ -1,0 +1,172 @@
+"""Points-mode CoC models: equivalence with the grid reference, parameter counts, point sets of every kind."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pointcoc as pc
+from pointcoc.nn.context_cluster import ContextCluster
+from tests.helpers import DEVICES
+
+PARAMS = {
+    "coc_tiny": 5_570_584,
+    "coc_tiny2": 5_570_584,
+    "coc_tiny_plain": 5_570_584,
+    "coc_small": 14_657_024,
+    "coc_medium": 29_290_520,
+}
+# smallest image side each variant's grid reference accepts below 224 (folds must divide every stage)
+SMALL = {"coc_tiny": 64, "coc_tiny2": 112, "coc_tiny_plain": 64, "coc_small": 64, "coc_medium": 64}
+
+
+def _pair(name, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    grid = pc.grid.create_model(name, **kw).to(dtype).eval()
+    with torch.no_grad():  # layer scales of 1e-5 would hide the clusters: make every branch count
+        for n, p in grid.named_parameters():
+            if "layer_scale" in n:
+                p.uniform_(0.5, 1.0)
+            if "sim_alpha" in n:
+                p.uniform_(0.5, 2.0)
+            if "sim_beta" in n:
+                p.uniform_(-0.5, 0.5)
+    points = pc.create_model(name, **kw).to(dtype).eval()
+    points.load_state_dict(pc.convert_official_state_dict(name, grid.state_dict()))
+    return grid, points
+
+
+def test_registry_lists_every_variant():
+    assert set(PARAMS) <= set(pc.list_models())
+    with pytest.raises(ValueError, match="name"):
+        pc.create_model("coc_huge")
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts(name):
+    assert sum(p.numel() for p in pc.create_model(name).parameters()) == PARAMS[name]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_points_mode_equals_grid_model_float64(name):
+    grid, points = _pair(name)
+    side = SMALL[name]
+    images = torch.rand(2, 3, side, side, dtype=torch.float64)
+    torch.testing.assert_close(points(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_points_mode_equals_grid_model_224():
+    grid, points = _pair("coc_tiny")
+    images = torch.rand(1, 3, 224, 224, dtype=torch.float64)
+    torch.testing.assert_close(points(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
+    grid32, points32 = grid.float(), points.float()
+    ref = grid32(images.float())
+    torch.testing.assert_close(points32(pc.image_to_points(images.float())), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_gradients_match_grid_model():
+    grid, points = _pair("coc_tiny")
+    grid.train(), points.train()
+    images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    grid(images).square().sum().backward()
+    points(pc.image_to_points(images)).square().sum().backward()
+    ref = dict(grid.named_parameters())
+    for n, p in points.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n].grad.view_as(p.grad), rtol=0, atol=1e-10, msg=n)
+
+
+def test_ragged_batch_of_sizes_equals_each_image_alone():
+    grid, points = _pair("coc_tiny")
+    a, b = torch.rand(3, 64, 64, dtype=torch.float64), torch.rand(3, 32, 64, dtype=torch.float64)
+    batched = points(pc.image_to_points([a, b]))
+    torch.testing.assert_close(batched[0], grid(a[None])[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(batched[1], grid(b[None])[0], rtol=0, atol=1e-10)
+
+
+def _check_backward(model, points):
+    model.train()
+    out = model(points)
+    assert torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("proposal", ["fps", "random"])
+@pytest.mark.parametrize("regions", [True, False])
+def test_runs_on_discrete_masked_and_point_clouds(device, proposal, regions):
+    torch.manual_seed(0)
+    kw = dict(num_classes=7, point_proposal=proposal, point_regions=regions)
+    model = pc.create_model("coc_tiny", **kw).to(device)
+    images = torch.rand(2, 3, 48, 40, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    discrete = pc.sample_pixels(pc.image_to_points(images), ratio=0.5, generator=g)
+    _check_backward(model, discrete)
+    mask = torch.rand(2, 48, 40, device=device) > torch.tensor([0.3, 0.6], device=device)[:, None, None]
+    masked = pc.image_to_points(images, mask=mask)
+    assert masked.ptr[1] != masked.ptr[2] - masked.ptr[1]  # ragged
+    assert _check_backward(model, masked).shape == (2, 7)
+    cloud_model = pc.create_model("coc_tiny", pos_dim=3, in_chans=1, **kw).to(device)
+    n = torch.tensor([900, 700])
+    xyz = torch.randn(int(n.sum()), 3, device=device)
+    pts = SimpleNamespace(x=xyz.norm(dim=1, keepdim=True), pos=xyz,
+                          batch=torch.arange(2, device=device).repeat_interleave(n.to(device)))
+    assert _check_backward(cloud_model, pts).shape == (2, 7)
+
+
+def test_point_mode_ragged_batch_equals_each_sample_alone():
+    torch.manual_seed(0)
+    model = pc.create_model("coc_tiny", num_classes=5).double().eval()
+    images = torch.rand(2, 3, 40, 40, dtype=torch.float64)
+    mask = torch.rand(2, 40, 40) > torch.tensor([0.2, 0.5])[:, None, None]
+    both = model(pc.image_to_points(images, mask=mask))
+    for i in range(2):
+        alone = model(pc.image_to_points(images[i : i + 1], mask=mask[i : i + 1]))
+        torch.testing.assert_close(both[i], alone[0], rtol=0, atol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    sizes=st.lists(st.integers(3, 30), min_size=1, max_size=3),
+    regions=st.sampled_from([1, 2]),
+    heads=st.sampled_from([1, 3]),
+    seed=st.integers(0, 2**16),
+)
+def test_permutation_and_batching_properties(sizes, regions, heads, seed):
+    """Permuting points (and the proposal indices with them) permutes outputs; a batch equals its samples."""
+    g = torch.Generator().manual_seed(seed)
+    layer = ContextCluster(4, 5, heads=heads, head_dim=2, proposal="index", regions=regions, k=3).double()
+    counts = torch.tensor(sizes)
+    batch = torch.arange(len(sizes)).repeat_interleave(counts)
+    N = int(counts.sum())
+    x = torch.randn(N, 4, generator=g, dtype=torch.float64)
+    pos = torch.rand(N, 2, generator=g, dtype=torch.float64)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    index = torch.cat([ptr[b] + torch.randperm(sizes[b], generator=g)[: min(3, sizes[b])] for b in range(len(sizes))])
+    out = layer(x, pos, batch, index=index)
+    # batching: each sample alone
+    for b in range(len(sizes)):
+        sl = slice(int(ptr[b]), int(ptr[b + 1]))
+        sel = index[(index >= ptr[b]) & (index < ptr[b + 1])] - ptr[b]
+        alone = layer(x[sl], pos[sl], None, index=sel)
+        torch.testing.assert_close(out[sl], alone, rtol=0, atol=1e-10)
+    # permutation inside samples (batch stays sorted)
+    perm = torch.cat([ptr[b] + torch.randperm(sizes[b], generator=g) for b in range(len(sizes))])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(N)
+    out_p = layer(x[perm], pos[perm], batch, index=inv[index])
+    torch.testing.assert_close(out_p, out[perm], rtol=0, atol=1e-10)
+
+
+def test_model_bad_input():
+    model = pc.create_model("coc_tiny")
+    with pytest.raises(TypeError, match="points"):
+        model(object())
+    with pytest.raises(ValueError, match="in_chans"):
+        model(pc.image_to_points(torch.rand(1, 4, 32, 32)))
