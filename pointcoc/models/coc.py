@@ -130,7 +130,7 @@ class ContextClusterNet(nn.Module):
         self.config, self.num_classes, self.in_chans, self.pos_dim = config, num_classes, in_chans, pos_dim
         self.mode, self.point_proposal, self.point_regions = mode, point_proposal, point_regions
         dims = config.dims
-        self.patch_embed = PointReducer(in_chans + pos_dim, dims[0], 4, 4, 0)
+        self.patch_embed = PointReducer(in_chans + pos_dim, dims[0], *config.stem)
         total = sum(config.layers)
         rates = torch.linspace(0, drop_path_rate, total).tolist() if total > 1 else [drop_path_rate] * total
         network: List[nn.Module] = []
@@ -147,11 +147,14 @@ class ContextClusterNet(nn.Module):
             )
             start += depth
             if s + 1 < len(config.layers):
-                network.append(PointReducer(dims[s], dims[s + 1], 3, 2, 1))
+                network.append(PointReducer(dims[s], dims[s + 1], *config.downsample))
         self.network = nn.ModuleList(network)
         self.norm = PointGroupNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        # set record_geometry = True to keep every stage's PointGeometry of the last forward (visualisation)
+        self.record_geometry = False
+        self.stage_geometry: List[PointGeometry] = []
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -183,10 +186,13 @@ class ContextClusterNet(nn.Module):
         reduce_mode = "grid" if grid_mode else "knn"
         x = torch.cat([x, geo.pos.to(x.dtype)], dim=1)
         x, geo = self.patch_embed(x, geo, reduce_mode, random_start=self.training)
+        self.stage_geometry = []
         for layer in self.network:
             if isinstance(layer, PointReducer):
                 x, geo = layer(x, geo, reduce_mode, random_start=self.training)
             else:
+                if self.record_geometry:
+                    self.stage_geometry.append(geo)
                 plan = self.stage_plan(layer, geo, grid_mode)
                 for block in layer:
                     x = block(x, geo, plan)

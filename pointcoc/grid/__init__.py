@@ -1,0 +1,33 @@
+"""Grid reference implementation: the context cluster and CoC models on ``[B, C, H, W]`` images.
+
+Written plainly (dense similarity, 0/1 assignment mask) as the oracle the
+points-mode models are tested against.
+"""
+from .cluster import NORMALIZE_MODES, Cluster
+from .models import (
+    VARIANTS,
+    ClusterBlock,
+    CocConfig,
+    ContextClusterNet,
+    DropPath,
+    Mlp,
+    PointReducer,
+    add_position_channels,
+    create_model,
+    list_models,
+)
+
+__all__ = [
+    "Cluster",
+    "NORMALIZE_MODES",
+    "CocConfig",
+    "VARIANTS",
+    "add_position_channels",
+    "DropPath",
+    "PointReducer",
+    "Mlp",
+    "ClusterBlock",
+    "ContextClusterNet",
+    "create_model",
+    "list_models",
+]
