@@ -219,7 +219,7 @@ def test_parameter_counts(name):
 
 
 def test_list_models_and_variants():
-    assert grid.list_models() == ["coc_tiny", "coc_tiny2", "coc_tiny_plain", "coc_small", "coc_medium"]
+    assert grid.list_models() == ["coc_tiny", "coc_tiny2", "coc_tiny_plain", "coc_small", "coc_medium", "coc_mini"]
     cfg = grid.VARIANTS["coc_tiny2"]
     assert isinstance(cfg, grid.CocConfig)
     assert (cfg.proposals, cfg.folds, cfg.head_dim) == ((4, 2, 7, 4), (7, 7, 1, 1), 24)
