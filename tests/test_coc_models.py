@@ -170,3 +170,32 @@ def test_model_bad_input():
         model(object())
     with pytest.raises(ValueError, match="in_chans"):
         model(pc.image_to_points(torch.rand(1, 4, 32, 32)))
+
+
+def _old_naming(sd):
+    """The older released naming: token_mixer fc1/fc2/fc_v and 1x1-conv MLP weights."""
+    rename = {"token_mixer.f.": "token_mixer.fc1.", "token_mixer.proj.": "token_mixer.fc2.", "token_mixer.v.": "token_mixer.fc_v."}
+    out = {}
+    for k, v in sd.items():
+        for a, b in rename.items():
+            k = k.replace(a, b)
+        if ".mlp.fc" in k and k.endswith("weight"):
+            v = v[:, :, None, None]
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("form", ["new", "old", "module", "old-wrapped-module"])
+def test_released_state_dicts_load_and_match_grid_logits(form):
+    grid, _ = _pair("coc_tiny_plain")
+    sd = grid.state_dict()
+    if "old" in form:
+        sd = _old_naming(sd)
+    if "module" in form:
+        sd = {"module." + k: v for k, v in sd.items()}
+    if "wrapped" in form:
+        sd = {"state_dict": sd, "epoch": 300}
+    model = pc.create_model("coc_tiny_plain").double().eval()
+    model.load_state_dict(pc.convert_official_state_dict("coc_tiny_plain", sd))
+    images = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(model(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)

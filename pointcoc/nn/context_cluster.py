@@ -23,7 +23,7 @@ __all__ = ["context_cluster", "assign_centres", "ContextCluster", "NORMALIZATION
 NORMALIZATIONS = ("similarity", "count")
 
 # largest similarity block evaluated at once by the no-grad argmax (elements)
-_SIM_CHUNK = 1 << 24
+_SIM_CHUNK = 1 << 22
 
 
 def _centre_means(feats: Tensor, plan: ClusterPlan) -> Tensor:
