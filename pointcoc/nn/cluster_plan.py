@@ -266,7 +266,9 @@ def make_plan(
         c = bins[0] * bins[1]
         point, local = grid_proposal(coord, extent, bins)
         member_centre, member_point = group[point] * c + local, point
-        centre_valid = None
+        # a bin without points (image points with holes) proposes no centre
+        occupied = torch.bincount(member_centre, minlength=num_groups * c) > 0
+        centre_valid = None if bool(occupied.all()) else occupied.view(num_groups, c)
     else:
         if pos is None:
             raise ValueError(f"pos is required for proposal={proposal!r}")

@@ -5,6 +5,8 @@ Two ways to choose anchors and neighbours, one weight:
 * grid windows (ordered grids, e.g. pixels as points): anchors on a stride grid,
   neighbours the ``kh x kw`` window around them with zero padding - exactly a
   convolution with that kernel/stride/padding, padded or absent pixels contributing zero;
+  on image points with absent pixels (masked / discrete) an anchor whose window holds
+  no point is dropped, so the output keeps holes where the input has them (a sparse convolution);
 * kNN (unordered points): anchors by farthest point sampling (``1 / (sh * sw)`` of each
   sample), neighbours the ``kh * kw`` nearest points ordered by distance, ties by index.
 
@@ -130,6 +132,11 @@ class PointReducer(nn.Module):
             if geo.pixel is None or geo.grid_size is None:
                 raise ValueError("mode='grid' needs points with pixel coordinates and grid sizes")
             index, new = grid_windows(geo, self.kernel, self.stride, self.padding)
+            occupied = (index >= 0).any(1)  # all True on full grids; image points with holes drop empty windows
+            if not bool(occupied.all()):
+                index = index[occupied]
+                new = PointGeometry(pos=new.pos[occupied], batch=new.batch[occupied], num_samples=new.num_samples,
+                                    pixel=new.pixel[occupied], grid_size=new.grid_size)
         elif mode == "knn":
             ratio = 1.0 / (self.stride[0] * self.stride[1])
             anchors = ops.fps(geo.pos, geo.batch, ratio=ratio, random_start=random_start, generator=generator)

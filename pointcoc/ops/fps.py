@@ -6,6 +6,7 @@ each iteration is a handful of tensor operations on ``[B, n_max]``.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -47,9 +48,11 @@ def fps(
         ``[M]`` LongTensor of global point indices, grouped by sample in sample order,
         each sample's picks in selection order.
 
-    When torch-cluster is installed and the backend is ``"auto"``, its kernel is used
-    for calls it supports (``ratio`` given, no ``generator``, no empty sample, same
-    per-sample counts); it may resolve exact distance ties differently.
+    When torch-cluster is installed and the backend is ``"auto"``, its CUDA kernel is
+    used for calls it supports (CUDA tensors, ``ratio`` given, no ``generator``, no empty
+    sample, same per-sample counts); it may resolve exact distance ties differently.
+    Its CPU kernel is not used: it is several times slower than this path (see
+    ``benchmarks/ops.py``) and draws random starts from C ``rand()``.
     """
     pos = check_positions(pos, "pos")
     batch, num_samples = check_batch(batch, pos.size(0), pos.device, "batch")
@@ -59,17 +62,24 @@ def fps(
     picks = per_sample_count(counts, ratio, num_points)
     pos = pos.detach()
 
-    cluster = torch_cluster_module()
-    if cluster is not None and generator is None and num_points is None and _cluster_counts_match(counts, picks, ratio, pos):
-        return cluster.fps(pos, batch, ratio, random_start)
+    cluster = torch_cluster_module() if pos.is_cuda else None  # on CPU its kernel is slower than ours
+    if cluster is not None and generator is None and num_points is None:
+        if _cluster_counts_match(counts, picks, ratio, pos):
+            return cluster.fps(pos, batch, ratio, random_start)
     return _fps_dense(pos, batch, counts, picks, random_start, generator)
 
 
 def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tensor) -> bool:
-    """torch-cluster computes ``ceil(n_b * ratio)`` in the dtype of ``pos``; use it only when that agrees."""
+    """Use torch-cluster only where its pick counts agree with ours and it handles the input.
+
+    It computes ``ceil(n_b * ratio)`` in the dtype of ``pos`` on CUDA (float32 in its CPU
+    kernel; float32 rounding can give one more pick, e.g. ``ratio=0.3``) and fails on empty
+    samples.
+    """
     if pos.dtype not in (torch.float32, torch.float64) or not bool((counts > 0).all()):
         return False
-    theirs = torch.ceil(counts.to(pos.dtype) * torch.tensor(ratio, dtype=pos.dtype, device=pos.device)).long()
+    count_dtype = pos.dtype if pos.is_cuda else torch.float32
+    theirs = torch.ceil(counts.to(count_dtype) * torch.tensor(ratio, dtype=pos.dtype, device=pos.device)).long()
     return bool(torch.equal(theirs, picks))
 
 
@@ -77,41 +87,56 @@ def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tens
 def _fps_dense(
     pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, random_start: bool, generator: Optional[torch.Generator]
 ) -> Tensor:
-    """Pure-PyTorch FPS over the padded batch; see :func:`fps`. Returns global indices ``[M]``."""
+    """Pure-PyTorch FPS over the padded batch; see :func:`fps`. Returns global indices ``[M]``.
+
+    The argmax of each step runs in two levels (the max of every segment of ``width`` slots,
+    then the argmax inside the first segment holding the overall max): same result as one
+    argmax, lowest slot on ties, but the full-size pass is a plain ``amax``, much cheaper.
+    """
     device, dtype = pos.device, pos.dtype
     num_samples, num_coords = counts.numel(), pos.size(1)
-    dense, mask = to_dense_batch(pos, batch)  # [B, n, P], [B, n]
-    n = dense.size(1)
+    largest = int(counts.max())
+    width = max(1, math.isqrt(largest))  # slots per segment
+    segments = -(-largest // width)
+    n = segments * width
+    dense, mask = to_dense_batch(pos, batch, max_points=n)  # [B, n, P], [B, n]
     coords = dense.permute(2, 0, 1).contiguous()  # [P, B, n], coordinate-major
     coords_flat = coords.view(num_coords, num_samples * n)  # [P, B*n]
-    offsets = torch.arange(num_samples, device=device) * n  # [B] flat offset of each sample's slot 0
 
     if random_start:
         draw = torch.rand(num_samples, generator=generator, device=device, dtype=torch.float64)
-        current = (draw * counts).long().clamp_(max=(counts - 1).clamp(min=0))  # [B] slot of the first pick
+        start = (draw * counts).long().clamp_(max=(counts - 1).clamp(min=0))  # [B] slot of the first pick
     else:
-        current = torch.zeros(num_samples, dtype=torch.long, device=device)
+        start = torch.zeros(num_samples, dtype=torch.long, device=device)
+    offsets = torch.arange(num_samples, device=device) * n  # [B] flat offset of each sample's slot 0
+    segment_offsets = torch.arange(num_samples, device=device) * segments
 
-    # squared distance to the nearest picked point; padded slots hold -1 and never win the argmax
+    # squared distance to the nearest picked point; padded slots hold -1 and never win
     mindist = torch.full((num_samples, n), float("inf"), dtype=dtype, device=device)
     mindist.masked_fill_(~mask, -1.0)
+    mindist_segments = mindist.view(num_samples * segments, width)
+    mindist_split = mindist.view(num_samples, segments, width)
     iterations = int(picks.max())
     chosen = torch.empty(iterations, num_samples, dtype=torch.long, device=device)  # flat slot of each pick
+    torch.add(start, offsets, out=chosen[0])
+    # preallocated buffers and their views: the loop below only launches arithmetic
+    centre = torch.empty(num_coords, num_samples, dtype=dtype, device=device)
+    centre_column = centre.unsqueeze(-1)  # [P, B, 1]
     diff = torch.empty(num_coords, num_samples, n, dtype=dtype, device=device)
-    dist = diff[0] if num_coords == 1 else torch.empty(num_samples, n, dtype=dtype, device=device)
-    for it in range(iterations):
-        torch.add(current, offsets, out=chosen[it])
-        if it + 1 == iterations:
-            break
-        centre = torch.index_select(coords_flat, 1, chosen[it])  # [P, B]
-        torch.sub(coords, centre.unsqueeze(-1), out=diff)
+    diff_rows = list(diff.unbind(0))
+    dist = diff_rows[0] if num_coords == 1 else torch.empty(num_samples, n, dtype=dtype, device=device)
+    for it in range(1, iterations):
+        torch.index_select(coords_flat, 1, chosen[it - 1], out=centre)
+        torch.sub(coords, centre_column, out=diff)
         diff.square_()
         if num_coords > 1:  # sum over coordinates in order, as a brute-force loop does
-            torch.add(diff[0], diff[1], out=dist)
-            for p in range(2, num_coords):
-                dist.add_(diff[p])
+            torch.add(diff_rows[0], diff_rows[1], out=dist)
+            for row in diff_rows[2:]:
+                dist.add_(row)
         torch.minimum(mindist, dist, out=mindist)
-        current = mindist.argmax(dim=1)  # ties: lowest slot
+        segment = torch.add(mindist_split.amax(-1).argmax(1), segment_offsets)  # first segment holding the max
+        inside = torch.index_select(mindist_segments, 0, segment).argmax(1)  # [B] first max inside it
+        torch.add(inside, segment, alpha=width, out=chosen[it])
 
     # flat slot -> global index; a sample keeps its first picks[b] iterations (later ones are not recorded)
     first_index = torch.cumsum(counts, 0) - counts

@@ -2,10 +2,23 @@
 
 Neighbours are ranked by squared Euclidean distance, ties broken by the lower
 index, so the output is deterministic even on pixel grids where many distances
-tie. The pure-PyTorch path pads both point sets to dense per-sample blocks and
-walks over rectangular chunks of (samples x query slots) whose distance matrix
-holds at most ``max_chunk_entries`` values, so memory stays bounded (a 224x224
-image as 50,176 points never allocates ``N^2``).
+tie. Two pure-PyTorch searches give identical results:
+
+* dense: both point sets are padded to dense per-sample blocks, and rectangular
+  chunks of (samples x query slots) are compared with all points of their
+  samples; every chunk's distance matrix holds at most ``max_chunk_entries``
+  values, so memory stays bounded;
+* tiled (positions with at most :data:`EXACT_MAX_DIM` coordinates, samples of at
+  least :data:`TILED_MIN_POINTS` points): points are grouped into k-d tree tiles
+  and each block of queries is compared only with the tiles that can hold one of
+  its neighbours (bounding-box pruning, exact); a 224x224 image as 50,176 points
+  computes a few hundred distances per query and never allocates ``N^2``.
+
+In both, the k smallest (distance, index) pairs of a row are found with one
+``topk``: a non-negative float32 distance's bit pattern is monotone as an
+integer, so ``(bits << 32) | index`` is an exact int64 sort key (float16 and
+bfloat16 distances are widened to float32 exactly); float64 distances take the
+k-th value and resolve the ties at it by index.
 
 Distances: for at most :data:`EXACT_MAX_DIM` coordinates they are computed as
 ``sum_p (y_p - x_p) ** 2`` in coordinate order, in the input dtype (the same
@@ -30,14 +43,18 @@ __all__ = ["EXACT_MAX_DIM", "DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_d
 EXACT_MAX_DIM = 4
 """Up to this many coordinates, distances are summed coordinate by coordinate (exact order)."""
 
-DEFAULT_CHUNK_ENTRIES = 2**22
-"""Distance-matrix entries computed per chunk (the largest temporaries are a few times this)."""
+DEFAULT_CHUNK_ENTRIES = 2**20
+"""Distance entries computed per chunk; the largest temporaries are the distance chunk, one
+term of the same size and its int64 sort keys (about 16 bytes per entry in float32: 16 MiB)."""
 
 TILE = 32
 """Points per tile in the tiled search (x tiles and query blocks)."""
 
 TILED_MIN_POINTS = 2048
 """Samples of at least this many x points (with D <= EXACT_MAX_DIM) use the tiled search."""
+
+PROBE_EXTRA_TILES = 4
+"""Tiles probed beyond ceil(k / TILE) to bound each query's k-th distance in the tiled search."""
 
 _LOW_32_BITS = 0xFFFFFFFF
 _NO_ID = 2**31 - 1  # id of padding lanes in the tiled search (sorts after every real point)
@@ -68,7 +85,8 @@ def knn(
 
     With torch-cluster installed and the backend ``"auto"``, torch-cluster finds the
     neighbours and they are then put in the same order; only which of several points
-    tied exactly at the k-th distance is kept may differ from the pure path.
+    tied exactly at the k-th distance is kept may differ from the pure path (on pixel
+    grids this is common: use ``use_backend("torch")`` where it matters).
     """
     x, y, k, batch_x, batch_y, counts_x, counts_y = _validate(x, y, k, batch_x, batch_y, allow_empty=False)
     starved = (counts_y > 0) & (counts_x == 0)
@@ -79,7 +97,12 @@ def knn(
     if bool(short.any()):
         sample = int(short.nonzero()[0, 0])
         raise ValueError(f"k={k} exceeds the number of x points ({int(counts_x[sample])}) in sample {sample}")
-    index, _ = _neighbours(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
+    check_chunk_entries(max_chunk_entries)
+    cluster = torch_cluster_module()
+    if cluster is not None and _cluster_supports(x, k):
+        index = _knn_cluster(cluster, x, y, k, batch_x, batch_y)
+    else:
+        index, _ = _knn_pure(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
     row = torch.arange(y.size(0), device=y.device).repeat_interleave(k)
     return torch.stack([row, index.reshape(-1)])
 
@@ -94,6 +117,9 @@ def knn_padded(
 ) -> Tuple[Tensor, Tensor]:
     """Like :func:`knn` but as fixed-width rows, accepting samples with fewer than ``k`` points.
 
+    Always the pure path (whatever the backend): model layers get the same neighbours, ties
+    included, with or without torch-cluster.
+
     Args: as :func:`knn` (``x`` or ``y`` may be empty).
 
     Returns:
@@ -102,7 +128,8 @@ def knn_padded(
         ``dist: [M, k]`` squared distances (dtype of ``x``, no gradient), ``inf`` at the ``-1`` slots.
     """
     x, y, k, batch_x, batch_y, counts_x, counts_y = _validate(x, y, k, batch_x, batch_y, allow_empty=True)
-    return _neighbours(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
+    check_chunk_entries(max_chunk_entries)
+    return _knn_pure(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
 
 
 def knn_dense(x: Tensor, y: Tensor, k: int, max_chunk_entries: int = DEFAULT_CHUNK_ENTRIES) -> Tensor:
@@ -126,9 +153,21 @@ def knn_dense(x: Tensor, y: Tensor, k: int, max_chunk_entries: int = DEFAULT_CHU
     if k > x.size(1):
         raise ValueError(f"k={k} exceeds the number of x points per sample ({x.size(1)})")
     check_chunk_entries(max_chunk_entries)
-    counts_x = [x.size(1)] * x.size(0)
-    counts_y = [y.size(1)] * y.size(0)
-    slots, _ = _knn_blocks(x.detach(), y.detach(), k, counts_x, counts_y, max_chunk_entries)
+    num_samples, n, dim = x.shape
+    m = y.size(1)
+    if num_samples == 0 or m == 0:
+        return torch.empty(num_samples, m, k, dtype=torch.long, device=x.device)
+    if dim <= EXACT_MAX_DIM and n >= TILED_MIN_POINTS:
+        batch_x = torch.arange(num_samples, device=x.device).repeat_interleave(n)
+        batch_y = torch.arange(num_samples, device=x.device).repeat_interleave(m)
+        counts_x = torch.full((num_samples,), n, device=x.device)
+        counts_y = torch.full((num_samples,), m, device=x.device)
+        index, _ = _knn_tiled(
+            x.detach().reshape(-1, dim), y.detach().reshape(-1, dim), k, batch_x, batch_y, counts_x, counts_y,
+            max_chunk_entries,
+        )
+        return (index - batch_y[:, None] * n).view(num_samples, m, k)
+    slots, _ = _knn_blocks(x.detach(), y.detach(), k, [n] * num_samples, [m] * num_samples, max_chunk_entries)
     return slots
 
 
@@ -180,46 +219,25 @@ def _batch_or_empty(batch: object, points: Tensor, name: str) -> Tuple[Tensor, i
     return check_batch(batch, points.size(0), points.device, name)
 
 
-def _neighbours(
-    x: Tensor,
-    y: Tensor,
-    k: int,
-    batch_x: Tensor,
-    batch_y: Tensor,
-    counts_x: Tensor,
-    counts_y: Tensor,
-    max_chunk_entries: int,
-) -> Tuple[Tensor, Tensor]:
-    """Dispatch to torch-cluster or the pure path. Returns ``index [M, k]`` (global, -1 padded), ``dist``."""
-    check_chunk_entries(max_chunk_entries)
-    num_queries = y.size(0)
-    if num_queries == 0:
-        return (
-            torch.empty(0, k, dtype=torch.long, device=y.device),
-            torch.empty(0, k, dtype=y.dtype, device=y.device),
-        )
-    cluster = torch_cluster_module()
-    if cluster is not None and _cluster_supports(x, k, counts_x, counts_y):
-        return _knn_cluster(cluster, x, y, k, batch_x, batch_y)
-    return _knn_pure(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-
-
-def _cluster_supports(x: Tensor, k: int, counts_x: Tensor, counts_y: Tensor) -> bool:
-    """torch-cluster matches when every sample with queries has at least k points (no padding needed)."""
-    if x.dtype not in (torch.float32, torch.float64) or (x.is_cuda and k > 100):  # its CUDA kernel caps k at 100
-        return False
-    return not bool(((counts_y > 0) & (counts_x < k)).any())
+def _cluster_supports(x: Tensor, k: int) -> bool:
+    """torch-cluster handles float32 / float64 (its CUDA kernel caps k at 100)."""
+    return x.dtype in (torch.float32, torch.float64) and not (x.is_cuda and k > 100)
 
 
 @torch.no_grad()
-def _knn_cluster(cluster, x: Tensor, y: Tensor, k: int, batch_x: Tensor, batch_y: Tensor) -> Tuple[Tensor, Tensor]:
-    """torch-cluster's neighbour sets, reordered per query by (distance, index)."""
+def _knn_cluster(cluster, x: Tensor, y: Tensor, k: int, batch_x: Tensor, batch_y: Tensor) -> Tensor:
+    """torch-cluster's neighbour sets ``[M, k]``, reordered per query by (distance, index)."""
     row, col = cluster.knn(x, y, k, batch_x, batch_y)
-    col = col[torch.argsort(row, stable=True)].view(y.size(0), k)
+    if not bool((row[1:] >= row[:-1]).all()):  # its CPU kernel already lists queries in order
+        col = col[torch.argsort(row, stable=True)]
+    col = col.view(y.size(0), k)
+    if x.dtype == torch.float32:  # one sort on the exact (bits << 32) | index key
+        bits = _pair_distances(y, x, col).view(torch.int32)
+        key = bits.to(torch.int64).bitwise_left_shift_(32).bitwise_or_(col)
+        return key.sort(dim=1).values.bitwise_and_(_LOW_32_BITS)
     col = col.sort(dim=1).values
-    dist = _pair_distances(y, x, col)
-    dist, order = dist.sort(dim=1, stable=True)
-    return col.gather(1, order), dist
+    order = _pair_distances(y, x, col).sort(dim=1, stable=True).indices
+    return col.gather(1, order)
 
 
 def _pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
@@ -242,6 +260,9 @@ def _knn_pure(
     counts_y: Tensor,
     max_chunk_entries: int,
 ) -> Tuple[Tensor, Tensor]:
+    """Pure-PyTorch search: ``index [M, k]`` (global, -1 padded) and ``dist [M, k]`` (inf padded)."""
+    if y.size(0) == 0:
+        return torch.empty(0, k, dtype=torch.long, device=y.device), torch.empty(0, k, dtype=y.dtype, device=y.device)
     if x.size(1) <= EXACT_MAX_DIM and x.size(0) and int(counts_x.max()) >= TILED_MIN_POINTS:
         return _knn_tiled(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
     num_samples = counts_x.numel()
@@ -383,19 +404,19 @@ def _smallest_k(dist: Tensor, k: int, columns: Tensor, workspace: _Workspace) ->
 # tiled search for low-dimensional positions
 # ----------------------------------------------------------------------------------------------
 #
-# Points of each sample are put in Z-order (Morton code of their quantised coordinates) and cut
-# into tiles of TILE points, queries likewise into blocks. Bounding boxes give, for every
-# (query block, x tile) pair, a lower bound LB and an upper bound UB on the squared distance of
-# any of their pairs, computed with the same floating-point operations in the same order as the
-# distances themselves (rounding is monotone, so the bounds hold for the rounded distances too).
-# The ceil(k / TILE) + 1 tiles of smallest UB hold at least k points, so every query of the block
-# has its k-th neighbour within T = the (ceil(k / TILE) + 1)-th smallest UB; only tiles with
-# LB <= T can hold a neighbour (or a point tied with the k-th one). Distances are computed
-# exactly for those candidates only and ranked by (distance, index) as in the dense path.
+# Points of each sample are put in k-d tree order and cut into tiles of TILE points (the leaves);
+# queries likewise into blocks. Bounding boxes give, for every (query block, x tile) pair, a lower
+# bound LB on the squared distance of any of their pairs, computed with the same floating-point
+# operations in the same order as the distances themselves (rounding is monotone, so the bound
+# holds for the rounded distances too). Exact distances to the points of a few nearby tiles
+# (smallest LB) give each query an upper bound on its k-th neighbour distance (its k-th distance
+# among them); R = the largest over the block. Every neighbour, and every point tied with the k-th
+# one, lies in a tile with LB <= R, so distances are computed exactly for those tiles only and
+# ranked by (distance, index) as in the dense path: the result is identical, only cheaper.
 
 
 class _Tiles:
-    """Points of a ragged batch in Z-order tiles.
+    """Points of a ragged batch in k-d tree tiles.
 
     ``coords: [D, B, G, TILE]`` (padding lanes repeat the tile's first point, so bounding boxes
     are unchanged), ``ids: [B, G, TILE]`` index of the point inside its sample (``_NO_ID`` for
@@ -404,10 +425,10 @@ class _Tiles:
 
     def __init__(self, points: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor) -> None:
         num_samples, dim = counts.numel(), points.size(1)
-        order = _z_order(points, batch, num_samples)
+        order = _kd_order(points, batch, counts, ptr[:-1])
         num_tiles = -(-counts // TILE)  # [B]
         width = int(num_tiles.max()) * TILE
-        slot = torch.arange(width, device=points.device)  # position in Z-order inside the sample
+        slot = torch.arange(width, device=points.device)  # position in k-d order inside the sample
         real = slot < counts[:, None]  # [B, width]
         tile_start = slot - slot % TILE
         source = torch.where(real, slot, tile_start) + ptr[:-1, None]  # padding: the tile's first point
@@ -420,32 +441,44 @@ class _Tiles:
         self.high = self.coords.amax(-1)
 
 
-def _z_order(points: Tensor, batch: Tensor, num_samples: int) -> Tensor:
-    """Permutation ``[N]`` that keeps samples in order and sorts each by Morton code."""
+def _kd_order(points: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor) -> Tensor:
+    """Permutation ``[N]`` that keeps samples in order and puts each in k-d tree leaf order.
+
+    Nodes are split at a multiple of TILE along their widest axis until every node holds at most
+    TILE points, so every run of TILE points from a sample's start is one compact leaf.
+    """
+    num_points = points.size(0)
     dim = points.size(1)
-    bits = min(16, 62 // dim)
-    p = points.double()
-    index = batch[:, None].expand(-1, dim)
-    low = p.new_full((num_samples, dim), math.inf).scatter_reduce_(0, index, p, "amin")
-    high = p.new_full((num_samples, dim), -math.inf).scatter_reduce_(0, index, p, "amax")
-    span = (high - low).clamp_min_(1e-300)[batch]
-    cell = ((p - low[batch]) / span * (2**bits - 1)).long()  # [N, D] in [0, 2**bits)
-    shift = torch.arange(bits, device=points.device)
-    place = shift[None, :] * dim + torch.arange(dim, device=points.device)[:, None]  # [D, bits] interleaved
-    code = (((cell[:, :, None] >> shift) & 1) << place).sum((1, 2))
-    order = torch.argsort(code, stable=True)
-    return order[torch.argsort(batch[order], stable=True)]
+    order = torch.arange(num_points, device=points.device)
+    position = order.clone()
+    start = ptr[batch]  # per position: first position of its node
+    size = counts[batch]  # per position: size of its node
+    while True:
+        split = size > TILE
+        if not bool(split.any()):
+            return order
+        current = points[order]
+        node = start[:, None].expand(-1, dim)
+        low = current.new_full((num_points, dim), math.inf).scatter_reduce_(0, node, current, "amin")
+        high = current.new_full((num_points, dim), -math.inf).scatter_reduce_(0, node, current, "amax")
+        axis = (high - low).argmax(1)[start]  # widest axis of each position's node
+        along = current.gather(1, axis[:, None]).squeeze(1)
+        by_coord = torch.argsort(along, stable=True)
+        by_coord = by_coord[torch.argsort(start[by_coord], stable=True)]  # sorted inside every node
+        order = order[by_coord]
+        left = TILE * ((-(-size // TILE) + 1) // 2)  # TILE * ceil(tiles / 2)
+        right = split & (position - start >= left)
+        start = torch.where(right, start + left, start)
+        size = torch.where(split, torch.where(right, size - left, left), size)
 
 
-def _tile_bounds(y_low: Tensor, y_high: Tensor, x_low: Tensor, x_high: Tensor) -> Tuple[Tensor, Tensor]:
-    """Squared-distance bounds between boxes: ``[D, ..., 1]`` queries vs ``[D, ..., G]`` tiles -> LB, UB."""
-    lower = upper = None
+def _tile_lower_bound(y_low: Tensor, y_high: Tensor, x_low: Tensor, x_high: Tensor) -> Tensor:
+    """Lower bound on squared distances between boxes: ``[D, ..., 1]`` blocks vs ``[D, ..., G]`` tiles."""
+    lower = None
     for p in range(y_low.size(0)):
         gap = torch.maximum(y_low[p] - x_high[p], x_low[p] - y_high[p]).clamp_min_(0.0).square_()
-        far = torch.maximum(y_high[p] - x_low[p], x_high[p] - y_low[p]).square_()
         lower = gap if lower is None else lower.add_(gap)
-        upper = far if upper is None else upper.add_(far)
-    return lower, upper
+    return lower
 
 
 @torch.no_grad()
@@ -459,30 +492,28 @@ def _knn_tiled(
     counts_y: Tensor,
     max_chunk_entries: int,
 ) -> Tuple[Tensor, Tensor]:
-    """Exact kNN through Z-order tiles (see the comment above). Returns ``index [M, k]``, ``dist [M, k]``."""
+    """Exact kNN through k-d tree tiles (see the comment above). Returns ``index [M, k]``, ``dist [M, k]``."""
     ptr_x, ptr_y = batch_ptr(counts_x), batch_ptr(counts_y)
     tiles = _Tiles(x, batch_x, counts_x, ptr_x)
     blocks = _Tiles(y, batch_y, counts_y, ptr_y)
     num_samples, num_tiles = tiles.valid.shape
     num_blocks = blocks.valid.size(1)
 
-    # phase 1: per query block, how many tiles can hold a neighbour
-    tiles_needed = -(-k // TILE) + 1
-    candidates = torch.zeros(num_samples, num_blocks, dtype=torch.long, device=x.device)
-    step = max(1, max_chunk_entries // (num_samples * num_tiles))
+    # phase 1: per query block, a distance within which every query has k points, and how many
+    # tiles lie within it
+    workspace = _Workspace(x.device)
+    probes = min(num_tiles, -(-k // TILE) + PROBE_EXTRA_TILES)
+    candidates = torch.empty(num_samples, num_blocks, dtype=torch.long, device=x.device)
+    step = max(1, max_chunk_entries // (num_samples * max(num_tiles, probes * TILE * TILE)))
     for q0 in range(0, num_blocks, step):
         q = slice(q0, q0 + step)
-        lower, upper = _tile_bounds(
+        lower = _tile_lower_bound(
             blocks.low[:, :, q, None], blocks.high[:, :, q, None], tiles.low[:, :, None], tiles.high[:, :, None]
-        )
-        invalid = ~tiles.valid[:, None, :]
-        upper.masked_fill_(invalid, math.inf)
-        lower.masked_fill_(invalid, math.inf)
-        if tiles_needed <= num_tiles:
-            reach = torch.topk(upper, tiles_needed, dim=-1, largest=False, sorted=True).values[..., -1:]
-            candidates[:, q] = (lower <= reach).sum(-1)
-        else:
-            candidates[:, q] = tiles.valid.sum(-1, keepdim=True)
+        )  # [B, qc, G]
+        lower.masked_fill_(~tiles.valid[:, None, :], math.inf)
+        probe = torch.topk(lower, probes, dim=-1, largest=False, sorted=False).indices  # [B, qc, probes]
+        reach = _probe_reach(tiles, blocks.coords[:, :, q], probe, k, workspace)  # [B, qc]
+        candidates[:, q] = ((lower <= reach[..., None]) & tiles.valid[:, None, :]).sum(-1)
 
     # phase 2: blocks sorted by candidate count, processed in chunks that fit the budget
     block_sample, block_index = blocks.valid.nonzero(as_tuple=True)
@@ -491,7 +522,6 @@ def _knn_tiled(
     counts = counts.tolist()
     index_out = torch.full((y.size(0), k), -1, dtype=torch.long, device=x.device)
     dist_out = torch.full((y.size(0), k), math.inf, dtype=x.dtype, device=x.device)
-    workspace = _Workspace(x.device)
     per_block = TILE * TILE  # distance entries per block and candidate tile
     start = 0
     while start < len(counts):
@@ -505,6 +535,25 @@ def _knn_tiled(
             )
         start = stop
     return index_out, dist_out
+
+
+def _probe_reach(tiles: _Tiles, queries: Tensor, probe: Tensor, k: int, workspace: _Workspace) -> Tensor:
+    """Per query block, the largest k-th distance of its queries among the points of the probed tiles.
+
+    ``queries: [D, B, qc, TILE]``, ``probe: [B, qc, P]`` tile numbers. Any k points bound the
+    k-th neighbour distance from above; ``inf`` when the probed tiles hold fewer than k points.
+    """
+    num_samples, qc, num_probes = probe.shape
+    if num_probes * TILE < k:
+        return torch.full((num_samples, qc), math.inf, dtype=queries.dtype, device=queries.device)
+    sample = torch.arange(num_samples, device=probe.device)[:, None, None]
+    coords = tiles.coords[:, sample, probe].flatten(3).flatten(1, 2)  # [D, B*qc, P*TILE]
+    dist = _distances_exact(coords, queries.flatten(1, 2), workspace)  # [B*qc, TILE, P*TILE]
+    padding = (tiles.ids[sample, probe] == _NO_ID).flatten(2).flatten(0, 1)  # [B*qc, P*TILE]
+    if bool(padding.any()):
+        dist.masked_fill_(padding[:, None, :], math.inf)
+    kth = torch.topk(dist, k, dim=-1, largest=False, sorted=False).values.amax(-1)  # [B*qc, TILE]
+    return kth.amax(-1).view(num_samples, qc)
 
 
 def _chunk_end(counts: List[int], start: int, capacity: int) -> int:
@@ -533,8 +582,11 @@ def _tiled_chunk(
     workspace: _Workspace,
 ) -> None:
     """Exact neighbours of the query blocks ``(sample, block): [nb]`` among their ``width`` best tiles."""
-    lower, _ = _tile_bounds(
-        blocks.low[:, sample, block, None], blocks.high[:, sample, block, None], tiles.low[:, sample], tiles.high[:, sample]
+    lower = _tile_lower_bound(
+        blocks.low[:, sample, block, None],
+        blocks.high[:, sample, block, None],
+        tiles.low[:, sample],
+        tiles.high[:, sample],
     )  # [nb, G]
     lower.masked_fill_(~tiles.valid[sample], math.inf)
     chosen = torch.topk(lower, width, dim=-1, largest=False, sorted=False).indices  # [nb, width]
@@ -544,7 +596,9 @@ def _tiled_chunk(
     coords = coords.gather(2, by_id.expand_as(coords))
     queries = blocks.coords[:, sample, block]  # [D, nb, TILE]
     dist = _distances_exact(coords, queries, workspace)  # [nb, TILE, L]
-    dist.masked_fill_((ids == _NO_ID)[:, None, :], math.inf)
+    padding = ids == _NO_ID
+    if bool(padding.any()):
+        dist.masked_fill_(padding[:, None, :], math.inf)
     keep = min(k, ids.size(1))
     found, nearest = _smallest_k(dist, keep, ids[:, None, :], workspace)  # ids or _NO_ID
     query = blocks.ids[sample, block]  # [nb, TILE]

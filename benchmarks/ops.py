@@ -1,0 +1,267 @@
+"""Sampling / neighbour benchmark: fps and knn, pure path vs torch-cluster vs plain baselines.
+
+Cases (float32 positions):
+  clouds  32 point clouds x 1024 random xyz points (PointMLP's setting):
+          FPS ratio 0.5; kNN k=24 of the 512 sampled anchors against all points; kNN all-to-all
+  image   one 224x224 image as points (50,176 pixel positions, SPEC section 1):
+          FPS ratio 0.5 (25,088 iterations); kNN k=24 all-to-all
+
+Rows per operation: the pure path (``use_backend("torch")``); torch-cluster raw and pointcoc's
+"auto" backend (when installed: kNN goes to torch-cluster, CPU FPS stays pure); straightforward
+baselines: FPS as a Python loop over
+samples, kNN as ``torch.cdist`` + ``topk`` per sample (chunked over 1024 queries; not tie-exact).
+
+Every (operation, method) runs in a fresh subprocess so its peak memory is its own: on CPU the
+growth of the peak resident set size over the RSS before the first call (warm-up included), on
+CUDA ``torch.cuda.max_memory_allocated`` minus the memory held by the inputs. Times: median of
+``--repeats`` runs after a warm-up call.
+
+    python benchmarks/ops.py                      # all cases, CPU
+    python benchmarks/ops.py --quick              # one timed run, a short warm-up
+    python benchmarks/ops.py --device cuda --threads 8
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+K = 24
+RATIO = 0.5
+CLOUDS, CLOUD_POINTS = 32, 1024
+IMAGE_SIDE = 224
+BASELINE_QUERY_CHUNK = 1024
+
+# (case, operation, method) in table order; "pure" first in every operation (the ratio reference)
+OPERATIONS = [
+    ("clouds", "fps"),
+    ("clouds", "knn anchors"),
+    ("clouds", "knn all"),
+    ("image", "fps"),
+    ("image", "knn all"),
+]
+METHODS = ["pure", "torch-cluster", "auto", "baseline"]
+BASELINE_NAMES = {"fps": "python loop over samples", "knn": "cdist + topk per sample"}
+
+
+def has_torch_cluster() -> bool:
+    try:
+        importlib.import_module("torch_cluster")
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs and baselines
+# ----------------------------------------------------------------------------------------------
+
+
+def make_inputs(case: str, device: str):
+    """``pos [N, P]`` float32 and ``batch [N]`` for a case."""
+    if case == "clouds":
+        g = torch.Generator().manual_seed(0)
+        pos = torch.rand(CLOUDS * CLOUD_POINTS, 3, generator=g)
+        batch = torch.arange(CLOUDS).repeat_interleave(CLOUD_POINTS)
+    else:
+        rows, cols = torch.meshgrid(torch.arange(IMAGE_SIDE), torch.arange(IMAGE_SIDE), indexing="ij")
+        pos = torch.stack((rows.reshape(-1), cols.reshape(-1)), 1).float() / (IMAGE_SIDE - 1) - 0.5
+        batch = torch.zeros(len(pos), dtype=torch.long)
+    return pos.to(device), batch.to(device)
+
+
+def fps_python_loop(pos: torch.Tensor, batch: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Baseline: one sample at a time, from its first point, one argmax per pick."""
+    counts = torch.bincount(batch).tolist()
+    out, start = [], 0
+    for n in counts:
+        pts = pos[start : start + n]
+        picks = math.ceil(ratio * n)
+        chosen = torch.empty(picks, dtype=torch.long, device=pos.device)
+        chosen[0] = 0
+        mindist = ((pts - pts[0]) ** 2).sum(1)
+        for i in range(1, picks):
+            chosen[i] = mindist.argmax()
+            mindist = torch.minimum(mindist, ((pts - pts[chosen[i]]) ** 2).sum(1))
+        out.append(chosen + start)
+        start += n
+    return torch.cat(out)
+
+
+def knn_cdist(x: torch.Tensor, y: torch.Tensor, k: int, batch_x: torch.Tensor, batch_y: torch.Tensor) -> torch.Tensor:
+    """Baseline: dense distances per sample with ``torch.cdist``, ``topk`` (ties in no fixed order)."""
+    counts_x = torch.bincount(batch_x).tolist()
+    counts_y = torch.bincount(batch_y, minlength=len(counts_x)).tolist()
+    cols, sx, sy = [], 0, 0
+    for nx, ny in zip(counts_x, counts_y):
+        xb = x[sx : sx + nx]
+        for q0 in range(0, ny, BASELINE_QUERY_CHUNK):
+            yq = y[sy + q0 : sy + min(q0 + BASELINE_QUERY_CHUNK, ny)]
+            cols.append(torch.cdist(yq, xb).topk(k, largest=False).indices + sx)
+        sx, sy = sx + nx, sy + ny
+    return torch.cat(cols).reshape(-1)
+
+
+def build_call(case: str, operation: str, method: str, device: str) -> Callable[[], object]:
+    """The zero-argument callable timed for one table row."""
+    from pointcoc.ops import fps, knn, use_backend
+
+    pos, batch = make_inputs(case, device)
+    if operation == "knn anchors":
+        with use_backend("torch"):
+            anchors = fps(pos, batch, ratio=RATIO, random_start=False)
+        y, batch_y = pos[anchors], batch[anchors]
+    else:
+        y, batch_y = pos, batch
+    if method == "torch-cluster":
+        import torch_cluster
+
+        if operation == "fps":
+            return lambda: torch_cluster.fps(pos, batch, RATIO, False)
+        return lambda: torch_cluster.knn(pos, y, K, batch, batch_y)
+    if method == "baseline":
+        if operation == "fps":
+            return lambda: fps_python_loop(pos, batch, RATIO)
+        return lambda: knn_cdist(pos, y, K, batch, batch_y)
+    backend = "torch" if method == "pure" else "auto"
+
+    def call():
+        with use_backend(backend):
+            if operation == "fps":
+                return fps(pos, batch, ratio=RATIO, random_start=False)
+            return knn(pos, y, K, batch, batch_y)
+
+    return call
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement (in a child process)
+# ----------------------------------------------------------------------------------------------
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(case: str, operation: str, method: str, device: str, repeats: int, quick: bool) -> Dict[str, float]:
+    call = build_call(case, operation, method, device)
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
+    else:
+        rss_before = _rss_mib()
+    warm = time.perf_counter()
+    call()  # warm-up (also the memory peak)
+    _sync(device)
+    warm = time.perf_counter() - warm
+    if device.startswith("cuda"):
+        peak = (torch.cuda.max_memory_allocated() - held) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    if quick and warm > 2.0:  # slow rows: the warm-up run is the measurement
+        times = [warm]
+    else:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return {"ms": statistics.median(times) * 1e3, "peak_mib": peak}
+
+
+def run_child(case: str, operation: str, method: str, args: argparse.Namespace) -> Optional[Dict[str, float]]:
+    command = [
+        sys.executable, os.path.abspath(__file__), "--child", case, operation, method,
+        "--device", args.device, "--repeats", str(args.repeats),
+    ]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.quick:
+        command.append("--quick")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  {case} {operation} {method} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# table
+# ----------------------------------------------------------------------------------------------
+
+
+def method_label(operation: str, method: str) -> str:
+    if method == "baseline":
+        return "baseline: " + BASELINE_NAMES[operation.split()[0]]
+    labels = {"pure": "pointcoc pure torch", "torch-cluster": "torch-cluster", "auto": "pointcoc auto backend"}
+    return labels[method]
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--quick", action="store_true", help="one timed run; slow rows reuse their warm-up")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median), default 5")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--child", nargs=3, metavar=("CASE", "OPERATION", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(measure(*args.child, args.device, args.repeats, args.quick)))
+        return
+
+    from pointcoc.ops.knn import DEFAULT_CHUNK_ENTRIES
+
+    cluster = has_torch_cluster()
+    methods = [m for m in METHODS if cluster or m not in ("torch-cluster", "auto")]
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch-cluster {'installed' if cluster else 'not installed'}, k={K}, ratio={RATIO}, "
+        f"kNN chunk budget {DEFAULT_CHUNK_ENTRIES} distance entries, repeats {args.repeats}"
+    )
+    header = f"{'case':<8} {'operation':<12} {'method':<36} {'median ms':>11} {'vs pure':>9} {'peak MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for case, operation in OPERATIONS:
+        reference = None
+        for method in methods:
+            result = run_child(case, operation, method, args)
+            if result is None:
+                continue
+            if method == "pure":
+                reference = result["ms"]
+            ratio = f"{result['ms'] / reference:.2f}x" if reference else "-"
+            print(
+                f"{case:<8} {operation:<12} {method_label(operation, method):<36} "
+                f"{result['ms']:>11.1f} {ratio:>9} {result['peak_mib']:>9.1f}",
+                flush=True,
+            )
+    print("vs pure: time relative to the pure path (lower is faster). Peak: memory growth of the call.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Images as point sets: one CoC network on full, discrete, masked and irregular digits.
+
+    python examples/images.py             # all four formats, points vs zero-filled grid (a few minutes)
+    python examples/images.py --quick     # a short run on the full grid only (the test uses it)
+
+Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1,797
+gray 8x8 images, 10 classes, no download), values ``/16`` into [0, 1], a stratified
+75 / 25 train / test split (1,347 / 450 images). ``--size S`` resizes the images to
+``S x S`` by bilinear interpolation first (default: the native 8x8, no resizing).
+
+Formats (each image becomes a point set ``x`` = gray value, ``pos`` = its pixel's position
+on the full grid, SPEC section 1):
+
+(a) ``grid``: every pixel is a point (the model runs in grid mode, = the reference CoC);
+(b) ``discrete``: a different random 50% of the pixels of each image, drawn anew every
+    training step and fixed (seeded) for the test set;
+(c) ``masked``: a random rectangle of about 25% of the image is hidden (random aspect
+    and place per image, redrawn every step); the hidden pixels are absent, not zero;
+(d) ``disc``: only the pixels inside the disc inscribed in the image (the same for every image).
+
+For (b)-(d) the same network is also trained and tested on the ConvNet way of feeding such
+data: the full grid with the missing pixels set to zero (``zeros`` column; the test masks
+are the same as for ``points``). For (a) both columns are the same run.
+
+The model is ``coc_mini`` (``pc.create_model("coc_mini", num_classes=10, in_chans=1)``):
+grid mode on full grids, point mode (FPS anchors, kNN reducers, FPS centres) on the rest.
+Training: AdamW, cosine schedule with a one-epoch warm-up, label smoothing 0.1, batch 64,
+seeded (the run is deterministic on one machine). Writes ``results.json`` to ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+try:
+    import pointcoc  # noqa: F401
+except ModuleNotFoundError:  # run from a clone without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pointcoc as pc
+
+__all__ = ["FORMATS", "FEEDS", "load_digit_split", "format_mask", "to_points", "train_and_test", "build_parser", "main"]
+
+FORMATS = ("grid", "discrete", "masked", "disc")
+FEEDS = ("points", "zeros")
+KEEP_RATIO = 0.5  # discrete pixels kept
+HIDDEN_AREA = 0.25  # masked: share of the image under the rectangle
+MODEL = "coc_mini"
+
+
+def load_digit_split(size: int = 8, seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Digits as ``[N, 1, size, size]`` float images in [0, 1] with labels, split 75 / 25 (stratified)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if size != images.size(-1):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train, test = train_test_split(torch.arange(len(labels)).numpy(), test_size=0.25, random_state=seed,
+                                   stratify=labels.numpy())
+    return images[train], labels[train], images[test], labels[test]
+
+
+def format_mask(fmt: str, count: int, size: int, generator: torch.Generator) -> Optional[Tensor]:
+    """Pixels that exist in format ``fmt``: ``[count, size, size]`` bool (``None`` for the full grid)."""
+    if fmt == "grid":
+        return None
+    if fmt == "discrete":  # exactly ceil(50%) of the pixels of every image, uniformly at random
+        keep = math.ceil(KEEP_RATIO * size * size)
+        rank = torch.rand(count, size * size, generator=generator).argsort(1).argsort(1)
+        return (rank < keep).view(count, size, size)
+    if fmt == "masked":  # a rectangle of ~25% of the area, aspect ratio between 1:2 and 2:1, random place
+        area = HIDDEN_AREA * size * size
+        low, high = max(1, math.ceil(math.sqrt(area / 2))), min(size, math.floor(math.sqrt(2 * area)))
+        h = torch.randint(low, high + 1, (count,), generator=generator)
+        w = (area / h).round().long().clamp(1, size)
+        top = (torch.rand(count, generator=generator) * (size - h + 1)).long()
+        left = (torch.rand(count, generator=generator) * (size - w + 1)).long()
+        idx = torch.arange(size)
+        rows = (idx >= top[:, None]) & (idx < (top + h)[:, None])
+        cols = (idx >= left[:, None]) & (idx < (left + w)[:, None])
+        return ~(rows[:, :, None] & cols[:, None, :])
+    if fmt == "disc":  # inscribed disc around the image centre
+        centre = (size - 1) / 2.0
+        idx = torch.arange(size, dtype=torch.float32) - centre
+        inside = idx[:, None] ** 2 + idx[None, :] ** 2 <= (size / 2.0) ** 2
+        return inside.expand(count, size, size)
+    raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Translate every image by its own random offset in ``[-max_shift, max_shift]`` pixels (zeros enter)."""
+    if max_shift == 0:
+        return images
+    B, C, H, W = images.shape
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, B, 1), generator=generator)
+    padded = F.pad(images, (max_shift,) * 4)
+    rows = (torch.arange(H) + max_shift - dy)[:, None, :, None]  # [B, 1, H, 1]
+    cols = (torch.arange(W) + max_shift - dx)[:, None, None, :]  # [B, 1, 1, W]
+    return padded[torch.arange(B)[:, None, None, None], torch.arange(C)[None, :, None, None], rows, cols]
+
+
+def to_points(images: Tensor, mask: Optional[Tensor], feed: str):
+    """A batch as the network's input: the kept pixels as points, or the zero-filled full grid."""
+    if mask is None:
+        return pc.image_to_points(images)
+    if feed == "points":
+        return pc.image_to_points(images, mask=mask)
+    return pc.image_to_points(images * mask.unsqueeze(1).to(images.dtype))
+
+
+def _evaluate(model: torch.nn.Module, images: Tensor, labels: Tensor, masks: Optional[Tensor], feed: str,
+              batch_size: int) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, len(labels), batch_size):
+            mask = None if masks is None else masks[s: s + batch_size]
+            logits = model(to_points(images[s: s + batch_size], mask, feed))
+            correct += int((logits.argmax(1) == labels[s: s + batch_size]).sum())
+    return correct / len(labels)
+
+
+def train_and_test(fmt: str, feed: str, data: Tuple[Tensor, Tensor, Tensor, Tensor], epochs: int,
+                   batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.05, shift: int = 0, seed: int = 0,
+                   progress: bool = True) -> Dict[str, float]:
+    """Train a fresh ``coc_mini`` on format ``fmt`` fed as ``feed``; returns test accuracy and seconds."""
+    train_x, train_y, test_x, test_y = data
+    size = train_x.size(-1)
+    torch.manual_seed(seed)
+    model = pc.create_model(MODEL, num_classes=10, in_chans=1, mode="grid")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train_y) / batch_size)
+    total, warmup = epochs * steps_per_epoch, steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    )
+    order_gen = torch.Generator().manual_seed(seed + 1)
+    mask_gen = torch.Generator().manual_seed(seed + 2)
+    test_masks = format_mask(fmt, len(test_y), size, torch.Generator().manual_seed(seed + 3))
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc=f"{fmt:>8} {feed:>6}", leave=False, disable=not progress)
+    for _ in bar:
+        model.train()
+        order = torch.randperm(len(train_y), generator=order_gen)
+        running = 0.0
+        for s in range(0, len(order), batch_size):
+            idx = order[s: s + batch_size]
+            images = random_shift(train_x[idx], shift, mask_gen)
+            points = to_points(images, format_mask(fmt, len(idx), size, mask_gen), feed)
+            loss = F.cross_entropy(model(points), train_y[idx], label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item() * len(idx)
+        bar.set_postfix(loss=f"{running / len(order):.3f}")
+    accuracy = _evaluate(model, test_x, test_y, test_masks, feed, 2 * batch_size)
+    return dict(accuracy=accuracy, seconds=time.perf_counter() - start)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short run (3 epochs, full grid unless --formats)")
+    parser.add_argument("--formats", nargs="+", choices=FORMATS, help="formats to run (default: all; --quick: grid)")
+    parser.add_argument("--epochs", type=int, help="training epochs per run (default 15; --quick 3)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--shift", type=int, default=0, help="training augmentation: random translation in pixels")
+    parser.add_argument("--size", type=int, default=8, help="resize the 8x8 digits to size x size (bilinear)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: these tensors are small, threads mostly add overhead)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/images"), help="folder for results.json")
+    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    return parser
+
+
+def _table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
+    lines = ["| format | points | zero-filled grid |", "|---|---|---|"]
+    for fmt, runs in results.items():
+        pts = runs["points"]["accuracy"]
+        zeros = runs.get("zeros", runs["points"])["accuracy"]
+        same = " (same run)" if "zeros" not in runs else ""
+        lines.append(f"| {fmt} | {100 * pts:.1f}% | {100 * zeros:.1f}%{same} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
+    """Run the comparison; returns ``{"results": {format: {feed: {accuracy, seconds}}}, "seconds": ...}``."""
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    formats = args.formats or (["grid"] if args.quick else list(FORMATS))
+    epochs = args.epochs or (3 if args.quick else 15)
+    start = time.perf_counter()
+    data = load_digit_split(args.size, args.seed)
+    resized = "" if args.size == 8 else f", resized to {args.size}x{args.size} (bilinear)"
+    print(f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; {MODEL}, "
+          f"{epochs} epochs per run, seed {args.seed}")
+    results: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for fmt in formats:
+        results[fmt] = {}
+        for feed in (("points",) if fmt == "grid" else FEEDS):
+            run = train_and_test(fmt, feed, data, epochs, args.batch_size, args.lr, shift=args.shift, seed=args.seed,
+                                 progress=not args.no_progress)
+            results[fmt][feed] = run
+            print(f"{fmt:>8} {feed:>6}: test accuracy {100 * run['accuracy']:.1f}% ({run['seconds']:.0f} s)", flush=True)
+    seconds = time.perf_counter() - start
+    print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s")
+    summary = dict(results=results, seconds=seconds, epochs=epochs, size=args.size, seed=args.seed, model=MODEL)
+    args.output.mkdir(parents=True, exist_ok=True)
+    tmp = args.output / ".results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, args.output / "results.json")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

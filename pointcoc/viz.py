@@ -1,0 +1,503 @@
+"""Seeing the clusters: record which centre every point joins and draw it.
+
+A context-cluster layer assigns each point of its stage to one centre per head
+(SPEC section 2). :func:`record_assignments` runs a CoC model once and returns
+that assignment for a chosen stage / block together with the stage's point
+positions. :func:`point_clusters` carries it back to the *input* points (every
+input point takes the cluster of its nearest stage point, by position, within
+its own sample), and then
+
+* :func:`cluster_map` paints an image at the input's own size (each pixel in
+  its cluster's :func:`palette` colour, optionally blended over the input;
+  pixels that are not points - masked or dropped - in the background colour),
+* :func:`head_grid` tiles the maps of several heads into one picture,
+* :func:`point_cloud_image` / :func:`render_point_cloud` draw 3-D points (matplotlib's 3-D scatter when
+  matplotlib is installed, otherwise an orthographic z-buffered projection with PIL),
+* :func:`save_png` writes a PNG atomically (temporary file + ``os.replace``).
+
+Cluster ids are *sample-local*: ``region * c + j`` for centre ``j`` of region
+``region`` (``c`` centres per region), so the same id has the same colour in
+every sample. matplotlib is optional (``pip install pointcoc[viz]``) and only
+imported when a point cloud is drawn with it.
+"""
+from __future__ import annotations
+
+import colorsys
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .ops.knn import knn_padded
+
+__all__ = [
+    "BACKGROUND",
+    "StageAssignment",
+    "palette",
+    "record_assignments",
+    "point_clusters",
+    "cluster_colors",
+    "input_image",
+    "cluster_map",
+    "head_grid",
+    "save_png",
+    "point_cloud_image",
+    "render_point_cloud",
+    "write_ply",
+    "read_ply",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+BACKGROUND: Tuple[int, int, int] = (0, 0, 0)
+"""Colour of pixels that are not points (no :func:`palette` colour is this one)."""
+
+# the palette's saturation / value levels (hue follows the golden ratio); none gives black or white
+_LEVELS = ((0.80, 0.95), (0.55, 0.85), (0.95, 0.70), (0.40, 0.98), (0.70, 0.55))
+_GOLDEN = 0.6180339887498949
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` distinct colours, ``uint8 [n, 3]``; entry ``i`` is the colour of cluster id ``i``.
+
+    Hues step by the golden ratio (neighbouring ids get far-apart hues); saturation and
+    value cycle through a few levels. Every colour differs from every other one and from
+    :data:`BACKGROUND`; the first ``n`` entries do not depend on ``n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n (number of colours) must be a non-negative int, got {n!r}")
+    colours = np.empty((int(n), 3), dtype=np.uint8)
+    used = {BACKGROUND}
+    for i in range(int(n)):  # a loop over colours (the palette), not over points
+        saturation, value = _LEVELS[i % len(_LEVELS)]
+        rgb = colorsys.hsv_to_rgb((i * _GOLDEN) % 1.0, saturation, value)
+        colour = tuple(int(round(255 * c)) for c in rgb)
+        step = 0
+        while colour in used:  # a rounding collision: nudge until unique (deterministic)
+            step += 1
+            colour = (colour[0], colour[1], (colour[2] + 37 * step) % 256)
+        used.add(colour)
+        colours[i] = colour
+    return colours
+
+
+@dataclass
+class StageAssignment:
+    """Cluster assignment of one block of one stage, recorded by :func:`record_assignments`.
+
+    Attributes:
+        assignment: ``[M, heads]`` int64 sample-local cluster id of every stage point,
+            ``region * centres_per_region + j``, in ``[0, clusters_per_sample)``.
+        pos: ``[M, P]`` positions of the stage points.
+        batch: ``[M]`` sample of every stage point.
+        num_samples: ``B``.
+        regions: regions per sample.
+        centres_per_region: centres per region ``c``.
+        stage, block: where it was recorded.
+    """
+
+    assignment: Tensor
+    pos: Tensor
+    batch: Tensor
+    num_samples: int
+    regions: int
+    centres_per_region: int
+    stage: int
+    block: int
+
+    @property
+    def heads(self) -> int:
+        return self.assignment.size(1)
+
+    @property
+    def clusters_per_sample(self) -> int:
+        """Number of cluster ids a sample can use (``regions * centres_per_region``)."""
+        return self.regions * self.centres_per_region
+
+
+def _check_index(value: object, name: str, size: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value < size:
+        raise ValueError(f"{name} must be in [0, {size}) ({size} {what}), got {value}")
+    return int(value)
+
+
+def record_assignments(model: nn.Module, points: Any, stage: int = 0, block: int = 0) -> StageAssignment:
+    """Run ``model`` once (eval mode, no gradient) and record a block's cluster assignment.
+
+    Args:
+        model: a points-mode CoC model (:class:`pointcoc.models.coc.ContextClusterNet`, e.g.
+            ``pc.create_model("coc_tiny")``), trained or not.
+        points: its input (``pc.image_to_points`` output, masked / sampled pixels, RGB-D or
+            any point batch the model accepts).
+        stage: stage index (``0 .. len(model.config.layers) - 1``).
+        block: block index inside the stage.
+
+    Returns:
+        :class:`StageAssignment` with ``assignment [M, heads]`` for the stage's ``M`` points.
+        The model's training mode and recording flags are restored afterwards.
+    """
+    network = getattr(model, "network", None)
+    config = getattr(model, "config", None)
+    if not isinstance(network, nn.ModuleList) or config is None or not hasattr(model, "record_geometry"):
+        raise TypeError(f"model must be a points-mode CoC model (ContextClusterNet), got {type(model).__name__}")
+    stages = len(config.layers)
+    stage = _check_index(stage, "stage", stages, "stages")
+    block = _check_index(block, "block", len(network[2 * stage]), f"blocks in stage {stage}")
+    mixer = network[2 * stage][block].token_mixer
+    plans: List[Any] = []
+
+    def keep_plan(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        plans.append(kwargs.get("plan", args[3] if len(args) > 3 else None))
+
+    hook = mixer.register_forward_pre_hook(keep_plan, with_kwargs=True)
+    was_training, had_geometry, had_assignment = model.training, model.record_geometry, mixer.record_assignment
+    model.eval()
+    model.record_geometry, mixer.record_assignment = True, True
+    try:
+        with torch.no_grad():
+            model(points)
+        geo = model.stage_geometry[stage]
+        assignment = mixer.last_assignment
+    finally:
+        hook.remove()
+        model.train(was_training)
+        model.record_geometry, mixer.record_assignment = had_geometry, had_assignment
+    plan = plans[-1]
+    regions = plan.num_groups // geo.num_samples
+    c = plan.num_centres
+    local = assignment - (geo.batch * (regions * c)).unsqueeze(1)
+    return StageAssignment(
+        assignment=local, pos=geo.pos, batch=geo.batch, num_samples=geo.num_samples,
+        regions=regions, centres_per_region=c, stage=stage, block=block,
+    )
+
+
+def _point_batch(points: Any, name: str = "points") -> Tuple[Tensor, Tensor]:
+    pos = getattr(points, "pos", None)
+    if not isinstance(pos, Tensor) or pos.dim() != 2:
+        raise TypeError(f"{name} must carry pos [N, P] (a point batch, e.g. from pc.image_to_points)")
+    batch = getattr(points, "batch", None)
+    if batch is None:
+        batch = torch.zeros(pos.size(0), dtype=torch.long, device=pos.device)
+    return pos, batch
+
+
+def point_clusters(record: StageAssignment, points: Any, head: int = 0) -> Tensor:
+    """Cluster id of every input point: the id of its nearest stage point (same sample).
+
+    Args:
+        record: from :func:`record_assignments` on these ``points``.
+        points: the input point batch (``pos [N, P]``, ``batch [N]``).
+        head: which head's assignment.
+
+    Returns:
+        ``[N]`` int64 sample-local cluster ids. Nearest = smallest squared distance,
+        ties to the lower stage point index.
+    """
+    head = _check_index(head, "head", record.heads, "heads")
+    pos, batch = _point_batch(points)
+    if pos.size(1) != record.pos.size(1):
+        raise ValueError(f"points.pos has {pos.size(1)} coordinates but the stage points have {record.pos.size(1)}")
+    stage_pos = record.pos.to(device=pos.device, dtype=pos.dtype)
+    nearest, _ = knn_padded(stage_pos, pos, 1, record.batch.to(pos.device), batch.long())
+    return record.assignment[:, head].to(pos.device)[nearest[:, 0]]
+
+
+def cluster_colors(record: StageAssignment, points: Any, head: int = 0) -> np.ndarray:
+    """``uint8 [N, 3]`` :func:`palette` colour of every input point's cluster."""
+    ids = point_clusters(record, points, head).cpu().numpy()
+    return palette(record.clusters_per_sample)[ids]
+
+
+def _as_rgb_unit(x: Tensor) -> Tensor:
+    """Point features ``[N, C]`` -> ``[N, 3]`` colours in [0, 1] (gray repeated, extra channels dropped)."""
+    x = x.detach().float()
+    x = x.expand(-1, 3) if x.size(1) == 1 else x[:, :3]
+    if x.size(1) == 2:
+        x = torch.cat([x, x[:, :1]], dim=1)
+    return x.clamp(0.0, 1.0)
+
+
+def _sample_grid(points: Any, sample: int) -> Tuple[Tensor, int, int]:
+    pixel, grid_size = getattr(points, "pixel", None), getattr(points, "grid_size", None)
+    if not isinstance(pixel, Tensor) or not isinstance(grid_size, Tensor):
+        raise ValueError("points must carry pixel [N, 2] and grid_size [B, 2] (image points from pc.image_to_points)")
+    grid_size = grid_size.view(-1, 2)
+    sample = _check_index(sample, "sample", grid_size.size(0), "samples")
+    height, width = (int(v) for v in grid_size[sample].tolist())
+    return pixel, height, width
+
+
+def input_image(points: Any, sample: int = 0, background: Sequence[int] = BACKGROUND) -> np.ndarray:
+    """The input image of one sample rebuilt from its points, ``uint8 [H, W, 3]``.
+
+    Point features are read as colours in [0, 1] (gray repeated, channels past the third
+    dropped); pixels that are not points get ``background``.
+    """
+    pixel, height, width = _sample_grid(points, sample)
+    _, batch = _point_batch(points)
+    keep = (batch == sample).cpu()
+    rgb = (_as_rgb_unit(points.x).cpu()[keep] * 255.0).round().to(torch.uint8).numpy()
+    return _paint(pixel.cpu()[keep].numpy(), rgb, height, width, background)
+
+
+def _paint(pixel: np.ndarray, colours: np.ndarray, height: int, width: int, background: Sequence[int]) -> np.ndarray:
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = np.asarray(background, dtype=np.uint8)
+    canvas[pixel[:, 0], pixel[:, 1]] = colours
+    return canvas
+
+
+def cluster_map(
+    record: StageAssignment,
+    points: Any,
+    head: int = 0,
+    sample: int = 0,
+    alpha: float = 1.0,
+    background: Sequence[int] = BACKGROUND,
+) -> np.ndarray:
+    """Clustering map of one image sample at the input's own size, ``uint8 [H, W, 3]``.
+
+    Args:
+        record: from :func:`record_assignments` on ``points``.
+        points: image points (``pixel [N, 2]``, ``grid_size [B, 2]``; full, masked or sampled).
+        head: which head.
+        sample: which sample of the batch.
+        alpha: opacity of the cluster colours over the input: ``1`` = pure cluster colours
+            (pixel colour = ``palette(record.clusters_per_sample)[cluster id]``), ``0`` = the input.
+        background: colour of pixels that are not points.
+    """
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    pixel, height, width = _sample_grid(points, sample)
+    _, batch = _point_batch(points)
+    keep = (batch == sample).cpu()
+    colours = palette(record.clusters_per_sample)[point_clusters(record, points, head).cpu()[keep].numpy()]
+    if alpha < 1.0:
+        image = _as_rgb_unit(points.x).cpu()[keep].numpy() * 255.0
+        colours = np.rint(alpha * colours + (1.0 - alpha) * image).clip(0, 255).astype(np.uint8)
+    return _paint(pixel.cpu()[keep].numpy(), colours, height, width, background)
+
+
+def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: int = 2,
+              gap_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """Tile equally sized ``uint8 [H, W, 3]`` maps row by row into one ``uint8`` picture.
+
+    ``columns`` defaults to ``ceil(sqrt(len(maps)))``; tiles are separated by ``gap`` pixels of
+    ``gap_colour``.
+    """
+    if len(maps) == 0:
+        raise ValueError("maps must hold at least one map")
+    shape = maps[0].shape
+    if any(m.shape != shape for m in maps) or len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"maps must all be [H, W, 3] of one size, got {[m.shape for m in maps]}")
+    n = len(maps)
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // columns)
+    height, width = shape[0], shape[1]
+    out = np.empty((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), dtype=np.uint8)
+    out[:] = np.asarray(gap_colour, dtype=np.uint8)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, columns)
+        out[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = m
+    return out
+
+
+def _atomic_target(path: PathLike) -> Tuple[Path, str]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return path, tmp
+
+
+def save_png(image: np.ndarray, path: PathLike) -> Path:
+    """Write ``uint8 [H, W, 3]`` (or ``[H, W]`` gray) as a PNG, atomically. Returns the path."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"image must be uint8 [H, W], [H, W, 3] or [H, W, 4], got {image.dtype} {image.shape}")
+    path, tmp = _atomic_target(path)
+    try:
+        Image.fromarray(image).save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _rotation(elev: float, azim: float) -> np.ndarray:
+    """World -> view rotation of a camera at elevation ``elev`` / azimuth ``azim`` (degrees), z up."""
+    a, e = np.deg2rad(azim), np.deg2rad(elev)
+    right = np.array([-np.sin(a), np.cos(a), 0.0])
+    toward = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])  # towards the viewer
+    up = np.cross(toward, right)
+    return np.stack([right, up, toward])
+
+
+def _render_pil(pos: np.ndarray, colours: np.ndarray, size: Tuple[int, int], elev: float, azim: float,
+                point_size: int, background: Sequence[int]) -> np.ndarray:
+    """Orthographic z-buffered projection of the points (nearest point wins each pixel)."""
+    width, height = size
+    view = (pos - pos.mean(0)) @ _rotation(elev, azim).T  # [N, 3] (right, up, toward viewer)
+    extent = max(np.ptp(view[:, 0]), np.ptp(view[:, 1]), 1e-12)
+    scale = 0.9 * min(width, height) / extent
+    col = np.round(width / 2 + view[:, 0] * scale).astype(np.int64)
+    row = np.round(height / 2 - view[:, 1] * scale).astype(np.int64)
+    offsets = np.arange(point_size) - point_size // 2
+    dr, dc = (g.reshape(-1) for g in np.meshgrid(offsets, offsets, indexing="ij"))
+    rows, cols = (row[:, None] + dr).reshape(-1), (col[:, None] + dc).reshape(-1)
+    depth = np.repeat(-view[:, 2], dr.size)  # smaller = nearer to the viewer
+    idx = np.repeat(np.arange(pos.shape[0]), dr.size)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    rows, cols, depth, idx = rows[inside], cols[inside], depth[inside], idx[inside]
+    cell = rows * width + cols
+    order = np.lexsort((idx, depth, cell))  # per pixel: nearest first, ties by point index
+    first = order[np.unique(cell[order], return_index=True)[1]]
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = np.asarray(background, dtype=np.uint8)
+    canvas[rows[first], cols[first]] = colours[idx[first]]
+    return canvas
+
+
+def point_cloud_image(
+    pos: Union[Tensor, np.ndarray],
+    colors: np.ndarray,
+    size: Tuple[int, int] = (640, 480),
+    elev: float = 20.0,
+    azim: float = -60.0,
+    point_size: int = 2,
+    title: Optional[str] = None,
+    backend: str = "auto",
+    background: Sequence[int] = (255, 255, 255),
+) -> Tuple[np.ndarray, str]:
+    """Draw 3-D points ``pos [N, 3]`` in ``colors uint8 [N, 3]``; returns ``(uint8 [H, W, 3], backend)``.
+
+    Args:
+        pos, colors: the points (z is drawn up) and their colours.
+        size: ``(width, height)`` in pixels.
+        elev, azim: view direction in degrees (matplotlib's convention).
+        point_size: marker size (pixels across for the PIL renderer).
+        title: optional title (matplotlib only).
+        backend: ``"matplotlib"`` (3-D scatter), ``"pil"`` (orthographic z-buffer) or ``"auto"``
+            (matplotlib when installed).
+        background: background colour (PIL renderer).
+    """
+    pos = pos.detach().cpu().double().numpy() if isinstance(pos, Tensor) else np.asarray(pos, dtype=np.float64)
+    colors = np.asarray(colors)
+    if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] == 0:
+        raise ValueError(f"pos must be a non-empty [N, 3] array, got shape {pos.shape}")
+    if colors.dtype != np.uint8 or colors.shape != pos.shape:
+        raise ValueError(f"colors must be uint8 [N, 3] matching pos {pos.shape}, got {colors.dtype} {colors.shape}")
+    if backend not in ("auto", "matplotlib", "pil"):
+        raise ValueError(f"backend must be 'auto', 'matplotlib' or 'pil', got {backend!r}")
+    if backend in ("auto", "matplotlib"):
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+            from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the 3-D projection)
+        except ImportError:
+            if backend == "matplotlib":
+                raise
+        else:
+            fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)  # no pyplot: no global state
+            canvas = FigureCanvasAgg(fig)
+            ax = fig.add_subplot(projection="3d")
+            ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=colors / 255.0, s=point_size, depthshade=False,
+                       linewidths=0)
+            ax.set_box_aspect(np.maximum(np.ptp(pos, axis=0), 1e-9))
+            ax.view_init(elev=elev, azim=azim)
+            ax.set_axis_off()
+            if title:
+                ax.set_title(title, fontsize=10)
+            fig.subplots_adjust(0, 0, 1, 0.93 if title else 1)
+            canvas.draw()
+            return np.asarray(canvas.buffer_rgba())[..., :3].copy(), "matplotlib"
+    return _render_pil(pos, colors, size, elev, azim, point_size, background), "pil"
+
+
+def render_point_cloud(pos: Union[Tensor, np.ndarray], colors: np.ndarray, path: PathLike, **kwargs: Any) -> str:
+    """:func:`point_cloud_image` saved as a PNG (atomically); returns the backend used."""
+    image, backend = point_cloud_image(pos, colors, **kwargs)
+    save_png(image, path)
+    return backend
+
+
+def write_ply(path: PathLike, pos: Union[Tensor, np.ndarray], colors: Optional[np.ndarray] = None) -> Path:
+    """Write points as an ASCII PLY, atomically: one ``x y z [red green blue]`` line per point.
+
+    Args:
+        path: output file.
+        pos: ``[N, 3]`` float positions (written with 6 decimals).
+        colors: optional ``uint8 [N, 3]`` colours (``property uchar red/green/blue``).
+    """
+    pos = pos.detach().cpu().double().numpy() if isinstance(pos, Tensor) else np.asarray(pos, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"pos must be [N, 3], got shape {pos.shape}")
+    header = ["ply", "format ascii 1.0", f"element vertex {pos.shape[0]}"]
+    header += [f"property float {axis}" for axis in "xyz"]
+    if colors is None:
+        table, fmt = pos, "%.6f %.6f %.6f"
+    else:
+        colors = np.asarray(colors)
+        if colors.dtype != np.uint8 or colors.shape != pos.shape:
+            raise ValueError(f"colors must be uint8 [N, 3] matching pos {pos.shape}, got {colors.dtype} {colors.shape}")
+        header += [f"property uchar {name}" for name in ("red", "green", "blue")]
+        table = np.concatenate([pos, colors.astype(np.float64)], axis=1)
+        fmt = "%.6f %.6f %.6f %d %d %d"
+    header.append("end_header")
+    path, tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w", encoding="ascii") as handle:
+            handle.write("\n".join(header) + "\n")
+            np.savetxt(handle, table, fmt=fmt)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_ply(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Read an ASCII PLY point cloud (vertex ``x y z`` and optional ``red green blue``).
+
+    Returns ``pos float64 [N, 3]`` and ``colors uint8 [N, 3]`` (``None`` without colours).
+    Raises ``ValueError`` for binary PLY, missing x/y/z or a vertex count that does not match.
+    """
+    with open(path, "r", encoding="ascii", errors="strict") as handle:
+        if handle.readline().strip() != "ply":
+            raise ValueError(f"path {os.fspath(path)!r} is not a PLY file (no 'ply' magic line)")
+        count, properties, in_vertex = None, [], False
+        for line in handle:
+            words = line.split()
+            if not words or words[0] in ("comment", "obj_info"):
+                continue
+            if words[0] == "format" and words[1] != "ascii":
+                raise ValueError(f"only ASCII PLY is supported, {os.fspath(path)!r} is {words[1]}")
+            if words[0] == "element":
+                in_vertex = words[1] == "vertex"
+                if in_vertex:
+                    count = int(words[2])
+            elif words[0] == "property" and in_vertex:
+                properties.append(words[-1])
+            elif words[0] == "end_header":
+                break
+        if count is None or any(axis not in properties for axis in "xyz"):
+            raise ValueError(f"PLY file {os.fspath(path)!r} needs a vertex element with x, y, z properties")
+        table = np.loadtxt(handle, dtype=np.float64, max_rows=count, ndmin=2) if count else np.zeros((0, len(properties)))
+    if table.shape != (count, len(properties)):
+        raise ValueError(f"PLY file {os.fspath(path)!r} declares {count} vertices with {len(properties)} "
+                         f"properties but holds a {table.shape} table")
+    pos = table[:, [properties.index(axis) for axis in "xyz"]]
+    colors = None
+    if all(name in properties for name in ("red", "green", "blue")):
+        colors = table[:, [properties.index(name) for name in ("red", "green", "blue")]].astype(np.uint8)
+    return pos, colors

@@ -1,0 +1,422 @@
+"""PointMLP, PointMLP-elite and their context-cluster variants (SPEC section 4).
+
+The oracle is a naive model written here straight from the spec in the released
+layout: Conv1d layers on ``[B*S, C, k]`` groups, an explicit ``[B, S, k, 2C]``
+concatenation with the repeated anchor, ``torch.cdist`` + ``topk`` neighbours and
+a plain farthest point sampling loop from index 0. It loads a released-format
+state dict (``{'net': {'module.' + name: tensor}}``, 1x1 weights ``[out, in, 1]``,
+``fc1``/``fc_v``/``fc2`` in the context clusters), and pointcoc's model loads the
+same checkpoint through ``pc.convert_official_state_dict``.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pointcoc as pc
+from pointcoc.models.pointmlp import LocalGrouper
+from tests.helpers import DEVICES
+
+NAMES = ["pointmlp", "pointmlp_elite", "pointmlp_coc", "pointmlp_elite_coc"]
+
+# pointmlp_elite_coc = pointmlp_elite + one context cluster per pre-extraction block, each with
+# f, v: Linear(O, h) and proj: Linear(h, O) (biases), sim_alpha, sim_beta; h = max(O // 4, 32):
+# O=64 (1 block): 2*(64*32+32) + 32*64+64 + 2 = 6,274;  O=128 (1): 12,482;  O=256 (2 + 1): 3 * 49,538
+PARAMS = {
+    "pointmlp": 13_232_079,
+    "pointmlp_elite": 709_807,
+    "pointmlp_coc": 15_326_815,
+    "pointmlp_elite_coc": 709_807 + 6_274 + 12_482 + 3 * 49_538,
+}
+
+# SPEC s4 table: embed, res_expansion, dim expansion, pre_blocks, pos_blocks
+SPEC = {
+    "pointmlp": (64, 1.0, (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2)),
+    "pointmlp_elite": (32, 0.25, (2, 2, 2, 1), (1, 1, 2, 1), (1, 1, 2, 1)),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# naive reference in the released layout
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_bn(cin: int, cout: int, relu: bool) -> nn.Sequential:
+    layers = [nn.Conv1d(cin, cout, 1, bias=False), nn.BatchNorm1d(cout)]
+    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
+
+
+class _ConvBNReLU(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.net = _conv_bn(cin, cout, True)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int, expansion: float) -> None:
+        super().__init__()
+        self.net1 = _conv_bn(channels, int(channels * expansion), True)
+        self.net2 = _conv_bn(int(channels * expansion), channels, False)
+
+    def forward(self, x):  # [*, C, L]
+        return F.relu(self.net2(self.net1(x)) + x)
+
+
+class _Cluster(nn.Module):
+    """One centre per group = mean of its k points; sigmoid(beta + alpha cos) similarity; own residual."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = max(channels // 4, 32)
+        self.fc1 = nn.Conv1d(channels, hidden, 1)
+        self.fc_v = nn.Conv1d(channels, hidden, 1)
+        self.fc2 = nn.Conv1d(hidden, channels, 1)
+        self.sim_alpha = nn.Parameter(torch.ones(1))
+        self.sim_beta = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):  # [G, C, k]
+        f, v = self.fc1(x), self.fc_v(x)
+        centre, value_centre = f.mean(-1, keepdim=True), v.mean(-1)
+        cos = (F.normalize(f, dim=1) * F.normalize(centre, dim=1)).sum(1)  # [G, k]
+        s = torch.sigmoid(self.sim_beta + self.sim_alpha * cos)
+        agg = (value_centre + (s[:, None, :] * v).sum(-1)) / (1.0 + s.sum(-1, keepdim=True))  # [G, h]
+        return x + self.fc2(s[:, None, :] * agg[:, :, None])
+
+
+class _Grouper(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, channels))
+        self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, channels))
+
+
+class _Pre(nn.Module):
+    def __init__(self, cin: int, cout: int, blocks: int, expansion: float, coc: bool) -> None:
+        super().__init__()
+        self.transfer = _ConvBNReLU(2 * cin, cout)
+        ops = []
+        for _ in range(blocks):
+            ops += ([_Cluster(cout)] if coc else []) + [_Residual(cout, expansion)]
+        self.operation = nn.ModuleList(ops)
+
+    def forward(self, grouped):  # [B, S, k, 2C] -> [B, O, S]
+        B, S, k, d = grouped.shape
+        x = self.transfer(grouped.permute(0, 1, 3, 2).reshape(B * S, d, k))
+        for op in self.operation:
+            x = op(x)
+        return x.max(-1).values.view(B, S, -1).permute(0, 2, 1)
+
+
+class _Pos(nn.Module):
+    def __init__(self, channels: int, blocks: int, expansion: float) -> None:
+        super().__init__()
+        self.operation = nn.Sequential(*(_Residual(channels, expansion) for _ in range(blocks)))
+
+    def forward(self, x):  # [B, O, S]
+        return self.operation(x)
+
+
+def naive_fps(xyz: torch.Tensor, num: int) -> torch.Tensor:
+    """Farthest point sampling from index 0 on ``xyz: [B, n, 3]`` -> ``[B, num]``."""
+    B, n, _ = xyz.shape
+    rows = torch.arange(B)
+    picked = torch.zeros(B, num, dtype=torch.long)
+    nearest = torch.full((B, n), float("inf"), dtype=xyz.dtype)
+    current = torch.zeros(B, dtype=torch.long)
+    for i in range(num):
+        picked[:, i] = current
+        nearest = torch.minimum(nearest, ((xyz - xyz[rows, current][:, None]) ** 2).sum(-1))
+        current = nearest.argmax(-1)
+    return picked
+
+
+class ReferencePointMLP(nn.Module):
+    """PointMLP(-CoC) as SPEC s4 describes it, in the released parameter layout."""
+
+    def __init__(self, name: str, num_classes: int = 15, points: int = 1024, k: int = 24) -> None:
+        super().__init__()
+        embed, expansion, dims, pre, pos = SPEC[name.replace("_coc", "")]
+        coc = name.endswith("_coc")
+        self.k = k
+        self.embedding = _ConvBNReLU(3, embed)
+        self.local_grouper_list, self.pre_blocks_list, self.pos_blocks_list = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.anchors = []
+        channels = embed
+        for s in range(4):
+            points //= 2
+            self.anchors.append(points)
+            self.local_grouper_list.append(_Grouper(channels))
+            self.pre_blocks_list.append(_Pre(channels, channels * dims[s], pre[s], expansion, coc))
+            channels *= dims[s]
+            self.pos_blocks_list.append(_Pos(channels, pos[s], expansion))
+        self.classifier = nn.Sequential(
+            nn.Linear(channels, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
+            nn.Linear(256, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x):  # [B, 3, n]
+        B = x.size(0)
+        rows = torch.arange(B)[:, None]
+        xyz = x.permute(0, 2, 1)
+        h = self.embedding(x)  # [B, C, n]
+        for s in range(4):
+            points = h.permute(0, 2, 1)  # [B, n, C]
+            anchor_idx = naive_fps(xyz, self.anchors[s])
+            anchor_xyz, anchor = xyz[rows, anchor_idx], points[rows, anchor_idx]
+            dist = torch.cdist(anchor_xyz, xyz, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+            nbr = dist.topk(self.k, dim=-1, largest=False).indices  # [B, S, k]
+            diff = points[rows[:, :, None], nbr] - anchor[:, :, None, :]
+            std = diff.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)
+            grouper = self.local_grouper_list[s]
+            normed = grouper.affine_alpha * diff / (std + 1e-5) + grouper.affine_beta
+            grouped = torch.cat([normed, anchor[:, :, None, :].expand_as(normed)], dim=-1)  # [B, S, k, 2C]
+            h = self.pos_blocks_list[s](self.pre_blocks_list[s](grouped))
+            xyz = anchor_xyz
+        return self.classifier(h.max(-1).values)
+
+
+def to_released(model: nn.Module) -> dict:
+    """A pointcoc state dict in the released checkpoint format."""
+    names = {"f": "fc1", "v": "fc_v", "proj": "fc2"}
+    net = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"(operation\.\d+)\.(f|v|proj)\.", lambda m: f"{m.group(1)}.{names[m.group(2)]}.", key)
+        if value.dim() == 2 and not key.startswith("classifier."):
+            value = value.unsqueeze(-1)
+        net["module." + key] = value.clone()
+    return {"net": net, "epoch": 100, "best_test_acc": 0.0}
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> None:
+    """Make every parameter and BN statistic matter (non-trivial affine, stats, similarity scalars)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("affine_alpha", "sim_alpha")) or (p.dim() == 1 and "weight" in name):
+                p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1 or name.endswith(("affine_beta", "sim_beta")):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=g))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
+
+
+def _pair(name: str, points: int, k: int):
+    torch.manual_seed(0)
+    model = pc.create_model(name, points=points, k_neighbors=k).double()
+    _randomise(model)
+    released = to_released(model)
+    ref = ReferencePointMLP(name, points=points, k=k).double()
+    ref.load_state_dict({key[len("module."):]: v for key, v in released["net"].items()})
+    fresh = pc.create_model(name, points=points, k_neighbors=k).double()
+    fresh.load_state_dict(pc.convert_official_state_dict(name, released))
+    return fresh, ref
+
+
+# ----------------------------------------------------------------------------------------------
+# tests
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count(name):
+    model = pc.create_model(name, num_classes=15)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
+    assert name in pc.list_models()
+
+
+def test_released_parameter_names():
+    sd = pc.create_model("pointmlp_coc").state_dict()
+    assert sd["embedding.net.0.weight"].shape == (64, 3)
+    assert {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"} == {
+        k.rsplit(".", 1)[1] for k in sd if k.startswith("embedding.net.1.")
+    }
+    assert sd["local_grouper_list.3.affine_alpha"].shape == (1, 1, 1, 512)
+    assert sd["pre_blocks_list.0.transfer.net.0.weight"].shape == (128, 128)
+    assert sd["pre_blocks_list.3.operation.0.f.weight"].shape == (256, 1024)
+    assert sd["pre_blocks_list.3.operation.2.proj.weight"].shape == (1024, 256)
+    assert sd["pre_blocks_list.3.operation.3.net2.1.running_var"].shape == (1024,)
+    assert sd["pos_blocks_list.1.operation.1.net1.0.weight"].shape == (256, 256)
+    assert {k.split(".")[1] for k in sd if k.startswith("classifier.")} == {"0", "1", "4", "5", "8"}
+    cluster = {k.split(".", 4)[4] for k in sd if re.match(r"pre_blocks_list\.\d+\.operation\.[02]\.", k)}
+    assert cluster == {"f.weight", "f.bias", "v.weight", "v.bias", "proj.weight", "proj.bias", "sim_alpha", "sim_beta"}
+    assert not any(re.match(r"pre_blocks_list\.\d+\.operation\.[13]\.(f|v|proj|sim)", k) for k in sd)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shape(name, device):
+    torch.manual_seed(0)
+    model = pc.create_model(name, num_classes=7, points=128, k_neighbors=8).to(device).eval()
+    xyz = torch.randn(3, 3, 128, device=device)
+    with torch.no_grad():
+        out = model(xyz)
+        model.channels_last_input = True
+        out_last = model(xyz.transpose(1, 2).contiguous())
+    assert out.shape == (3, 7) and torch.isfinite(out).all()
+    torch.testing.assert_close(out_last, out, rtol=0, atol=0)
+
+
+def test_output_shape_default_k():
+    model = pc.create_model("pointmlp_elite", points=256, channels_last_input=True).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 256, 3)).shape == (2, 15)
+    assert [g.groups for g in model.local_grouper_list] == [128, 64, 32, 16]
+    assert [g.k for g in model.local_grouper_list] == [24] * 4
+
+
+@pytest.mark.parametrize("name,points,k", [(n, 128, 8) for n in NAMES] + [("pointmlp_elite_coc", 256, 24)])
+def test_matches_naive_reference_eval(name, points, k):
+    model, ref = _pair(name, points, k)
+    model.eval()
+    ref.eval()
+    xyz = torch.randn(2, 3, points, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(xyz), ref(xyz), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["pointmlp_elite", "pointmlp_elite_coc"])
+def test_matches_naive_reference_training(name):
+    """Training mode: batch statistics, dropout (same RNG stream), gradients of every parameter, running stats."""
+    model, ref = _pair(name, 128, 8)
+    model.train()
+    ref.train()
+    xyz = torch.randn(4, 3, 128, dtype=torch.float64)
+    target = torch.tensor([0, 3, 5, 14])
+    torch.manual_seed(1)
+    out = model(xyz)
+    torch.manual_seed(1)
+    expected = ref(xyz)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    F.cross_entropy(out, target).backward()
+    F.cross_entropy(expected, target).backward()
+    ours = dict(model.named_parameters())
+    theirs = pc.convert_official_state_dict(name, {k: p.grad for k, p in ref.named_parameters()})
+    assert ours.keys() == theirs.keys()
+    for key, p in ours.items():
+        torch.testing.assert_close(p.grad, theirs[key], rtol=1e-9, atol=1e-10, msg=key)
+    running = pc.convert_official_state_dict(name, dict(ref.named_buffers()))
+    for key, b in model.named_buffers():
+        torch.testing.assert_close(b, running[key], rtol=1e-10, atol=1e-10, msg=key)
+
+
+def test_grouper_matches_spec():
+    """The implicit grouped tensor equals the explicit one, and its linear map equals concat @ W^T."""
+    torch.manual_seed(0)
+    B, n, C, S, k = 2, 40, 5, 10, 6
+    grouper = LocalGrouper(C, S, k).double()
+    with torch.no_grad():
+        grouper.affine_alpha.copy_(torch.randn(1, 1, 1, C))
+        grouper.affine_beta.copy_(torch.randn(1, 1, 1, C))
+    xyz = torch.randn(B, n, 3, dtype=torch.float64)
+    x = torch.randn(B, n, C, dtype=torch.float64)
+    groups = grouper(xyz, x)
+    rows = torch.arange(B)[:, None]
+    anchor_idx = naive_fps(xyz, S)
+    assert torch.equal(groups.anchors.view(B, S) - n * torch.arange(B)[:, None], anchor_idx)
+    torch.testing.assert_close(groups.anchor_xyz, xyz[rows, anchor_idx], rtol=0, atol=0)
+    dist = ((xyz[rows, anchor_idx][:, :, None, :] - xyz[:, None, :, :]) ** 2).sum(-1)
+    nbr = dist.argsort(dim=-1, stable=True)[..., :k]
+    diff = x[rows[:, :, None], nbr] - x[rows, anchor_idx][:, :, None, :]
+    std = diff.reshape(B, -1).std(dim=-1, unbiased=True).view(B, 1, 1, 1)
+    normed = grouper.affine_alpha * diff / (std + 1e-5) + grouper.affine_beta
+    expected = torch.cat([normed, x[rows, anchor_idx][:, :, None, :].expand(-1, -1, k, -1)], dim=-1)
+    torch.testing.assert_close(groups.dense(), expected, rtol=1e-12, atol=1e-12)
+    weight = torch.randn(7, 2 * C, dtype=torch.float64)
+    torch.testing.assert_close(groups.linear(weight), (expected @ weight.t()).reshape(-1, 7), rtol=1e-12, atol=1e-12)
+
+
+def test_random_fps_start():
+    torch.manual_seed(0)
+    grouper = LocalGrouper(4, 8, 4)
+    xyz, x = torch.randn(3, 32, 3), torch.randn(3, 32, 4)
+    offsets = 32 * torch.arange(3)
+    assert torch.equal(grouper(xyz, x).anchors.view(3, 8)[:, 0], offsets)
+    starts = torch.stack([grouper(xyz, x, random_start=True).anchors.view(3, 8)[:, 0] - offsets for _ in range(10)])
+    assert starts.unique().numel() > 1 and 0 <= int(starts.min()) and int(starts.max()) < 32
+
+    model = pc.create_model("pointmlp_elite_coc", num_classes=3, points=128, k_neighbors=8).eval()
+    xyz = torch.randn(2, 3, 128)
+    with torch.no_grad():
+        assert torch.equal(model(xyz), model(xyz))  # start 0: deterministic
+        model.fps_random_start = True
+        outs = torch.stack([model(xyz) for _ in range(4)])
+    assert not all(torch.equal(outs[0], o) for o in outs[1:])
+
+    model.train()  # training with random starts: finite loss, every parameter gets a gradient
+    loss = F.cross_entropy(model(xyz), torch.tensor([0, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for key, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), key
+
+
+def _two_shapes(num: int, n: int, generator: torch.Generator):
+    """Class 0: points on a sphere; class 1: points on a flat square. ``[num, 3, n]`` and labels."""
+    labels = torch.arange(num) % 2
+    sphere = F.normalize(torch.randn(num, n, 3, generator=generator), dim=-1)
+    square = torch.rand(num, n, 3, generator=generator) * 2 - 1
+    square[..., 2] = 0.02 * torch.randn(num, n, generator=generator)
+    xyz = torch.where(labels[:, None, None] == 0, sphere, square)
+    return xyz.transpose(1, 2).contiguous(), labels
+
+
+def test_training_learns_two_shapes():
+    """A few Adam steps with random FPS starts separate spheres from flat squares."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = pc.create_model(
+        "pointmlp_elite", num_classes=2, points=64, k_neighbors=8, dropout=0.0, fps_random_start=True
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xyz, labels = _two_shapes(16, 64, g)
+    losses = []
+    for _ in range(12):
+        loss = F.cross_entropy(model(xyz), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) < 0.25 * sum(losses[:3])
+    model.fps_random_start = False
+    with torch.no_grad():  # precise BN: running statistics of the training set, then evaluation mode
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.reset_running_stats()
+                m.momentum = None
+        model(xyz)
+        model.eval()
+        fresh, fresh_labels = _two_shapes(32, 64, g)
+        assert torch.equal(model(xyz).argmax(1), labels)
+        assert torch.equal(model(fresh).argmax(1), fresh_labels)
+
+
+def test_bad_input():
+    model = pc.create_model("pointmlp_elite", points=128, k_neighbors=8).eval()
+    with pytest.raises(TypeError, match="x"):
+        model([[0.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="x"):
+        model(torch.randn(3, 128))
+    with pytest.raises(ValueError, match=r"x must be \[B, 3, n\]"):
+        model(torch.randn(2, 128, 3))
+    with pytest.raises(TypeError, match="x"):
+        model(torch.zeros(2, 3, 128, dtype=torch.long))
+    with pytest.raises(ValueError, match="x has 32 points"):
+        model(torch.randn(2, 3, 32))
+    with pytest.raises(ValueError, match="points=64"):
+        pc.create_model("pointmlp", points=64)
+    with pytest.raises(ValueError, match="k_neighbors"):
+        pc.create_model("pointmlp", k_neighbors=(24, 24))
+    with torch.no_grad():  # more points than the model was built for: fine (anchors stay points // 2)
+        assert math.isfinite(float(model(torch.randn(2, 3, 200)).sum()))
