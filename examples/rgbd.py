@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=120, help="synthetic frame height")
     parser.add_argument("--width", type=int, default=160, help="synthetic frame width")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained weights")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)")
     return parser
 
 
@@ -197,6 +199,7 @@ def _save_depth_png(depth: np.ndarray, path: Path) -> Path:
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     """Run the example; returns a summary (point count, feature shape, written files)."""
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out = args.output
     written: Dict[str, Path] = {}
@@ -212,7 +215,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         missing = [n for n in ("rgb", "depth", "fx", "fy", "cx", "cy") if getattr(args, n) is None]
         if missing:
             raise SystemExit(f"error: with real files give --{' --'.join(missing)}")
-        rgb_in, depth_in = args.rgb, args.depth
+        rgb_in, depth_in = np.array(Image.open(args.rgb).convert("RGB")), args.depth  # gray / RGBA -> RGB
         intrinsics, depth_scale = (args.fx, args.fy, args.cx, args.cy), args.depth_scale or 1000.0
     points = pc.rgbd_to_points(rgb_in, depth_in, intrinsics=intrinsics, depth_scale=depth_scale, mode="xyz")
     height, width = points.grid_size[0].tolist()
@@ -232,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     upright = np.stack([pos[:, 0], pos[:, 2], -pos[:, 1]], 1)  # camera frame -> x right, depth, up
     written["clusters_3d"] = out / "clusters_3d.png"
     backend = viz.render_point_cloud(
-        upright, cluster_rgb, written["clusters_3d"], elev=25, azim=-75,
+        upright, cluster_rgb, written["clusters_3d"], elev=12, azim=-100,
         title=f"{args.model} stage {args.stage} block {args.block} head {args.head}: {used} clusters",
     )
     written["clusters_image"] = viz.save_png(viz.cluster_map(record, points, args.head), out / "clusters_image.png")

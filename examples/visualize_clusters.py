@@ -11,7 +11,8 @@
 For an image the map has the image's own size (no resizing, any H x W): every pixel takes
 the colour of its cluster (the cluster of the nearest point of the chosen stage, by
 position), optionally blended over the image (``--alpha`` < 1); pixels that are not points
-(``--keep`` / ``--mask``) are black. ``--all-heads`` tiles one map per head. For a point
+(``--keep`` / ``--mask``) are black. ``--all-heads`` tiles one map per head, ``--with-input``
+puts the input (as the model sees it, absent pixels black) first. For a point
 cloud (``--points``: ASCII PLY, ``.npy`` or text with columns ``x y z [r g b]``) the output
 is a 3-D scatter coloured by cluster.
 
@@ -24,11 +25,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
 from PIL import Image
+from torch_geometric.data import Batch
 
 try:
     import pointcoc  # noqa: F401
@@ -55,7 +57,8 @@ def load_model(name: str, checkpoint: Optional[Path], in_chans: int, pos_dim: in
     return model.eval()
 
 
-def image_points(image: Image.Image, channels: int, keep: Optional[float], mask_path: Optional[Path], seed: int):
+def image_points(image: Image.Image, channels: int, keep: Optional[float], mask_path: Optional[Path],
+                 seed: int) -> Batch:
     """The image (gray for 1 channel, else RGB) as points, optionally masked and/or subsampled."""
     array = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy
     mask = None
@@ -70,10 +73,8 @@ def image_points(image: Image.Image, channels: int, keep: Optional[float], mask_
     return points
 
 
-def cloud_points(path: Path) -> Tuple[object, bool]:
+def cloud_points(path: Path) -> Batch:
     """A point-cloud file as a one-sample point batch; ``x`` = colours in [0, 1] (or ones)."""
-    from torch_geometric.data import Batch
-
     if path.suffix.lower() == ".ply":
         pos, colours = viz.read_ply(path)
         table = pos if colours is None else np.concatenate([pos, colours / 255.0], 1)
@@ -83,17 +84,20 @@ def cloud_points(path: Path) -> Tuple[object, bool]:
         table = np.loadtxt(path, ndmin=2, delimiter="," if path.suffix.lower() == ".csv" else None)
     if table.ndim != 2 or table.shape[1] not in (3, 6):
         raise SystemExit(f"error: --points must hold columns x y z [r g b], got an array of shape {table.shape}")
-    coloured = table.shape[1] == 6
-    rgb = table[:, 3:] / (255.0 if coloured and table[:, 3:].max() > 1 else 1.0) if coloured else np.ones((len(table), 1))
+    if table.shape[1] == 6:  # colours as 0..255 or 0..1
+        features = table[:, 3:] / (255.0 if table[:, 3:].max() > 1 else 1.0)
+    else:
+        features = np.ones((len(table), 1))
     pos = torch.tensor(table[:, :3], dtype=torch.float32)
-    return Batch(x=torch.tensor(rgb, dtype=torch.float32), pos=pos, batch=torch.zeros(len(pos), dtype=torch.long)), coloured
+    return Batch(x=torch.tensor(features, dtype=torch.float32), pos=pos, batch=torch.zeros(len(pos), dtype=torch.long))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--image", type=Path, help="PNG/JPEG image (default: the synthetic RGB-D colour frame)")
+    source.add_argument("--image", type=Path,
+                        help="PNG/JPEG image (default: the synthetic RGB-D colour frame, 320x240)")
     source.add_argument("--points", type=Path, help="point cloud: ASCII .ply, .npy or text, columns x y z [r g b]")
     parser.add_argument("--model", default="coc_tiny", help="CoC variant (pc.list_models('coc*'))")
     parser.add_argument("--checkpoint", type=Path, help="weights (released CoC checkpoint or state dict)")
@@ -102,12 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", type=int, default=0)
     parser.add_argument("--all-heads", action="store_true", help="tile the maps of every head")
     parser.add_argument("--alpha", type=float, default=1.0, help="opacity of the cluster colours over the image")
+    parser.add_argument("--with-input", action="store_true", help="put the input image (its points) first")
     parser.add_argument("--keep", type=float, help="keep this random fraction of the pixels (discrete pixels)")
     parser.add_argument("--mask", type=Path, help="PNG mask of the image's size: nonzero pixels are kept")
     parser.add_argument("--gray", action="store_true", help="feed the image as one gray channel (in_chans=1)")
     parser.add_argument("--mode", choices=("auto", "grid", "point"), default="auto",
-                        help="auto: grid mode on full images, point mode otherwise")
+                        help="auto: grid mode on full images, point mode (FPS + kNN) otherwise; grid: also on "
+                             "masked / discrete images (sparse convolutions on the pixel lattice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of untrained weights and --keep")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)")
     parser.add_argument("--out", type=Path, default=Path("cluster_map.png"), help="output PNG")
     return parser
 
@@ -115,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> Path:
     """Write the map; returns its path."""
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.points is not None:
-        points, coloured = cloud_points(args.points)
+        points = cloud_points(args.points)
         model = load_model(args.model, args.checkpoint, points.x.size(1), 3, "point")
         if model.in_chans != points.x.size(1):
             raise SystemExit(f"error: the checkpoint expects {model.in_chans} feature channels, the cloud has "
@@ -127,7 +136,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from rgbd import synthetic_frame
 
-            image = Image.fromarray(synthetic_frame()[0])
+            image = Image.fromarray(synthetic_frame(240, 320)[0])
         else:
             image = Image.open(args.image)
         model = load_model(args.model, args.checkpoint, 1 if args.gray else 3, 2, args.mode)
@@ -140,6 +149,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
                                           title=f"head {h}")[0] for h in heads]
     else:
         pictures = [viz.cluster_map(record, points, head=h, alpha=args.alpha) for h in heads]
+        if args.with_input:
+            pictures.insert(0, viz.input_image(points))
     picture = viz.head_grid(pictures, columns=min(4, len(pictures))) if len(pictures) > 1 else pictures[0]
     viz.save_png(picture, args.out)
     height, width = picture.shape[:2]

@@ -11,9 +11,12 @@ its own sample), and then
   its cluster's :func:`palette` colour, optionally blended over the input;
   pixels that are not points - masked or dropped - in the background colour),
 * :func:`head_grid` tiles the maps of several heads into one picture,
-* :func:`point_cloud_image` / :func:`render_point_cloud` draw 3-D points (matplotlib's 3-D scatter when
-  matplotlib is installed, otherwise an orthographic z-buffered projection with PIL),
-* :func:`save_png` writes a PNG atomically (temporary file + ``os.replace``).
+* :func:`point_cloud_image` / :func:`render_point_cloud` draw 3-D points
+  (matplotlib's 3-D scatter when matplotlib is installed, otherwise an
+  orthographic z-buffered projection with PIL),
+* :func:`save_png` writes a PNG atomically (temporary file + ``os.replace``),
+* :func:`write_ply` / :func:`read_ply` store coloured point clouds as ASCII PLY
+  for point-cloud viewers (MeshLab, CloudCompare, Open3D).
 
 Cluster ids are *sample-local*: ``region * c + j`` for centre ``j`` of region
 ``region`` (``c`` centres per region), so the same id has the same colour in
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import colorsys
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -312,11 +315,10 @@ def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: in
 
 
 def _atomic_target(path: PathLike) -> Tuple[Path, str]:
+    """The final path (parent folders created) and a unique temporary name beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return path, tmp
+    return path, str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
 
 
 def save_png(image: np.ndarray, path: PathLike) -> Path:
@@ -413,7 +415,7 @@ def point_cloud_image(
             ax = fig.add_subplot(projection="3d")
             ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=colors / 255.0, s=point_size, depthshade=False,
                        linewidths=0)
-            ax.set_box_aspect(np.maximum(np.ptp(pos, axis=0), 1e-9))
+            ax.set_box_aspect(np.maximum(np.ptp(pos, axis=0), 1e-9), zoom=1.35)
             ax.view_init(elev=elev, azim=azim)
             ax.set_axis_off()
             if title:
@@ -492,7 +494,8 @@ def read_ply(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
                 break
         if count is None or any(axis not in properties for axis in "xyz"):
             raise ValueError(f"PLY file {os.fspath(path)!r} needs a vertex element with x, y, z properties")
-        table = np.loadtxt(handle, dtype=np.float64, max_rows=count, ndmin=2) if count else np.zeros((0, len(properties)))
+        empty = np.zeros((0, len(properties)))
+        table = np.loadtxt(handle, dtype=np.float64, max_rows=count, ndmin=2) if count else empty
     if table.shape != (count, len(properties)):
         raise ValueError(f"PLY file {os.fspath(path)!r} declares {count} vertices with {len(properties)} "
                          f"properties but holds a {table.shape} table")

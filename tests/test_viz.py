@@ -109,15 +109,18 @@ def test_record_assignments_restores_model_state(device):
         viz.record_assignments(torch.nn.Linear(2, 2), points)
 
 
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 1])
 def test_point_clusters_match_brute_force_on_ragged_batch(stage):
     torch.manual_seed(1)
-    model = pc.create_model("coc_tiny", num_classes=3).double().eval()
-    points = pc.image_to_points([torch.rand(3, 20, 20, dtype=torch.float64), torch.rand(3, 31, 17, dtype=torch.float64)])
+    model = pc.create_model("coc_mini", num_classes=3).double().eval()
+    images = [torch.rand(3, 20, 20, dtype=torch.float64), torch.rand(3, 31, 17, dtype=torch.float64)]
+    points = pc.image_to_points(images)
     record = viz.record_assignments(model, points, stage=stage, block=1)
+    per_head = [viz.point_clusters(record, points, head) for head in range(record.heads)]
     for head in range(record.heads):
-        expected = brute_force_ids(model, points, stage, 1, head)
-        assert torch.equal(viz.point_clusters(record, points, head), expected)
+        assert torch.equal(per_head[head], brute_force_ids(model, points, stage, 1, head))
+    assert not torch.equal(per_head[0], per_head[1])  # the heads cluster differently: the head matters
+    assert per_head[0].unique().numel() >= 4
 
 
 def test_cluster_map_png_of_17x23_image_equals_recorded_assignment(tmp_path):
@@ -125,19 +128,21 @@ def test_cluster_map_png_of_17x23_image_equals_recorded_assignment(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     cli = load_example("visualize_clusters")
-    out = cli.main(["--image", str(tmp_path / "in.png"), "--model", "coc_tiny", "--stage", "0", "--block", "0",
+    out = cli.main(["--image", str(tmp_path / "in.png"), "--model", "coc_mini", "--stage", "0", "--block", "1",
                     "--head", "1", "--out", str(tmp_path / "map.png")])
     image = np.array(Image.open(out))
     assert image.shape == (17, 23, 3)
     torch.manual_seed(0)  # the CLI's default seed: the same untrained weights
-    model = pc.create_model("coc_tiny", num_classes=1000).eval()
+    model = pc.create_model("coc_mini", num_classes=1000).eval()
     points = pc.image_to_points(np.array(Image.open(tmp_path / "in.png")))
-    expected = brute_force_ids(model, points, 0, 0, 1).view(17, 23).numpy()
-    assert np.array_equal(colours_to_ids(image, 8 * 8 * 4), expected)
+    expected = brute_force_ids(model, points, 0, 1, 1).view(17, 23).numpy()
+    assert np.array_equal(colours_to_ids(image, 2 * 2 * 4), expected)  # 2x2 regions, 4 centres each
+    assert not np.array_equal(expected, brute_force_ids(model, points, 0, 1, 0).view(17, 23).numpy())
 
 
+@pytest.mark.parametrize("mode", ["point", "grid"])
 @pytest.mark.parametrize("kind", ["masked", "discrete"])
-def test_cluster_map_absent_pixels_are_background(kind):
+def test_cluster_map_absent_pixels_are_background(kind, mode):
     torch.manual_seed(2)
     image = torch.rand(3, 19, 26, dtype=torch.float64)
     if kind == "masked":
@@ -148,11 +153,11 @@ def test_cluster_map_absent_pixels_are_background(kind):
         points = pc.sample_pixels(pc.image_to_points(image), 0.3, generator=torch.Generator().manual_seed(0))
         mask = torch.zeros(19, 26, dtype=torch.bool)
         mask[points.pixel[:, 0], points.pixel[:, 1]] = True
-    model = pc.create_model("coc_tiny", num_classes=3, mode="point").double().eval()
-    record = viz.record_assignments(model, points, stage=1)
-    ids = colours_to_ids(viz.cluster_map(record, points, head=2), record.clusters_per_sample)
+    model = pc.create_model("coc_mini", num_classes=3, mode=mode).double().eval()
+    record = viz.record_assignments(model, points, stage=0)
+    ids = colours_to_ids(viz.cluster_map(record, points, head=1), record.clusters_per_sample)
     expected = np.full((19, 26), -1)
-    expected[points.pixel[:, 0].numpy(), points.pixel[:, 1].numpy()] = viz.point_clusters(record, points, 2).numpy()
+    expected[points.pixel[:, 0].numpy(), points.pixel[:, 1].numpy()] = viz.point_clusters(record, points, 1).numpy()
     assert np.array_equal(ids, expected)
     assert ((ids == -1) == ~mask.numpy()).all()
 
@@ -178,16 +183,19 @@ def test_cli_all_heads_and_checkpoint(tmp_path):
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 256, (21, 13, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     torch.manual_seed(7)
-    model = pc.create_model("coc_tiny", num_classes=5).eval()
+    model = pc.create_model("coc_mini", num_classes=5).eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ckpt.pth")
     cli = load_example("visualize_clusters")
-    out = cli.main(["--image", str(tmp_path / "in.png"), "--checkpoint", str(tmp_path / "ckpt.pth"), "--stage", "2",
-                    "--all-heads", "--out", str(tmp_path / "heads.png")])
+    out = cli.main(["--model", "coc_mini", "--image", str(tmp_path / "in.png"), "--checkpoint",
+                    str(tmp_path / "ckpt.pth"), "--stage", "1", "--all-heads", "--out", str(tmp_path / "heads.png")])
     tiled = np.array(Image.open(out))
-    assert tiled.shape == (2 * 21 + 2, 4 * 13 + 3 * 2, 3)  # 8 heads in 2 rows of 4, 2-pixel gaps
+    assert tiled.shape == (21, 4 * 13 + 3 * 2, 3)  # 4 heads in a row, 2-pixel gaps
     points = pc.image_to_points(np.array(Image.open(tmp_path / "in.png")))
-    record = viz.record_assignments(model, points, stage=2)
-    np.testing.assert_array_equal(tiled[23:44, 15 * 3:15 * 3 + 13], viz.cluster_map(record, points, head=7))
+    record = viz.record_assignments(model, points, stage=1)
+    maps = [viz.cluster_map(record, points, head=h) for h in range(4)]
+    for h in range(4):
+        np.testing.assert_array_equal(tiled[:, 15 * h:15 * h + 13], maps[h])
+    assert any(not np.array_equal(maps[0], m) for m in maps[1:])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,10 +65,10 @@ VARIANTS: Dict[str, CocConfig] = {
         layers=(4, 4, 12, 4), dims=(64, 128, 320, 512), mlp_ratios=(8, 8, 4, 4), heads=(6, 6, 12, 12), head_dim=32,
         proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1),
     ),
-    # not in the paper: a small network for small images (e.g. 8x8 to 32x32 digits), 3x3 stride-1 stem
+    # not in the paper: a small network for small images (16x16 to 64x64), 3x3 stride-2 stem
     "coc_mini": CocConfig(
         layers=(2, 2, 2), dims=(32, 64, 128), mlp_ratios=(4, 4, 4), heads=(2, 4, 4), head_dim=16,
-        proposals=(2, 2, 1), folds=(2, 1, 1), stem=(3, 1, 1),
+        proposals=(2, 2, 1), folds=(2, 1, 1), stem=(3, 2, 1),
     ),
 }
 

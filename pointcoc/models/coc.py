@@ -180,7 +180,11 @@ class ContextClusterNet(nn.Module):
             raise ValueError(f"points.x must have in_chans={self.in_chans} channels, got {x.size(1)}")
         if geo.pos.size(1) != self.pos_dim:
             raise ValueError(f"points.pos must have pos_dim={self.pos_dim} coordinates, got {geo.pos.size(1)}")
-        grid_mode = self.mode == "grid" or (self.mode == "auto" and geo.is_full_grid)
+        # auto: grid mode on full image grids at least as large as the stem's window
+        k, _, p = self.config.stem
+        grid_mode = self.mode == "grid" or (
+            self.mode == "auto" and geo.is_full_grid and bool((geo.grid_size + 2 * p >= k).all())
+        )
         if grid_mode and geo.pixel is None:
             raise ValueError("mode='grid' needs image points with pixel and grid_size (pc.image_to_points)")
         reduce_mode = "grid" if grid_mode else "knn"

@@ -137,6 +137,10 @@ class PointReducer(nn.Module):
                 index = index[occupied]
                 new = PointGeometry(pos=new.pos[occupied], batch=new.batch[occupied], num_samples=new.num_samples,
                                     pixel=new.pixel[occupied], grid_size=new.grid_size)
+                if bool((new.counts == 0).any()):
+                    empty = (new.counts == 0).nonzero().flatten().tolist()
+                    raise ValueError(f"points of sample(s) {empty} lie outside every {self.kernel} window "
+                                     f"(stride {self.stride}, padding {self.padding}): nothing is left to reduce")
         elif mode == "knn":
             ratio = 1.0 / (self.stride[0] * self.stride[1])
             anchors = ops.fps(geo.pos, geo.batch, ratio=ratio, random_start=random_start, generator=generator)
