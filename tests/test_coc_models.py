@@ -54,7 +54,7 @@ def test_parameter_counts(name):
 def test_points_mode_equals_grid_model_float64(name):
     grid, points = _pair(name)
     side = SMALL[name]
-    images = torch.rand(2, 3, side, side, dtype=torch.float64)
+    images = torch.rand(1, 3, side, side, dtype=torch.float64)
     torch.testing.assert_close(points(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
 
 
@@ -71,7 +71,7 @@ def test_points_mode_equals_grid_model_224():
 def test_gradients_match_grid_model():
     grid, points = _pair("coc_tiny")
     grid.train(), points.train()
-    images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    images = torch.rand(1, 3, 64, 64, dtype=torch.float64)
     grid(images).square().sum().backward()
     points(pc.image_to_points(images)).square().sum().backward()
     ref = dict(grid.named_parameters())
