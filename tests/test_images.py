@@ -1,11 +1,8 @@
 """Images as point sets: round trips, any image size, masked images as sparse lattices, the examples."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,19 +15,7 @@ from pointcoc import viz
 from pointcoc.models.coc import as_point_batch
 from pointcoc.nn.cluster_plan import make_plan
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name: str):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return module
+from tests.helpers import DEVICES, load_example
 
 
 # ----------------------------------------------------------------------------------------------

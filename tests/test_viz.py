@@ -1,10 +1,7 @@
 """pointcoc.viz and examples/visualize_clusters.py: recorded assignments, clustering maps, point-cloud pictures."""
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,19 +13,7 @@ from torch_geometric.data import Batch
 import pointcoc as pc
 from pointcoc import viz
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name: str):
-    sys.path.insert(0, str(EXAMPLES))  # the examples import each other (visualize_clusters -> rgbd)
-    try:
-        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    return module
+from tests.helpers import DEVICES, load_example
 
 
 def brute_force_ids(model, points, stage: int, block: int, head: int) -> torch.Tensor:

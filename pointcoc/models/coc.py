@@ -10,7 +10,7 @@ sample's bounding box. The weights are the same in both modes.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, List, Tuple
 
 import torch
 from torch import Tensor, nn

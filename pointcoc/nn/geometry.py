@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from ..ops.batch import batch_counts
