@@ -8,8 +8,8 @@ Cases (float32 positions):
 
 Rows per operation: the pure path (``use_backend("torch")``); torch-cluster raw and pointcoc's
 "auto" backend (when installed: kNN goes to torch-cluster, CPU FPS stays pure); straightforward
-baselines: FPS as a Python loop over
-samples, kNN as ``torch.cdist`` + ``topk`` per sample (chunked over 1024 queries; not tie-exact).
+baselines: FPS as a Python loop over samples, kNN as ``torch.cdist`` + ``topk`` per sample
+(chunked over 1024 queries; not tie-exact).
 
 Every (operation, method) runs in a fresh subprocess so its peak memory is its own: on CPU the
 growth of the peak resident set size over the RSS before the first call (warm-up included), on

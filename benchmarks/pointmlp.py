@@ -7,6 +7,11 @@ CPU peak = ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` read at the end of the 
 SGD (momentum 0.9) on random clouds of ``--points`` points, with random FPS starts
 (the training setting). The first ``--warmup`` steps are not timed.
 
+``--baseline`` also runs, in the same conditions, the naive released-layout model of
+``tests/test_pointmlp.py`` (Conv1d on ``[B*S, C, k]``, explicit ``[B, S, k, 2C]``
+concatenation, cdist + topk, a Python FPS loop), for a like-for-like ratio on a
+machine whose load differs from the one the published figures came from.
+
     python benchmarks/pointmlp.py                       # all models, batch 4, 8 and 32, CPU
     python benchmarks/pointmlp.py --quick --batch-sizes 4 8
     python benchmarks/pointmlp.py --models pointmlp_coc --device cuda --out results.md
@@ -34,14 +39,21 @@ REFERENCE = {"pointmlp": (4.0, 2.5), "pointmlp_coc": (6.5, 4.0)}
 TARGET_TIME, TARGET_MEMORY = 0.8, 0.7
 
 
-def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, steps: int, recompute: bool) -> Dict:
+def run_one(
+    model_name: str, batch: int, points: int, device: str, warmup: int, steps: int, recompute: bool, baseline: bool
+) -> Dict:
     """Train ``steps`` timed steps in this process; return the measurements as a dict."""
     import torch
 
     import pointcoc as pc
 
     torch.manual_seed(0)
-    model = pc.create_model(model_name, num_classes=15, points=points, fps_random_start=True, recompute=recompute)
+    if baseline:
+        from tests.test_pointmlp import ReferencePointMLP
+
+        model = ReferencePointMLP(model_name, num_classes=15, points=points)
+    else:
+        model = pc.create_model(model_name, num_classes=15, points=points, fps_random_start=True, recompute=recompute)
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     xyz = torch.randn(batch, 3, points, device=device)
@@ -66,6 +78,7 @@ def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, 
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     result = {
         "model": model_name,
+        "implementation": "baseline" if baseline else "pointcoc",
         "batch": batch,
         "device": device,
         "recompute": recompute,
@@ -82,14 +95,18 @@ def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, 
     return result
 
 
-def _spawn(args: argparse.Namespace, model_name: str, batch: int, recompute: bool) -> Optional[Dict]:
+def _spawn(args: argparse.Namespace, model_name: str, batch: int, recompute: bool, baseline: bool) -> Optional[Dict]:
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker",
         "--models", model_name, "--batch-sizes", str(batch), "--device", args.device,
         "--points", str(args.points), "--warmup", str(args.warmup), "--steps", str(args.steps),
     ]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     if not recompute:
         cmd.append("--no-recompute")
+    if baseline:
+        cmd.append("--baseline")
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -100,31 +117,49 @@ def _spawn(args: argparse.Namespace, model_name: str, batch: int, recompute: boo
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _memory(r: Dict) -> float:
+    """Peak memory of a run: CUDA allocations on a GPU, the whole process's RSS on the CPU."""
+    return r.get("peak_cuda_gb", r["peak_rss_gb"])
+
+
+def _ratio(value: float, reference: Optional[float]) -> str:
+    return f"{value / reference:.2f}" if reference else ""
+
+
 def _table(results: List[Dict]) -> str:
     cuda = any("peak_cuda_gb" in r for r in results)
-    head = "| model | batch | recompute | s/step | CPU s/step | samples/s | peak RSS GB |"
+    head = "| model | implementation | batch | recompute | s/step | CPU s/step | samples/s | peak RSS GB |"
     head += " peak CUDA GB |" if cuda else ""
-    head += " time / ref | memory / ref |"
+    head += " time / published | memory / published | time / baseline | memory / baseline |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    baselines = {(r["model"], r["batch"]): r for r in results if r["implementation"] == "baseline"}
     for r in results:
-        ref = REFERENCE.get(r["model"]) if r["batch"] == 4 and r["device"] == "cpu" else None
-        ratio_t = f"{r['s_per_step'] / ref[0]:.2f}" if ref else ""
-        ratio_m = f"{r['peak_rss_gb'] / ref[1]:.2f}" if ref else ""
+        ours = r["implementation"] != "baseline"
+        on_reference_setup = r["batch"] == 4 and r["device"] == "cpu"
+        published = REFERENCE.get(r["model"], (None, None)) if on_reference_setup else (None, None)
+        base = baselines.get((r["model"], r["batch"])) if ours else None
         row = (
-            f"| {r['model']} | {r['batch']} | {'yes' if r['recompute'] else 'no'} | {r['s_per_step']:.2f} | "
-            f"{r['cpu_s_per_step']:.2f} | {r['samples_per_s']:.2f} | {r['peak_rss_gb']:.2f} |"
+            f"| {r['model']} | {r['implementation']} | {r['batch']} | "
+            f"{('yes' if r['recompute'] else 'no') if ours else '-'} | "
+            f"{r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['samples_per_s']:.2f} | {r['peak_rss_gb']:.2f} |"
         )
         row += f" {r['peak_cuda_gb']:.2f} |" if cuda else ""
-        lines.append(row + f" {ratio_t} | {ratio_m} |")
+        ratios = [
+            _ratio(r["s_per_step"], published[0]),
+            _ratio(r["peak_rss_gb"], published[1]),
+            _ratio(r["s_per_step"], base and base["s_per_step"]),
+            _ratio(_memory(r), base and _memory(base)),
+        ]
+        lines.append(row + " " + " | ".join(ratios) + " |")
     lines.append("")
     lines.append(
-        "Reference (published, batch 4, 1024 points, this machine): "
+        "Published reference (batch 4, 1024 points, this machine): "
         + "; ".join(f"{m}: {t} s/step, {g} GB peak RSS" for m, (t, g) in REFERENCE.items())
         + f". Targets: time <= {TARGET_TIME}x, memory <= {TARGET_MEMORY}x."
     )
     if results:
         lines.append(
-            f"threads: {results[0]['threads']}; 1-min load average during the runs: "
+            f"threads: {results[0]['threads']}; 1-min load average at the end of each run: "
             + ", ".join(f"{r['load_avg']:.1f}" for r in results)
         )
     return "\n".join(lines)
@@ -143,15 +178,23 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--no-recompute", action="store_true", help="store the per-neighbour activations (no recomputation)"
     )
     parser.add_argument("--compare-recompute", action="store_true", help="run every configuration both ways")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also run the naive released-layout model of the tests"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads in every run (default: torch's choice)")
     parser.add_argument("--out", help="also write the markdown table to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.warmup, args.steps = 1, 2
     if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         result = run_one(
             args.models[0], args.batch_sizes[0], args.points, args.device, args.warmup, args.steps,
-            not args.no_recompute,
+            not args.no_recompute, args.baseline,
         )  # fmt: skip
         print(json.dumps(result))
         return
@@ -159,10 +202,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     from tqdm import tqdm
 
     modes = [True, False] if args.compare_recompute else [not args.no_recompute]
-    configs = [(m, b, r) for m in args.models for b in args.batch_sizes for r in modes]
+    configs = [(m, b, r, False) for m in args.models for b in args.batch_sizes for r in modes]
+    if args.baseline:
+        configs += [(m, b, True, True) for m in args.models for b in args.batch_sizes]
     results = []
-    for model_name, batch, recompute in tqdm(configs, desc="configurations"):
-        result = _spawn(args, model_name, batch, recompute)
+    for model_name, batch, recompute, baseline in tqdm(configs, desc="configurations"):
+        result = _spawn(args, model_name, batch, recompute, baseline)
         if result is not None:
             results.append(result)
             tqdm.write(json.dumps(result))

@@ -278,6 +278,12 @@ def test_generate_object_scan_properties():
         assert set(np.unique(mask)) <= {0, 1}
 
 
+def test_every_class_has_its_builder_in_label_order():
+    from pointcoc.data.demo_objects import _BUILDERS
+
+    assert tuple(_BUILDERS) == CLASS_NAMES
+
+
 def test_generate_object_is_deterministic_and_varied():
     a = generate_object(4, np.random.default_rng(5))
     b = generate_object(4, np.random.default_rng(5))

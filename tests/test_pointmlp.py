@@ -147,7 +147,9 @@ class ReferencePointMLP(nn.Module):
         coc = name.endswith("_coc")
         self.k = k
         self.embedding = _ConvBNReLU(3, embed)
-        self.local_grouper_list, self.pre_blocks_list, self.pos_blocks_list = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.local_grouper_list = nn.ModuleList()
+        self.pre_blocks_list = nn.ModuleList()
+        self.pos_blocks_list = nn.ModuleList()
         self.anchors = []
         channels = embed
         for s in range(4):
@@ -219,14 +221,25 @@ def _pair(name: str, points: int, k: int):
     released = to_released(model)
     ref = ReferencePointMLP(name, points=points, k=k).double()
     ref.load_state_dict({key[len("module."):]: v for key, v in released["net"].items()})
-    fresh = pc.create_model(name, points=points, k_neighbors=k).double()
-    fresh.load_state_dict(pc.convert_official_state_dict(name, released))
-    return fresh, ref
+    with torch.no_grad():  # forget everything, then load the released checkpoint
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.zero_()
+    model.load_state_dict(pc.convert_official_state_dict(name, released))
+    return model, ref
 
 
 # ----------------------------------------------------------------------------------------------
 # tests
 # ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: intra-op threads only add synchronisation (costly on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -266,6 +279,19 @@ def test_output_shape(name, device):
         out_last = model(xyz.transpose(1, 2).contiguous())
     assert out.shape == (3, 7) and torch.isfinite(out).all()
     torch.testing.assert_close(out_last, out, rtol=0, atol=0)
+
+
+def test_samples_are_independent_in_eval():
+    """SPEC s6 batching: in evaluation every cloud gives, inside a batch, what it gives alone."""
+    torch.manual_seed(0)
+    model = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8).double()
+    _randomise(model)
+    model.eval()
+    xyz = torch.randn(3, 3, 128, dtype=torch.float64)
+    with torch.no_grad():
+        together = model(xyz)
+        alone = torch.cat([model(xyz[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-12, atol=1e-12)
 
 
 def test_output_shape_default_k():
@@ -309,6 +335,34 @@ def test_matches_naive_reference_training(name):
     running = pc.convert_official_state_dict(name, dict(ref.named_buffers()))
     for key, b in model.named_buffers():
         torch.testing.assert_close(b, running[key], rtol=1e-10, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("recompute", [True, ("matmuls", "all", "none", "matmuls")])
+def test_recompute_changes_nothing(device, recompute):
+    """Recomputation in the backward pass: same logits, gradients and BN statistics as storing everything."""
+    torch.manual_seed(0)
+    kept = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8, recompute=False).double().to(device)
+    _randomise(kept)
+    recomputed = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8, recompute=recompute)
+    recomputed = recomputed.double().to(device)
+    assert [p.recompute for p in kept.pre_blocks_list] == ["none"] * 4
+    assert [p.recompute for p in recomputed.pre_blocks_list] == list(
+        pc.models.pointmlp.DEFAULT_RECOMPUTE if recompute is True else recompute
+    )
+    recomputed.load_state_dict(kept.state_dict())
+    xyz = torch.randn(4, 3, 128, dtype=torch.float64, device=device)
+    target = torch.tensor([1, 0, 7, 3], device=device)
+    outs = []
+    for model in (kept, recomputed):
+        torch.manual_seed(2)  # same dropout masks
+        outs.append(model(xyz))
+        F.cross_entropy(outs[-1], target).backward()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    for (key, p), q in zip(kept.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-12, msg=key)
+    for (key, b), c in zip(kept.named_buffers(), recomputed.buffers()):
+        torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-12, msg=key)
 
 
 def test_grouper_matches_spec():
@@ -418,5 +472,7 @@ def test_bad_input():
         pc.create_model("pointmlp", points=64)
     with pytest.raises(ValueError, match="k_neighbors"):
         pc.create_model("pointmlp", k_neighbors=(24, 24))
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        pc.create_model("pointmlp_elite", recompute="some")
     with torch.no_grad():  # more points than the model was built for: fine (anchors stay points // 2)
         assert math.isfinite(float(model(torch.randn(2, 3, 200)).sum()))

@@ -218,7 +218,17 @@ def test_learning_rate_follows_cosine_to_one_hundredth(tmp_path):
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
 
 
+def test_adamw_option_learns_too():
+    torch.manual_seed(0)
+    trainer = Trainer(TinyNet(3), AxisClouds(16, 1), AxisClouds(8, 2), num_classes=3, epochs=6, batch_size=8,
+                      optimizer="adamw", lr=0.01, progress=False)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert trainer.fit()["last"]["test_oa"] == 100.0
+
+
 def test_trainer_rejects_bad_settings():
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'"):
+        Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), num_classes=3, epochs=1, optimizer="adam")
     with pytest.raises(ValueError, match="epochs"):
         Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), num_classes=3, epochs=0)
     with pytest.raises(ValueError, match="smaller than one batch"):
@@ -393,7 +403,7 @@ def test_example_falls_back_to_demo_only_without_real_files(example, tmp_path, m
 
 def test_example_help_explains_every_flag(example):
     text = example.build_parser().format_help()
-    for flag in ("--model", "--data-dir", "--variant", "--epochs", "--batch-size", "--lr", "--weight-decay",
+    for flag in ("--model", "--data-dir", "--variant", "--epochs", "--optimizer", "--batch-size", "--lr", "--weight-decay",
                  "--num-points", "--seed", "--workers", "--device", "--amp", "--output", "--resume", "--eval-only",
                  "--checkpoint", "--demo"):
         assert flag in text

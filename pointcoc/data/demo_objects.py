@@ -276,12 +276,13 @@ def _table(rng):
 
 
 def _bed(rng):
-    w, l, hm = _j(rng, 1.5), _j(rng, 2.0, 0.1), _j(rng, 0.5)
-    parts = [_cuboid((0, hm / 2, 0), (w, hm, l)), _cuboid((0, _j(rng, 1.0) / 2, -l / 2 - 0.03), (w + 0.04, _j(rng, 1.0), 0.06))]
-    if rng.random() < 0.6:
-        parts.append(_ellipsoid((0, hm + 0.06, -l / 2 + 0.3), (w * 0.35, 0.07, 0.2)))
-    if rng.random() < 0.5:
-        parts.append(_cuboid((0, 0.3, l / 2 + 0.03), (w + 0.04, 0.6, 0.06)))
+    w, length, hm = _j(rng, 1.5), _j(rng, 2.0, 0.1), _j(rng, 0.5)
+    head = _j(rng, 1.0)
+    parts = [_cuboid((0, hm / 2, 0), (w, hm, length)), _cuboid((0, head / 2, -length / 2 - 0.03), (w + 0.04, head, 0.06))]
+    if rng.random() < 0.6:  # a pillow at the head end
+        parts.append(_ellipsoid((0, hm + 0.06, -length / 2 + 0.3), (w * 0.35, 0.07, 0.2)))
+    if rng.random() < 0.5:  # footboard
+        parts.append(_cuboid((0, 0.3, length / 2 + 0.03), (w + 0.04, 0.6, 0.06)))
     return parts
 
 
@@ -345,7 +346,6 @@ _BUILDERS = {
     "sofa": _sofa,
     "toilet": _toilet,
 }
-assert tuple(_BUILDERS) == CLASS_NAMES
 
 
 def _sample_parts(parts: List[Part], n: int, rng: np.random.Generator) -> Sample:

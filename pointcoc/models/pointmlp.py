@@ -15,12 +15,13 @@ Parameter names follow the released checkpoints (``embedding.net.0.weight``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
 from .._checks import check_float, check_tensor
 from ..nn.cluster_plan import ClusterPlan
@@ -30,6 +31,8 @@ from ..ops.knn import knn_dense
 from .registry import register_model
 
 __all__ = [
+    "RECOMPUTE_MODES",
+    "DEFAULT_RECOMPUTE",
     "LinearBNReLU",
     "ResidualBlock",
     "GroupedPoints",
@@ -202,16 +205,13 @@ class LocalGrouper(nn.Module):
         )
 
 
-_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
-
-
-def _save_matmuls():
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in _MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
-
-    return create_selective_checkpoint_contexts(policy)
+#: what a stage stores for its backward pass (see :class:`PreExtraction`)
+RECOMPUTE_MODES = ("none", "matmuls", "all")
+#: recompute=True: the first two stages (a fifth of the matrix-product work for half the
+#: activations) recompute everything, the last two store their matrix products
+DEFAULT_RECOMPUTE = ("all", "all", "matmuls", "matmuls")
+# selective activation checkpointing ("matmuls"): these outputs are stored, everything else is recomputed
+_STORED_OPS = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default]
 
 
 class PreExtraction(nn.Module):
@@ -221,11 +221,13 @@ class PreExtraction(nn.Module):
     residual runs before every residual block; ``operation`` then alternates
     ``ContextCluster`` (even index) and ``ResidualBlock`` (odd index).
 
-    With ``recompute=True`` (training with gradients only) the per-neighbour features
-    ``[B*S*k, out]`` are not kept for the backward pass: they are recomputed from the
-    groups there (activation checkpointing; BN running statistics are updated once).
-    This keeps about a quarter of the activation memory for one extra forward pass
-    of the stage; values and gradients are unchanged.
+    ``recompute`` says what the stage keeps for the backward pass (training with
+    gradients only): ``"none"`` everything autograd saves; ``"matmuls"`` only the
+    outputs of its matrix products (``[B*S*k, out]`` each), the gathers,
+    normalisation, BN, ReLU, residual additions and context-cluster aggregation being
+    recomputed in the backward pass (selective activation checkpointing); ``"all"``
+    nothing of size ``B*S*k``, the whole stage being recomputed. Values, gradients and
+    BN running statistics (updated once) are the same in every mode.
     """
 
     def __init__(
@@ -235,9 +237,11 @@ class PreExtraction(nn.Module):
         blocks: int,
         res_expansion: float = 1.0,
         context_cluster: bool = False,
-        recompute: bool = True,
+        recompute: str = "matmuls",
     ) -> None:
         super().__init__()
+        if recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {RECOMPUTE_MODES}, got {recompute!r}")
         self.recompute = recompute
         self.transfer = LinearBNReLU(2 * in_channels, out_channels)
         ops = []
@@ -255,14 +259,15 @@ class PreExtraction(nn.Module):
         if cluster is not None:
             device = groups.features.device
             plan = cluster.make_plan(batch=torch.arange(groups.num_groups, device=device).repeat_interleave(groups.k))
-        if self.recompute and self.training and torch.is_grad_enabled():
-            runs = iter([True])  # the first run updates BN statistics, the backward recomputation does not
-            import os
-            kw = {"context_fn": _save_matmuls} if self.recompute == "sac" else {}
-            return checkpoint(
-                lambda: self._extract(groups, plan, next(runs, False)), use_reentrant=False, **kw
-            )
-        return self._extract(groups, plan, True)
+        if self.recompute == "none" or not (self.training and torch.is_grad_enabled()):
+            return self._extract(groups, plan, True)
+        runs = iter([True])  # the first run updates BN statistics, the backward recomputation does not
+        extra = {"context_fn": partial(create_selective_checkpoint_contexts, _STORED_OPS)}
+        return checkpoint(
+            lambda: self._extract(groups, plan, next(runs, False)),
+            use_reentrant=False,
+            **(extra if self.recompute == "matmuls" else {}),
+        )
 
     def _extract(self, groups: GroupedPoints, plan: Optional[ClusterPlan], track_stats: bool) -> Tensor:
         linear, bn, relu = self.transfer.net
@@ -287,7 +292,8 @@ class PosExtraction(nn.Module):
         return self.operation(x)
 
 
-def _four(value: Union[int, float, Sequence], name: str) -> list:
+def _four(value: Union[int, float, str, Sequence], name: str) -> list:
+    """One value per stage: a scalar is repeated, a sequence must have 4 entries."""
     values = list(value) if isinstance(value, (list, tuple)) else [value] * 4
     if len(values) != 4:
         raise ValueError(f"{name} must hold one value per stage (4), got {len(values)}")
@@ -308,8 +314,9 @@ class PointMLP(nn.Module):
         k_neighbors: neighbours per group (int or one per stage).
         reducers: anchor reduction factor of each stage.
         context_cluster: insert a one-centre context cluster before every pre-extraction block.
-        recompute: in training, recompute each stage's per-neighbour features in the backward
-            pass instead of storing them (see :class:`PreExtraction`).
+        recompute: what each stage keeps of its per-neighbour features for the backward
+            pass: one of :data:`RECOMPUTE_MODES` per stage (see :class:`PreExtraction`);
+            ``True`` = :data:`DEFAULT_RECOMPUTE`, ``False`` = store everything.
         fps_random_start: start FPS at a random point (training) instead of index 0
             (the reference CUDA kernel; evaluation parity). Read at every forward.
         channels_last_input: the input is ``[B, n, 3]`` instead of ``[B, 3, n]``.
@@ -328,7 +335,7 @@ class PointMLP(nn.Module):
         k_neighbors: Union[int, Sequence[int]] = 24,
         reducers: Sequence[int] = (2, 2, 2, 2),
         context_cluster: bool = False,
-        recompute: bool = True,
+        recompute: Union[bool, Sequence[str]] = True,
         fps_random_start: bool = False,
         channels_last_input: bool = False,
         dropout: float = 0.5,
@@ -339,6 +346,9 @@ class PointMLP(nn.Module):
         pos_blocks = _four(pos_blocks, "pos_blocks")
         k_neighbors = _four(k_neighbors, "k_neighbors")
         reducers = _four(reducers, "reducers")
+        if isinstance(recompute, bool):
+            recompute = DEFAULT_RECOMPUTE if recompute else "none"
+        recompute = _four(recompute, "recompute")
         self.points = points
         self.fps_random_start = fps_random_start
         self.channels_last_input = channels_last_input
@@ -357,7 +367,7 @@ class PointMLP(nn.Module):
             out = channels * dim_expansion[s]
             self.local_grouper_list.append(LocalGrouper(channels, anchors, k_neighbors[s]))
             self.pre_blocks_list.append(
-                PreExtraction(channels, out, pre_blocks[s], res_expansion, context_cluster, recompute if isinstance(recompute, bool) else recompute[s])
+                PreExtraction(channels, out, pre_blocks[s], res_expansion, context_cluster, recompute[s])
             )
             self.pos_blocks_list.append(PosExtraction(out, pos_blocks[s], res_expansion))
             channels, level_points = out, anchors
@@ -394,7 +404,7 @@ class PointMLP(nn.Module):
             groups = grouper(xyz, feats, random_start=self.fps_random_start)
             feats = pos(pre(groups)).view(B, grouper.groups, -1)
             xyz = groups.anchor_xyz
-        return self.classifier(feats.amax(dim=1))
+        return self.classifier(feats.max(dim=1).values)
 
 
 _ELITE = dict(
@@ -407,21 +417,25 @@ _ELITE = dict(
 
 
 def _build(
-    defaults: dict, num_classes: int, points: int, fps_random_start: bool, channels_last_input: bool, kw: dict
+    variant: dict, num_classes: int, points: int, fps_random_start: bool, channels_last_input: bool, kw: dict
 ) -> PointMLP:
-    cfg = {**defaults, **kw}
+    """A ``PointMLP`` of the given variant; keyword arguments in ``kw`` override the variant's."""
     return PointMLP(
         num_classes=num_classes,
         points=points,
         fps_random_start=fps_random_start,
         channels_last_input=channels_last_input,
-        **cfg,
+        **{**variant, **kw},
     )
 
 
 @register_model
 def pointmlp(
-    num_classes: int = 15, points: int = 1024, fps_random_start: bool = False, channels_last_input: bool = False, **kw: Any
+    num_classes: int = 15,
+    points: int = 1024,
+    fps_random_start: bool = False,
+    channels_last_input: bool = False,
+    **kw: Any,
 ) -> PointMLP:
     """PointMLP: embed 64, 4 stages x (2 pre + 2 pos blocks), 13,232,079 parameters (15 classes)."""
     return _build({}, num_classes, points, fps_random_start, channels_last_input, kw)
@@ -429,7 +443,11 @@ def pointmlp(
 
 @register_model
 def pointmlp_elite(
-    num_classes: int = 15, points: int = 1024, fps_random_start: bool = False, channels_last_input: bool = False, **kw: Any
+    num_classes: int = 15,
+    points: int = 1024,
+    fps_random_start: bool = False,
+    channels_last_input: bool = False,
+    **kw: Any,
 ) -> PointMLP:
     """PointMLP-elite: embed 32, res_expansion 0.25, 709,807 parameters (15 classes)."""
     return _build(_ELITE, num_classes, points, fps_random_start, channels_last_input, kw)
@@ -437,7 +455,11 @@ def pointmlp_elite(
 
 @register_model
 def pointmlp_coc(
-    num_classes: int = 15, points: int = 1024, fps_random_start: bool = False, channels_last_input: bool = False, **kw: Any
+    num_classes: int = 15,
+    points: int = 1024,
+    fps_random_start: bool = False,
+    channels_last_input: bool = False,
+    **kw: Any,
 ) -> PointMLP:
     """PointMLP-CoC: PointMLP with a context cluster before every pre-extraction block, 15,326,815 parameters."""
     return _build({"context_cluster": True}, num_classes, points, fps_random_start, channels_last_input, kw)
@@ -445,7 +467,11 @@ def pointmlp_coc(
 
 @register_model
 def pointmlp_elite_coc(
-    num_classes: int = 15, points: int = 1024, fps_random_start: bool = False, channels_last_input: bool = False, **kw: Any
+    num_classes: int = 15,
+    points: int = 1024,
+    fps_random_start: bool = False,
+    channels_last_input: bool = False,
+    **kw: Any,
 ) -> PointMLP:
     """PointMLP-elite with context clusters, 877,177 parameters (15 classes)."""
     return _build({**_ELITE, "context_cluster": True}, num_classes, points, fps_random_start, channels_last_input, kw)
