@@ -233,15 +233,6 @@ def _pair(name: str, points: int, k: int):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add synchronisation (costly on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_parameter_count(name):
     model = pc.create_model(name, num_classes=15)

@@ -262,12 +262,9 @@ class PreExtraction(nn.Module):
         if self.recompute == "none" or not (self.training and torch.is_grad_enabled()):
             return self._extract(groups, plan, True)
         runs = iter([True])  # the first run updates BN statistics, the backward recomputation does not
-        extra = {"context_fn": partial(create_selective_checkpoint_contexts, _STORED_OPS)}
-        return checkpoint(
-            lambda: self._extract(groups, plan, next(runs, False)),
-            use_reentrant=False,
-            **(extra if self.recompute == "matmuls" else {}),
-        )
+        selective = self.recompute == "matmuls"
+        policy = {"context_fn": partial(create_selective_checkpoint_contexts, _STORED_OPS)} if selective else {}
+        return checkpoint(lambda: self._extract(groups, plan, next(runs, False)), use_reentrant=False, **policy)
 
     def _extract(self, groups: GroupedPoints, plan: Optional[ClusterPlan], track_stats: bool) -> Tensor:
         linear, bn, relu = self.transfer.net
