@@ -110,7 +110,8 @@ def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
 
 
 def run(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", case, impl, name, "--repeats", str(repeats), "--device", device]
+    cmd = [sys.executable, __file__, "--worker", case, impl, name, "--repeats", str(repeats), "--device", device,
+           "--threads", str(torch.get_num_threads())]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
     if out.returncode != 0:
         raise RuntimeError(f"worker {case}/{impl}/{name} failed:\n{out.stderr[-3000:]}")
@@ -122,8 +123,11 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (median reported)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--worker", nargs=3, metavar=("CASE", "IMPL", "NAME"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.repeats, args.device)))
         return
