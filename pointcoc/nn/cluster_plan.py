@@ -281,7 +281,8 @@ def make_plan(
             proposals = index[torch.argsort(group[index], stable=True)]
             c = int(batch_counts(group[proposals], num_groups).max())
         else:
-            c = centres if isinstance(centres, int) else _pair(centres, "centres")[0] * _pair(centres, "centres")[1]
+            rows, cols = _pair(centres, "centres")
+            c = centres if isinstance(centres, int) else rows * cols
             check_k(c, "centres")
             order = torch.argsort(group, stable=True)
             sgroup = group[order]
