@@ -1,7 +1,7 @@
 """Seeing the clusters: record which centre every point joins and draw it.
 
 A context-cluster layer assigns each point of its stage to one centre per head
-(docs/design.md §2). :func:`record_assignments` runs a CoC model once and returns
+(docs/design.md §5). :func:`record_assignments` runs a CoC model once and returns
 that assignment for a chosen stage / block together with the stage's point
 positions. :func:`point_clusters` carries it back to the *input* points (every
 input point takes the cluster of its nearest stage point, by position, within
