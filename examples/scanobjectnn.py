@@ -238,22 +238,22 @@ def _resolve(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], say: Call
     return settings
 
 
-def _load_data(settings: Dict[str, Any], ctx: DistributedContext, say: Callable[[str], None]):
-    """Train and test sets (generating the demo set first when needed)."""
+def _load_data(settings: Dict[str, Any], ctx: DistributedContext, say: Callable[[str], None], max_bytes: int,
+               bars: bool):
+    """Train and test sets (generating the demo set first when needed; ``bars``: show its progress bar)."""
     if settings["demo"]:
         root = DEMO_ROOT
         if ctx.local_rank == 0:  # one writer per node (atomic writes make a shared disk safe too)
             made = ensure_demo_dataset(root, DEMO_TRAIN_PER_CLASS, DEMO_TEST_PER_CLASS, seed=DEMO_DATA_SEED,
-                                       progress=ctx.is_main)
+                                       progress=ctx.is_main and bars)
             say(f"demo set {'written to' if made else 'reused from'} {_rel(root)}")
         ctx.barrier()
     else:
         root = Path(settings["data_dir"]) if settings["data_dir"] else REAL_ROOT
     try:
-        limit = settings.get("max_data_bytes", DEFAULT_MAX_BYTES)
         train = ScanObjectNN(root, "train", settings["variant"], settings["num_points"], seed=settings["seed"],
-                             max_bytes=limit)
-        test = ScanObjectNN(root, "test", settings["variant"], settings["num_points"], max_bytes=limit)
+                             max_bytes=max_bytes)
+        test = ScanObjectNN(root, "test", settings["variant"], settings["num_points"], max_bytes=max_bytes)
     except ValueError as exc:
         raise RunError(str(exc)) from None
     return train, test
@@ -328,7 +328,6 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
     loaded = _load_checkpoint_arg(args, say)
     path, ckpt = loaded if loaded is not None else (None, None)
     settings = _resolve(args, ckpt, say)
-    settings["max_data_bytes"] = args.max_data_bytes
     if args.output is not None:
         output = Path(args.output)
     elif args.eval_only and args.checkpoint:
@@ -337,8 +336,7 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
         output = _default_output(args, settings)
     workers = args.workers if args.workers is not None else (0 if settings["demo"] else min(4, os.cpu_count() or 1))
 
-    train, test = _load_data(settings, ctx, say)
-    settings.pop("max_data_bytes")
+    train, test = _load_data(settings, ctx, say, args.max_data_bytes, not args.no_progress and sys.stderr.isatty())
     seed_everything(settings["seed"] + ctx.rank)
     try:
         model = create_model(settings["model"], num_classes=len(CLASS_NAMES), points=settings["num_points"],
