@@ -24,7 +24,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class WriteError(OSError):
-    """A file could not be written; the message names the path and the cause in one line."""
+    """A file could not be written; the message names the path and the cause in one line (``errno`` is set)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
 
 
 def _cause(exc: BaseException) -> str:

@@ -497,3 +497,107 @@ def test_progress_bars_only_on_a_terminal(tmp_path, capsys):
     lines = captured.out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("epoch ") and "eta" in line for line in lines)
     assert "\r" not in captured.err and "it/s" not in captured.err
+
+
+# ----------------------------------------------------------------------------- example scripts
+from tests.helpers import load_example  # noqa: E402
+from tests.test_training import EXAMPLE_TINY, write_real_format  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scan_example():
+    return load_example("scanobjectnn")
+
+
+@pytest.fixture(scope="module")
+def scan_data(tmp_path_factory):
+    return write_real_format(tmp_path_factory.mktemp("scan"), train_per_class=2, test_per_class=1)
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_example_interrupt_message_is_truthful(scan_example, scan_data, tmp_path, monkeypatch, capsys):
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scan_example.Trainer, "train_one_epoch", interrupted)
+    args = ["--data-dir", str(scan_data), "--epochs", "2", *EXAMPLE_TINY, "--output", str(tmp_path / "out")]
+    assert scan_example.main(args) == 130
+    err = capsys.readouterr().err
+    assert "this run saved no checkpoint" in err and "last.pt holds" not in err
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_example_eval_only_after_kill_between_last_and_best(scan_example, scan_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    calls = kill_at_write(monkeypatch, 2)  # epoch 1 always improves: last.pt written, best.pt not
+    with pytest.raises(Killed):
+        scan_example.main(["--data-dir", str(scan_data), "--epochs", "2", *EXAMPLE_TINY, "--output", str(out)])
+    assert calls == ["last.pt", "best.pt"] and not (out / "best.pt").exists()
+    monkeypatch.undo()
+    assert scan_example.main(["--eval-only", "--output", str(out), "--data-dir", str(scan_data),
+                              "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    assert f"note: repaired {out / 'best.pt'}: restored epoch 1" in text and "(after epoch 1)" in text
+
+
+def test_example_full_disk_is_one_line(scan_example, scan_data, tmp_path, monkeypatch, capsys):
+    full_disk(monkeypatch, after_bytes=100)
+    out = tmp_path / "out"
+    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY,
+                              "--output", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: cannot write {out / 'last.pt'}: no space left on device"
+
+
+def test_example_refuses_unwritable_output_before_training(scan_example, scan_data, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY,
+                              "--output", str(tmp_path / "file" / "out")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "is a file, not a folder" in line
+
+
+def test_example_flipped_bit_and_flags(scan_example, scan_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY, "--no-progress",
+                              "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "expected duration:" in text
+    weight = load_checkpoint(out / "last.pt")["model"]["classifier.0.weight"]
+    flip_one_weight_bit(out / "last.pt", weight)
+    assert scan_example.main(["--resume", "--output", str(out), "--data-dir", str(scan_data), "--workers", "0"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert str(out / "last.pt") in line and "does not match its digest" in line
+    help_text = scan_example.build_parser().format_help()
+    assert "--no-progress" in help_text and "--max-data-bytes" in help_text
+
+
+@pytest.fixture(scope="module")
+def rgbd_example():
+    return load_example("rgbd")
+
+
+def run_rgbd(example, args, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        example.main(args)
+    assert info.value.code == 2
+    return one_error_line(capsys.readouterr().err)
+
+
+def test_rgbd_bad_files_and_checkpoints_are_one_line(rgbd_example, tmp_path, capsys):
+    small = ["--height", "12", "--width", "16", "--output", str(tmp_path / "out")]
+    line = run_rgbd(rgbd_example, ["--rgb", str(tmp_path / "none.png"), "--depth", "d.png", "--fx", "1", "--fy", "1",
+                                   "--cx", "0", "--cy", "0"], capsys)
+    assert "none.png" in line and "not found" in line
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    line = run_rgbd(rgbd_example, [*small, "--checkpoint", str(tmp_path / "junk.pt")], capsys)
+    assert f"checkpoint {tmp_path / 'junk.pt'}: cannot be loaded" in line
+    torch.save({"state_dict": {"head.weight": torch.zeros(2, 2)}}, tmp_path / "other.pt")
+    line = run_rgbd(rgbd_example, [*small, "--checkpoint", str(tmp_path / "other.pt")], capsys)
+    assert "does not fit coc_tiny" in line and "Missing key(s)" in line and "Unexpected key(s)" not in line
+    assert "size mismatch" in line  # the full reason, not its first line only
