@@ -26,12 +26,14 @@ __all__ = [
     "check_batch_norm_batch",
     "check_model_kwargs",
     "check_positive_ints",
+    "check_padded_width",
 ]
 
 #: Memory limits a user can raise with the environment variable of the same name.
 LIMITS: Dict[str, int] = {
     "POINTCOC_MAX_EMPTY_SAMPLES": 1 << 16,  # sample ids without points (gaps in ``batch``)
     "POINTCOC_MAX_IMAGE_PIXELS": 1 << 24,  # pixels of one decoded image file (16.7 million)
+    "POINTCOC_MAX_PADDED_ENTRIES": 1 << 26,  # entries of a neighbour table padded beyond every sample's size
 }
 
 
@@ -231,3 +233,21 @@ def check_positive_ints(values: Iterable[object], name: str) -> list:
     for i, value in enumerate(values):
         _check_int(value, f"{name}[{i}]", 1)
     return values
+
+
+def check_padded_width(k: int, num_queries: int, counts: Tensor, name: str = "k") -> int:
+    """Refuse a padded ``[num_queries, k]`` neighbour table wider than every sample when it is also huge.
+
+    ``counts: [B]`` points per sample. ``k`` above the largest sample only adds padding;
+    beyond ``POINTCOC_MAX_PADDED_ENTRIES`` (environment variable, default 2**26) entries
+    that padding is refused before it is allocated.
+    """
+    largest = int(counts.max()) if counts.numel() else 0
+    allowed = limit("POINTCOC_MAX_PADDED_ENTRIES")
+    if k > largest and num_queries * k > allowed:
+        raise ValueError(
+            f"{name}={k} exceeds every sample's size (the largest has {largest} points), and the padded "
+            f"[{num_queries}, {k}] neighbour table would exceed {allowed} entries; lower {name} or raise the limit "
+            f"with the environment variable POINTCOC_MAX_PADDED_ENTRIES"
+        )
+    return k

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 
-from ._checks import check_batch, check_finite, check_generator, check_k, check_ratio, check_tensor, limit
+from ._checks import check_batch, check_finite, check_k, check_ratio, check_tensor, limit
 from .ops.batch import batch_counts, batch_ptr
 from .ops.sampling import random_sample
 
@@ -371,7 +371,6 @@ def sample_pixels(
     batch, n, num_samples = _check_points(points)
     if index is None:
         ratio = check_ratio(ratio)
-        check_generator(generator, batch.device)
         index = random_sample(batch, ratio=ratio, generator=generator, sort=True)
     else:
         index = check_tensor(index, "index", ndim=1)

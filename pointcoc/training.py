@@ -495,15 +495,7 @@ class Trainer:
         log: bool = True,
     ) -> None:
         self.ctx = ctx if ctx is not None else DistributedContext()
-        if not isinstance(adapter, BatchAdapter):
-            raise TypeError(f"adapter must be a pointcoc.training.BatchAdapter, got {type(adapter).__name__}")
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if batch_size < 1 or batch_size % self.ctx.world_size:
-            raise ValueError(f"batch_size must be a positive multiple of the {self.ctx.world_size} processes, got {batch_size}")
-        if optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-        check_batch_norm_batch(model, batch_size // self.ctx.world_size, "batch_size per process")
+        self._check_settings(model, adapter, epochs, batch_size, optimizer)
         self.adapter = adapter
         self.num_classes, self.epochs, self.seed = num_classes, epochs, seed
         self.label_smoothing = label_smoothing
@@ -521,32 +513,44 @@ class Trainer:
             DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             if self.ctx.distributed else self.model
         )
-        if optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+            if optimizer == "sgd" else torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs, eta_min=lr * min_lr_ratio)
         self.amp = amp
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
+        self._make_loaders(train_set, test_set, batch_size, workers)
+        self.epoch = 0  # completed epochs
+        self.saved_epoch: Optional[int] = None  # epoch held by last.pt in output_dir (None: no last.pt of this run)
+        self.history: List[Dict[str, float]] = []
+        self.best: Dict[str, Any] = {}
+        self.best_digest = ""
+
+    def _check_settings(self, model: nn.Module, adapter: object, epochs: int, batch_size: int, optimizer: str) -> None:
+        if not isinstance(adapter, BatchAdapter):
+            raise TypeError(f"adapter must be a pointcoc.training.BatchAdapter, got {type(adapter).__name__}")
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if batch_size < 1 or batch_size % self.ctx.world_size:
+            raise ValueError(f"batch_size must be a positive multiple of the {self.ctx.world_size} processes, got {batch_size}")
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        check_batch_norm_batch(model, batch_size // self.ctx.world_size, "batch_size per process")
+
+    def _make_loaders(self, train_set: Dataset, test_set: Dataset, batch_size: int, workers: int) -> None:
         per_rank = batch_size // self.ctx.world_size
-        self.train_sampler = DistributedSampler(
-            train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        self.train_sampler = DistributedSampler(train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                                shuffle=True, seed=self.seed, drop_last=True)
         self._loader_generator = torch.Generator()
-        pin = device.type == "cuda"
+        pin = self.ctx.device.type == "cuda"
         self.train_loader = DataLoader(train_set, batch_size=per_rank, sampler=self.train_sampler, drop_last=True,
                                        num_workers=workers, pin_memory=pin, generator=self._loader_generator)
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set ({len(train_set)} items) is smaller than one batch of {batch_size}")
         self.test_loader = DataLoader(test_set, batch_size=per_rank, shuffle=False, num_workers=workers, pin_memory=pin,
                                       sampler=ShardSampler(len(test_set), self.ctx.rank, self.ctx.world_size))
-        self.epoch = 0  # completed epochs
-        self.saved_epoch: Optional[int] = None  # epoch held by last.pt in output_dir (None: no last.pt of this run)
-        self.history: List[Dict[str, float]] = []
-        self.best: Dict[str, Any] = {}
-        self.best_digest = ""
 
     # -- one pass ------------------------------------------------------------------------------
     def _forward(self, net: nn.Module, points: Tensor) -> Tensor:

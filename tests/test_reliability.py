@@ -601,3 +601,20 @@ def test_rgbd_bad_files_and_checkpoints_are_one_line(rgbd_example, tmp_path, cap
     line = run_rgbd(rgbd_example, [*small, "--checkpoint", str(tmp_path / "other.pt")], capsys)
     assert "does not fit coc_tiny" in line and "Missing key(s)" in line and "Unexpected key(s)" not in line
     assert "size mismatch" in line  # the full reason, not its first line only
+
+
+def test_padded_knn_far_wider_than_any_sample_is_refused(monkeypatch):
+    x = torch.rand(10, 3)
+    with pytest.raises(ValueError, match=r"k=1000000000 exceeds every sample's size \(the largest has 10 points\)"
+                                         r".*POINTCOC_MAX_PADDED_ENTRIES"):
+        pc.ops.knn_padded(x, x, 10**9)
+    index, _ = pc.ops.knn_padded(x, x, 12)  # a little padding stays allowed
+    assert index.shape == (10, 12) and bool((index[:, 10:] == -1).all())
+    monkeypatch.setenv("POINTCOC_MAX_PADDED_ENTRIES", "100")
+    with pytest.raises(ValueError, match="exceed 100 entries"):
+        pc.ops.knn_padded(x, x, 12)
+
+
+def test_random_sample_generator_must_be_a_generator():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        pc.ops.random_sample(torch.zeros(5, dtype=torch.long), generator=5)
