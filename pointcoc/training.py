@@ -668,19 +668,19 @@ class Trainer:
     def resume(self, path: Optional[Union[str, Path]] = None) -> List[str]:
         """Continue the run from ``path`` (default ``output_dir/last.pt``); returns notes on repairs made.
 
-        On rank 0, ``best.pt`` in the output folder is first made consistent with
-        ``last.pt`` (:func:`repair_best_checkpoint`) and the metrics files are
-        rewritten from the checkpoint's history.
+        ``best.pt`` in the output folder is first made consistent with ``last.pt``
+        (:func:`repair_best_checkpoint`), and rank 0 rewrites the metrics files from
+        the checkpoint's history.
         """
         if path is None:
             if self.output_dir is None:
                 raise ValueError("resume needs a checkpoint path or an output_dir holding last.pt")
             path = self.output_dir / "last.pt"
         notes: List[str] = []
-        if self.ctx.is_main and self.output_dir is not None and Path(path).parent == self.output_dir:
+        if self.output_dir is not None and Path(path).parent == self.output_dir:
+            # on every rank, so that an error stops all of them alike; a repair writes the same bytes on any rank
             note = repair_best_checkpoint(self.output_dir)
             notes += [note] if note else []
-        self.ctx.barrier()
         self.load_state_dict(load_checkpoint(path))
         if self.ctx.is_main and self.output_dir is not None:
             self._write_metrics()

@@ -23,8 +23,8 @@ import pointcoc.training as training
 from pointcoc._files import WriteError, atomic_write, check_writable_dir, remove_stray_temporaries
 from pointcoc.data import load_h5_split
 from pointcoc.training import BatchAdapter, Trainer, channels_first, load_checkpoint, point_batch
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import load_example
+from tests.test_training import EXAMPLE_TINY, write_real_format
 
 
 @pytest.fixture(autouse=True)
@@ -500,10 +500,6 @@ def test_progress_bars_only_on_a_terminal(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- example scripts
-from tests.helpers import load_example  # noqa: E402
-from tests.test_training import EXAMPLE_TINY, write_real_format  # noqa: E402
-
-
 @pytest.fixture(scope="module")
 def scan_example():
     return load_example("scanobjectnn")

@@ -123,7 +123,8 @@ class ContextClusterNet(nn.Module):
         point_regions: bool = True,
     ) -> None:
         super().__init__()
-        check_model_kwargs(dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim, drop_path_rate=drop_path_rate))
+        check_model_kwargs(dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim,
+                                drop_path_rate=drop_path_rate))
         if mode not in ("auto", "grid", "point"):
             raise ValueError(f"mode must be 'auto', 'grid' or 'point', got {mode!r}")
         if point_proposal not in ("fps", "random"):
