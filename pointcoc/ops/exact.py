@@ -79,9 +79,9 @@ def refine(x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, compl
 
     Args:
         x, y: the original points (any float dtype).
-        index: ``[M, c]`` candidates (global x indices, ``-1`` padding), ``c >= k``, ordered
-            by (float32 distance, index), so every other point of the sample has a float32
-            distance of at least ``dist_work[:, -1]``.
+        index: ``[M, c]`` candidates (global x indices, ``-1`` padding), ``c >= k``, in any
+            order: ``c`` points with the smallest float32 distances, so every other point of the
+            sample has a float32 distance of at least the largest of ``dist_work``.
         dist_work: ``[M, c]`` their float32 distances.
         complete: ``[M]`` True where the candidates are all the points of the query's sample.
 
@@ -100,6 +100,6 @@ def refine(x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, compl
     delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
     tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
-    outside = (dist_work[:, -1].double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
+    outside = (dist_work.amax(1).double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
     proven = complete | (d64[:, -1] < outside)
     return index, d64, proven

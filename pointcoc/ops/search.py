@@ -14,10 +14,10 @@ give identical results:
   its neighbours (bounding-box pruning, exact); a 224x224 image as 50,176 points
   computes a few hundred distances per query and never allocates ``N^2``.
 
-In both, the k smallest (distance, index) pairs of a row are found with one
-``topk``: a non-negative float32 distance's bit pattern is monotone as an
-integer, so ``(bits << 32) | index`` is an exact int64 sort key; float64
-distances take the k-th value and resolve the ties at it by index.
+In float64 (the reference arithmetic) both return the k smallest (distance, index) pairs of
+each row: the k-th value is found with ``topk`` and the ties at it resolved by index. In
+float32 they return *candidates*: k points with the smallest float32 distances, ties at the
+k-th in no fixed order, which :func:`pointcoc.ops.exact.refine` re-ranks in float64.
 """
 from __future__ import annotations
 
@@ -160,19 +160,23 @@ def _distances_exact(x_coords: Tensor, y_coords: Tensor, workspace: _Workspace) 
 
 
 def _smallest_k(dist: Tensor, k: int, columns: Tensor, workspace: _Workspace) -> Tuple[Tensor, Tensor]:
-    """The k smallest entries of each row of ``dist: [..., n]`` ordered by (value, column id).
+    """The k smallest entries of each row of ``dist: [..., n]``.
 
-    ``columns: [n]`` (or broadcastable to ``dist``) holds distinct non-negative ids below ``2**31``,
-    ascending along the row. Returns ``(ids [..., k], values [..., k])``; values are >= +0 (inf allowed).
+    float64: ordered by (value, column id) (``columns: [n]`` or broadcastable to ``dist``, distinct
+    non-negative ids ascending along the row). float32: a set of k smallest values in no fixed
+    order (which of several values tied at the k-th is kept is unspecified): the float32 search
+    only collects candidates that :func:`pointcoc.ops.exact.refine` re-ranks.
+    Returns ``(ids [..., k], values [..., k])``; values are >= +0 (inf allowed).
     """
-    if dist.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        # non-negative float32 bit patterns are monotone as int32: (bits << 32) | id is one exact key
+    if dist.dtype == torch.float32:
+        # non-negative float32 bit patterns are monotone as int32: (bits << 32) | id is one int64
+        # key, and topk on int64 is faster than on float32 (no NaN handling)
         key = workspace.get("key", tuple(dist.shape), torch.int64)
-        key.copy_(dist.float().view(torch.int32))
+        key.copy_(dist.view(torch.int32))
         key.bitwise_left_shift_(32).bitwise_or_(columns)
-        key = torch.topk(key, k, dim=-1, largest=False, sorted=True).values
+        key = torch.topk(key, k, dim=-1, largest=False, sorted=False).values
         ids = key.bitwise_and(_LOW_32_BITS)
-        values = key.bitwise_right_shift(32).to(torch.int32).view(torch.float32).to(dist.dtype)
+        values = key.bitwise_right_shift(32).to(torch.int32).view(torch.float32)
         return ids, values
     # float64: everything below the k-th value, then the lowest columns among those equal to it
     kth = torch.topk(dist, k, dim=-1, largest=False, sorted=True).values[..., -1:]
@@ -376,9 +380,10 @@ def _tiled_chunk(
     lower.masked_fill_(~tiles.valid[sample], math.inf)
     chosen = torch.topk(lower, width, dim=-1, largest=False, sorted=False).indices  # [nb, width]
     ids = tiles.ids[sample[:, None], chosen].flatten(1)  # [nb, L]
-    ids, by_id = ids.sort(dim=-1)  # candidates in index order: ties then resolve to the lowest index
     coords = tiles.coords[:, sample[:, None], chosen].flatten(2)  # [D, nb, L]
-    coords = coords.gather(2, by_id.expand_as(coords))
+    if coords.dtype == torch.float64:  # candidates in index order: ties resolve to the lowest index
+        ids, by_id = ids.sort(dim=-1)
+        coords = coords.gather(2, by_id.expand_as(coords))
     queries = blocks.coords[:, sample, block]  # [D, nb, TILE]
     dist = _distances_exact(coords, queries, workspace)  # [nb, TILE, L]
     padding = ids == _NO_ID
