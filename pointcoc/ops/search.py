@@ -250,15 +250,24 @@ def _kd_order(points: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor) -> Ten
         node = start[:, None].expand(-1, dim)
         low = current.new_full((num_points, dim), math.inf).scatter_reduce_(0, node, current, "amin")
         high = current.new_full((num_points, dim), -math.inf).scatter_reduce_(0, node, current, "amax")
-        axis = (high - low).argmax(1)[start]  # widest axis of each position's node
-        along = current.gather(1, axis[:, None]).squeeze(1)
-        by_coord = torch.argsort(along, stable=True)
-        by_coord = by_coord[torch.argsort(start[by_coord], stable=True)]  # sorted inside every node
-        order = order[by_coord]
+        widest = (high - low).argmax(1, keepdim=True)[start]  # widest axis of each position's node
+        along = current.gather(1, widest).squeeze(1).double()
+        floor, span = low[start].gather(1, widest).squeeze(1).double(), (high - low)[start].gather(1, widest).squeeze(1)
+        fraction = torch.where(span > 0, (along - floor) / span.double(), 0.0)  # [0, 1] inside the node
+        # one sort: by node, then (approximately: any order gives valid tiles) along the widest axis
+        order = order[torch.argsort(start.double() + 0.5 * fraction, stable=True)]
         left = TILE * ((-(-size // TILE) + 1) // 2)  # TILE * ceil(tiles / 2)
         right = split & (position - start >= left)
         start = torch.where(right, start + left, start)
         size = torch.where(split, torch.where(right, size - left, left), size)
+
+
+def _same_points(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor) -> bool:
+    """True when ``y`` is ``x`` (all-to-all search: the query blocks are the tiles themselves)."""
+    return (
+        x.shape == y.shape and x.stride() == y.stride() and x.data_ptr() == y.data_ptr()
+        and (batch_x.data_ptr() == batch_y.data_ptr() or torch.equal(batch_x, batch_y))
+    )
 
 
 def _tile_lower_bound(y_low: Tensor, y_high: Tensor, x_low: Tensor, x_high: Tensor) -> Tensor:
@@ -284,7 +293,7 @@ def _knn_tiled(
     """Exact kNN through k-d tree tiles (see the comment above). Returns ``index [M, k]``, ``dist [M, k]``."""
     ptr_x, ptr_y = batch_ptr(counts_x), batch_ptr(counts_y)
     tiles = _Tiles(x, batch_x, counts_x, ptr_x)
-    blocks = _Tiles(y, batch_y, counts_y, ptr_y)
+    blocks = tiles if _same_points(x, y, batch_x, batch_y) else _Tiles(y, batch_y, counts_y, ptr_y)
     num_samples, num_tiles = tiles.valid.shape
     num_blocks = blocks.valid.size(1)
 
