@@ -81,7 +81,8 @@ def fps(
     if cluster is not None and generator is None and num_points is None and not isinstance(ratio, Tensor):
         if _cluster_counts_match(counts, picks, ratio, pos):
             return cluster.fps(pos, batch, ratio, random_start)
-    return _fps_dense(pos.double(), batch, counts, picks, random_start, generator)
+    pos = pos.double()
+    return _fps_dense(pos, batch, counts, picks, _start_slots(counts, random_start, generator))
 
 
 def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tensor) -> bool:
@@ -98,10 +99,24 @@ def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tens
     return bool(torch.equal(theirs, picks))
 
 
+def _start_slots(counts: Tensor, random_start: bool, generator: Optional[torch.Generator]) -> Tensor:
+    """Slot of each sample's first pick: uniformly random, or 0."""
+    if not random_start:
+        return torch.zeros(counts.numel(), dtype=torch.long, device=counts.device)
+    draw = torch.rand(counts.numel(), generator=generator, device=counts.device, dtype=torch.float64)
+    return (draw * counts).long().clamp_(max=(counts - 1).clamp(min=0))
+
+
+def _to_global(chosen: Tensor, counts: Tensor, picks: Tensor) -> Tensor:
+    """Slots ``[iterations, B]`` -> global indices; a sample keeps its first ``picks[b]`` picks."""
+    first_index = torch.cumsum(counts, 0) - counts
+    global_index = chosen.t() + first_index[:, None]  # [B, iterations]
+    keep = torch.arange(chosen.size(0), device=chosen.device)[None, :] < picks[:, None]
+    return global_index[keep]
+
+
 @torch.no_grad()
-def _fps_dense(
-    pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, random_start: bool, generator: Optional[torch.Generator]
-) -> Tensor:
+def _fps_dense(pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, start: Tensor) -> Tensor:
     """Pure-PyTorch FPS over the padded batch; see :func:`fps`. Returns global indices ``[M]``.
 
     The argmax of each step runs in two levels (the max of every segment of ``width`` slots,
@@ -118,11 +133,6 @@ def _fps_dense(
     coords = dense.permute(2, 0, 1).contiguous()  # [P, B, n], coordinate-major
     coords_flat = coords.view(num_coords, num_samples * n)  # [P, B*n]
 
-    if random_start:
-        draw = torch.rand(num_samples, generator=generator, device=device, dtype=torch.float64)
-        start = (draw * counts).long().clamp_(max=(counts - 1).clamp(min=0))  # [B] slot of the first pick
-    else:
-        start = torch.zeros(num_samples, dtype=torch.long, device=device)
     offsets = torch.arange(num_samples, device=device) * n  # [B] flat offset of each sample's slot 0
     segment_offsets = torch.arange(num_samples, device=device) * segments
 
@@ -153,8 +163,4 @@ def _fps_dense(
         inside = torch.index_select(mindist_segments, 0, segment).argmax(1)  # [B] first max inside it
         torch.add(inside, segment, alpha=width, out=chosen[it])
 
-    # flat slot -> global index; a sample keeps its first picks[b] iterations (later ones are not recorded)
-    first_index = torch.cumsum(counts, 0) - counts
-    global_index = chosen.t() - offsets[:, None] + first_index[:, None]  # [B, iterations]
-    keep = torch.arange(iterations, device=device)[None, :] < picks[:, None]
-    return global_index[keep]
+    return _to_global(chosen - offsets, counts, picks)  # flat slot -> slot in sample -> global

@@ -65,7 +65,7 @@ def knn(
     neighbours (float32 / float64, no cosine) and they are then put in the same order; only
     which of several points tied at the k-th distance is kept may differ from the pure path.
     """
-    args = _validate(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, num_workers, batch_size, allow_empty=False)
+    args = validate_search_args(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, num_workers, batch_size, allow_empty=False)
     x, y, k, batch_x, batch_y, counts_x, counts_y = args
     starved = (counts_y > 0) & (counts_x == 0)
     if bool(starved.any()):
@@ -111,7 +111,7 @@ def knn_padded(
         (float32 for float16 / bfloat16 inputs, so they cannot overflow), ``inf`` at the ``-1``
         slots, no gradient.
     """
-    args = _validate(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, 1, None, allow_empty=True)
+    args = validate_search_args(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, 1, None, allow_empty=True)
     check_chunk_entries(max_chunk_entries)
     return exact_knn(*args, max_chunk_entries)
 
@@ -187,7 +187,7 @@ def knn_graph(
     if flow not in ("source_to_target", "target_to_source"):
         raise ValueError(f"flow must be 'source_to_target' or 'target_to_source', got {flow!r}")
     k = check_k(k, "k")
-    args = _validate(x, x, k, batch, batch, ptr, ptr, cosine, num_workers, batch_size, allow_empty=True)
+    args = validate_search_args(x, x, k, batch, batch, ptr, ptr, cosine, num_workers, batch_size, allow_empty=True)
     x, _, _, batch, _, counts, _ = args
     index, _ = exact_knn(x, x, k + (0 if loop else 1), batch, batch, counts, counts, DEFAULT_CHUNK_ENTRIES)
     node = torch.arange(x.size(0), device=x.device)[:, None].expand_as(index)
@@ -230,7 +230,7 @@ def nearest(
     batch_y = batch_or_ptr(batch_y, ptr_y, y.size(0), y.device, "batch_y", "ptr_y")
     batch_x, _ = check_batch(batch_x, x.size(0), x.device, "batch_x")
     batch_y, _ = check_batch(batch_y, y.size(0), y.device, "batch_y")
-    args = _validate(y, x, 1, batch_y, batch_x, None, None, False, 1, None, allow_empty=False)
+    args = validate_search_args(y, x, 1, batch_y, batch_x, None, None, False, 1, None, allow_empty=False)
     y, x, _, batch_y, batch_x, counts_y, counts_x = args
     starved = (counts_x > 0) & (counts_y == 0)
     if bool(starved.any()):
@@ -290,7 +290,7 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
         raise ValueError("x must have at least one feature per point")
 
 
-def _validate(
+def validate_search_args(
     x: object, y: object, k: object, batch_x: object, batch_y: object, ptr_x: object, ptr_y: object,
     cosine: object, num_workers: object, batch_size: object, allow_empty: bool,
 ) -> Tuple[Tensor, Tensor, int, Tensor, Tensor, Tensor, Tensor]:

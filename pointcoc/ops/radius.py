@@ -21,8 +21,8 @@ from torch import Tensor
 from .._checks import check_bool, check_k
 from .batch import batch_ptr
 from .exact import working_dtype
-from .knn import _validate
-from .search import DEFAULT_CHUNK_ENTRIES, TILE, _NO_ID, _Tiles, _tile_lower_bound
+from .knn import validate_search_args
+from .search import DEFAULT_CHUNK_ENTRIES, TILE, NO_ID, Tiles, tile_lower_bound
 
 __all__ = ["radius", "radius_graph"]
 
@@ -54,7 +54,7 @@ def radius(
     Returns:
         ``[2, E]`` LongTensor: row 0 indexes ``y``, row 1 ``x``; sorted by query, then by ``x`` index.
     """
-    x, y, _, batch_x, batch_y, counts_x, counts_y = _validate(
+    x, y, _, batch_x, batch_y, counts_x, counts_y = validate_search_args(
         x, y, 1, batch_x, batch_y, ptr_x, ptr_y, False, num_workers, batch_size, allow_empty=True
     )
     r2 = _check_radius(r)
@@ -86,7 +86,7 @@ def radius_graph(
     loop = check_bool(loop, "loop")
     if flow not in ("source_to_target", "target_to_source"):
         raise ValueError(f"flow must be 'source_to_target' or 'target_to_source', got {flow!r}")
-    x, _, _, batch, _, counts, _ = _validate(x, x, 1, batch, batch, ptr, ptr, False, num_workers, batch_size, True)
+    x, _, _, batch, _, counts, _ = validate_search_args(x, x, 1, batch, batch, ptr, ptr, False, num_workers, batch_size, True)
     r2 = _check_radius(r)
     max_num_neighbors = check_k(max_num_neighbors, "max_num_neighbors")
     node, neighbour = radius_pairs(x, x, r2, batch, batch, counts, counts, max_num_neighbors, not loop,
@@ -115,14 +115,14 @@ def radius_pairs(
         return empty
     working_dtype(x, y, batch_x, batch_y, counts_x.numel())  # raises where float64 overflows
     ptr_x, ptr_y = batch_ptr(counts_x), batch_ptr(counts_y)
-    tiles = _Tiles(x.double(), batch_x, counts_x, ptr_x)
-    blocks = _Tiles(y.double(), batch_y, counts_y, ptr_y)
+    tiles = Tiles(x.double(), batch_x, counts_x, ptr_x)
+    blocks = Tiles(y.double(), batch_y, counts_y, ptr_y)
     num_samples, num_tiles = tiles.valid.shape
     step = max(1, max_chunk_entries // (num_samples * num_tiles))
     found = []
     for q0 in range(0, blocks.valid.size(1), step):
         q = slice(q0, q0 + step)
-        lower = _tile_lower_bound(
+        lower = tile_lower_bound(
             blocks.low[:, :, q, None], blocks.high[:, :, q, None], tiles.low[:, :, None], tiles.high[:, :, None]
         )  # [B, qc, G]
         near = (lower < r2) & tiles.valid[:, None, :] & blocks.valid[:, q, None]
@@ -141,7 +141,7 @@ def radius_pairs(
 
 
 def _pairs_in_tiles(
-    tiles: _Tiles, blocks: _Tiles, sample: Tensor, block: Tensor, tile: Tensor, r2: float,
+    tiles: Tiles, blocks: Tiles, sample: Tensor, block: Tensor, tile: Tensor, r2: float,
     ptr_x: Tensor, ptr_y: Tensor, skip_self: bool,
 ) -> Tensor:
     """Global (query, x) pairs closer than ``r2`` among the given (block, tile) pairs: ``[2, E]``."""
@@ -153,7 +153,7 @@ def _pairs_in_tiles(
         dist = term if dist is None else dist.add_(term)
     query_id = blocks.ids[sample, block]
     point_id = tiles.ids[sample, tile]
-    inside = (dist < r2) & (query_id != _NO_ID)[:, :, None] & (point_id != _NO_ID)[:, None, :]
+    inside = (dist < r2) & (query_id != NO_ID)[:, :, None] & (point_id != NO_ID)[:, None, :]
     query_id = query_id + ptr_y[sample, None]
     point_id = point_id + ptr_x[sample, None]
     if skip_self:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .batch import batch_ptr, slot_in_sample
 
-__all__ = ["TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "search"]
+__all__ = ["TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "TILE", "NO_ID", "Tiles", "tile_lower_bound", "search"]
 
 TILED_MAX_DIM = 4
 """Positions with at most this many coordinates may use the tiled search."""
@@ -48,7 +48,7 @@ PROBE_EXTRA_TILES = 4
 """Tiles probed beyond ceil(k / TILE) to bound each query's k-th distance in the tiled search."""
 
 _LOW_32_BITS = 0xFFFFFFFF
-_NO_ID = 2**31 - 1  # id of padding lanes in the tiled search (sorts after every real point)
+NO_ID = 2**31 - 1  # id of padding lanes in the tiled search (sorts after every real point)
 
 
 @torch.no_grad()
@@ -204,11 +204,11 @@ def _smallest_k(dist: Tensor, k: int, columns: Tensor, workspace: _Workspace) ->
 # ranked by (distance, index) as in the dense path: the result is identical, only cheaper.
 
 
-class _Tiles:
+class Tiles:
     """Points of a ragged batch in k-d tree tiles.
 
     ``coords: [D, B, G, TILE]`` (padding lanes repeat the tile's first point, so bounding boxes
-    are unchanged), ``ids: [B, G, TILE]`` index of the point inside its sample (``_NO_ID`` for
+    are unchanged), ``ids: [B, G, TILE]`` index of the point inside its sample (``NO_ID`` for
     padding), ``valid: [B, G]`` real tiles, ``low`` / ``high``: ``[D, B, G]`` bounding boxes.
     """
 
@@ -223,7 +223,7 @@ class _Tiles:
         source = torch.where(real, slot, tile_start) + ptr[:-1, None]  # padding: the tile's first point
         source = order[source.clamp_(max=points.size(0) - 1)]
         self.coords = points[source].permute(2, 0, 1).reshape(dim, num_samples, -1, TILE).contiguous()
-        ids = torch.where(real, source - ptr[:-1, None], _NO_ID)
+        ids = torch.where(real, source - ptr[:-1, None], NO_ID)
         self.ids = ids.view(num_samples, -1, TILE)
         self.valid = torch.arange(width // TILE, device=points.device) < num_tiles[:, None]
         self.low = self.coords.amin(-1)
@@ -270,7 +270,7 @@ def _same_points(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor) -> bool
     )
 
 
-def _tile_lower_bound(y_low: Tensor, y_high: Tensor, x_low: Tensor, x_high: Tensor) -> Tensor:
+def tile_lower_bound(y_low: Tensor, y_high: Tensor, x_low: Tensor, x_high: Tensor) -> Tensor:
     """Lower bound on squared distances between boxes: ``[D, ..., 1]`` blocks vs ``[D, ..., G]`` tiles."""
     lower = None
     for p in range(y_low.size(0)):
@@ -292,8 +292,8 @@ def _knn_tiled(
 ) -> Tuple[Tensor, Tensor]:
     """Exact kNN through k-d tree tiles (see the comment above). Returns ``index [M, k]``, ``dist [M, k]``."""
     ptr_x, ptr_y = batch_ptr(counts_x), batch_ptr(counts_y)
-    tiles = _Tiles(x, batch_x, counts_x, ptr_x)
-    blocks = tiles if _same_points(x, y, batch_x, batch_y) else _Tiles(y, batch_y, counts_y, ptr_y)
+    tiles = Tiles(x, batch_x, counts_x, ptr_x)
+    blocks = tiles if _same_points(x, y, batch_x, batch_y) else Tiles(y, batch_y, counts_y, ptr_y)
     num_samples, num_tiles = tiles.valid.shape
     num_blocks = blocks.valid.size(1)
 
@@ -305,7 +305,7 @@ def _knn_tiled(
     step = max(1, max_chunk_entries // (num_samples * max(num_tiles, probes * TILE * TILE)))
     for q0 in range(0, num_blocks, step):
         q = slice(q0, q0 + step)
-        lower = _tile_lower_bound(
+        lower = tile_lower_bound(
             blocks.low[:, :, q, None], blocks.high[:, :, q, None], tiles.low[:, :, None], tiles.high[:, :, None]
         )  # [B, qc, G]
         lower.masked_fill_(~tiles.valid[:, None, :], math.inf)
@@ -335,7 +335,7 @@ def _knn_tiled(
     return index_out, dist_out
 
 
-def _probe_reach(tiles: _Tiles, queries: Tensor, probe: Tensor, k: int, workspace: _Workspace) -> Tensor:
+def _probe_reach(tiles: Tiles, queries: Tensor, probe: Tensor, k: int, workspace: _Workspace) -> Tensor:
     """Per query block, the largest k-th distance of its queries among the points of the probed tiles.
 
     ``queries: [D, B, qc, TILE]``, ``probe: [B, qc, P]`` tile numbers. Any k points bound the
@@ -347,7 +347,7 @@ def _probe_reach(tiles: _Tiles, queries: Tensor, probe: Tensor, k: int, workspac
     sample = torch.arange(num_samples, device=probe.device)[:, None, None]
     coords = tiles.coords[:, sample, probe].flatten(3).flatten(1, 2)  # [D, B*qc, P*TILE]
     dist = _distances_exact(coords, queries.flatten(1, 2), workspace)  # [B*qc, TILE, P*TILE]
-    padding = (tiles.ids[sample, probe] == _NO_ID).flatten(2).flatten(0, 1)  # [B*qc, P*TILE]
+    padding = (tiles.ids[sample, probe] == NO_ID).flatten(2).flatten(0, 1)  # [B*qc, P*TILE]
     if bool(padding.any()):
         dist.masked_fill_(padding[:, None, :], math.inf)
     kth = torch.topk(dist, k, dim=-1, largest=False, sorted=False).values.amax(-1)  # [B*qc, TILE]
@@ -367,8 +367,8 @@ def _chunk_end(counts: List[int], start: int, capacity: int) -> int:
 
 
 def _tiled_chunk(
-    tiles: _Tiles,
-    blocks: _Tiles,
+    tiles: Tiles,
+    blocks: Tiles,
     sample: Tensor,
     block: Tensor,
     width: int,
@@ -380,7 +380,7 @@ def _tiled_chunk(
     workspace: _Workspace,
 ) -> None:
     """Exact neighbours of the query blocks ``(sample, block): [nb]`` among their ``width`` best tiles."""
-    lower = _tile_lower_bound(
+    lower = tile_lower_bound(
         blocks.low[:, sample, block, None],
         blocks.high[:, sample, block, None],
         tiles.low[:, sample],
@@ -395,14 +395,14 @@ def _tiled_chunk(
         coords = coords.gather(2, by_id.expand_as(coords))
     queries = blocks.coords[:, sample, block]  # [D, nb, TILE]
     dist = _distances_exact(coords, queries, workspace)  # [nb, TILE, L]
-    padding = ids == _NO_ID
+    padding = ids == NO_ID
     if bool(padding.any()):
         dist.masked_fill_(padding[:, None, :], math.inf)
     keep = min(k, ids.size(1))
-    found, nearest = _smallest_k(dist, keep, ids[:, None, :], workspace)  # ids or _NO_ID
+    found, nearest = _smallest_k(dist, keep, ids[:, None, :], workspace)  # ids or NO_ID
     query = blocks.ids[sample, block]  # [nb, TILE]
-    real = query != _NO_ID
+    real = query != NO_ID
     target = (query + ptr_y[sample, None])[real]
-    found = torch.where(found != _NO_ID, found + ptr_x[sample, None, None], -1)
+    found = torch.where(found != NO_ID, found + ptr_x[sample, None, None], -1)
     index_out[target, :keep] = found[real]
     dist_out[target, :keep] = nearest[real]
