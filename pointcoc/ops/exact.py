@@ -74,7 +74,9 @@ def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
     return dist
 
 
-def refine(x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def refine(
+    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Re-rank float32 candidates by the float64 reference distance; prove the result exact.
 
     Args:

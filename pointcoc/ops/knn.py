@@ -65,7 +65,9 @@ def knn(
     neighbours (float32 / float64, no cosine) and they are then put in the same order; only
     which of several points tied at the k-th distance is kept may differ from the pure path.
     """
-    args = validate_search_args(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, num_workers, batch_size, allow_empty=False)
+    args = validate_search_args(
+        x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, num_workers, batch_size, allow_empty=False
+    )
     x, y, k, batch_x, batch_y, counts_x, counts_y = args
     starved = (counts_y > 0) & (counts_x == 0)
     if bool(starved.any()):

@@ -22,7 +22,7 @@ from .._checks import check_bool, check_k
 from .batch import batch_ptr
 from .exact import working_dtype
 from .knn import validate_search_args
-from .search import DEFAULT_CHUNK_ENTRIES, TILE, NO_ID, Tiles, tile_lower_bound
+from .search import DEFAULT_CHUNK_ENTRIES, NO_ID, TILE, Tiles, tile_lower_bound
 
 __all__ = ["radius", "radius_graph"]
 
@@ -86,7 +86,9 @@ def radius_graph(
     loop = check_bool(loop, "loop")
     if flow not in ("source_to_target", "target_to_source"):
         raise ValueError(f"flow must be 'source_to_target' or 'target_to_source', got {flow!r}")
-    x, _, _, batch, _, counts, _ = validate_search_args(x, x, 1, batch, batch, ptr, ptr, False, num_workers, batch_size, True)
+    x, _, _, batch, _, counts, _ = validate_search_args(
+        x, x, 1, batch, batch, ptr, ptr, False, num_workers, batch_size, allow_empty=True
+    )
     r2 = _check_radius(r)
     max_num_neighbors = check_k(max_num_neighbors, "max_num_neighbors")
     node, neighbour = radius_pairs(x, x, r2, batch, batch, counts, counts, max_num_neighbors, not loop,

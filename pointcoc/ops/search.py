@@ -29,7 +29,10 @@ from torch import Tensor
 
 from .batch import batch_ptr, slot_in_sample
 
-__all__ = ["TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "TILE", "NO_ID", "Tiles", "tile_lower_bound", "search"]
+__all__ = [
+    "TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "TILE", "NO_ID",
+    "Tiles", "tile_lower_bound", "search",
+]
 
 TILED_MAX_DIM = 4
 """Positions with at most this many coordinates may use the tiled search."""
@@ -93,7 +96,7 @@ def _knn_blocks(
     ``x_dense: [B, n, D]`` and ``y_dense: [B, m, D]`` are padded per sample; ``counts_*`` give
     the real points per sample (host lists). Chunks are rectangles of (samples x query slots).
     """
-    num_samples, n, dim = x_dense.shape
+    num_samples, n, _ = x_dense.shape
     m = y_dense.size(1)
     device, dtype = x_dense.device, x_dense.dtype
     slots_out = torch.full((num_samples, m, k), -1, dtype=torch.long, device=device)
