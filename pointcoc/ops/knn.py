@@ -110,8 +110,8 @@ def knn_padded(
         ``index: [M, k]`` LongTensor of global ``x`` indices ordered by (float64 distance, index),
         ``-1`` where the query's sample has fewer than ``k`` points of ``x``;
         ``dist: [M, k]`` the float64 reference squared distances rounded to the dtype of ``x``
-        (float32 for float16 / bfloat16 inputs, so they cannot overflow), ``inf`` at the ``-1``
-        slots, no gradient.
+        (float32 for float16 / bfloat16 inputs, so they cannot overflow; float64 with
+        ``cosine=True``), ``inf`` at the ``-1`` slots, no gradient.
     """
     args = validate_search_args(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, 1, None, allow_empty=True)
     check_chunk_entries(max_chunk_entries)
