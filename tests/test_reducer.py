@@ -101,7 +101,8 @@ def test_grid_subsample_on_a_full_lattice_gives_the_window_positions():
     new = grid_subsample(point_lattice(geo), (3, 3), (2, 2), (1, 1))
     rows, cols = torch.meshgrid(torch.arange(5), torch.arange(7), indexing="ij")
     assert torch.equal(new.pixel, torch.stack((rows.flatten(), cols.flatten()), 1))
-    expected = torch.stack((2 * rows.flatten() / 8 - 0.5, 2 * cols.flatten() / 13 - 0.5), 1).double()
+    rows, cols = rows.flatten().double(), cols.flatten().double()
+    expected = torch.stack((2 * rows / 8 - 0.5, 2 * cols / 13 - 0.5), 1)
     torch.testing.assert_close(new.pos, expected, rtol=0, atol=1e-15)
 
 
@@ -110,9 +111,8 @@ def test_fps_starts_farthest_from_the_bounding_box_centre():
     # four corners tie: the lowest index (0) starts; then the farthest, ties to the lower index
     picks = fps_from_centre(pos, torch.zeros(6, dtype=torch.long), 1, num_points=3)
     assert picks.tolist() == [0, 3, 1]
-    moved = pos.clone()
-    moved[2] = torch.tensor([-0.5, 2.5])  # now strictly the farthest from the box centre
-    assert fps_from_centre(moved, torch.zeros(6, dtype=torch.long), 1, num_points=2).tolist() == [2, 1]
+    other = torch.tensor([[0.0, 1.0], [4.0, 0.0], [1.0, 3.0], [2.0, 1.0]])  # box centre (2, 1.5): point 1 is farthest
+    assert fps_from_centre(other, torch.zeros(4, dtype=torch.long), 1, num_points=3).tolist() == [1, 2, 0]  # then 0 and 3 tie (5): the lower
 
 
 # ----------------------------------------------------------------------------------------------
