@@ -1,6 +1,7 @@
 """Images as point sets: one CoC network on full, discrete, masked and irregular digits.
 
     python examples/images.py             # all four formats, three ways each (about 10 minutes)
+    python examples/images.py --jobs 4    # the same, four runs at a time
     python examples/images.py --quick     # a short point-mode run on the full grid only (the test uses it)
 
 Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1,797
@@ -41,11 +42,14 @@ on one machine). Prints a table and writes ``results.json`` to ``--output``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -195,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: these tensors are small, threads mostly add overhead)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once in worker processes (each seeded: the same results as one by one)")
     parser.add_argument("--output", type=Path, default=Path("outputs/images"), help="folder for results.json")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser
@@ -207,11 +213,24 @@ def _table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
     for fmt, runs in results.items():
         cells = []
         for feed in feeds:
-            run = runs.get(feed, runs.get("lattice") if feed == "zeros" else None)
-            same = " (lattice run)" if feed == "zeros" and "zeros" not in runs else ""
+            run = runs.get(feed, runs.get("lattice") if (feed, fmt) == ("zeros", "grid") else None)
+            same = " (lattice run)" if (feed, fmt) == ("zeros", "grid") else ""
             cells.append("-" if run is None else f"{100 * run['accuracy']:.1f}%{same}")
         lines.append(f"| {fmt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _train_run(run: Tuple[str, str], data, epochs: int, args: argparse.Namespace) -> Dict[str, float]:
+    torch.set_num_threads(args.threads)
+    fmt, feed = run
+    return train_and_test(fmt, feed, data, epochs, args.batch_size, args.lr, args.weight_decay, args.label_smoothing,
+                          seed=args.seed, progress=not args.no_progress and args.jobs == 1)
+
+
+def _report(fmt: str, feed: str, run: Dict[str, float]) -> Dict[str, float]:
+    print(f"{fmt:>8} {feed:>7}: test accuracy {100 * run['accuracy']:.1f}% "
+          f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)", flush=True)
+    return run
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
@@ -226,17 +245,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     resized = "" if args.size == 8 else f", resized to {args.size}x{args.size} (bilinear)"
     print(f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; {MODEL} with stem {VARIANTS[MODEL].stem}, "
           f"{epochs} epochs per run, seed {args.seed}")
-    results: Dict[str, Dict[str, Dict[str, float]]] = {}
-    for fmt in formats:
-        results[fmt] = {}
-        for feed in (f for f in feeds if not (fmt == "grid" and f == "zeros")):  # (a): zeros = lattice
-            run = train_and_test(fmt, feed, data, epochs, args.batch_size, args.lr, args.weight_decay,
-                                 args.label_smoothing, seed=args.seed,
-                                 progress=not args.no_progress)
-            results[fmt][feed] = run
-            print(f"{fmt:>8} {feed:>6}: test accuracy {100 * run['accuracy']:.1f}% "
-                  f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)", flush=True)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    runs = [(fmt, feed) for fmt in formats for feed in feeds if not (fmt == "grid" and feed == "zeros")]
+    train = functools.partial(_train_run, data=data, epochs=epochs, args=args)
+    results: Dict[str, Dict[str, Dict[str, float]]] = {fmt: {} for fmt in formats}
+    if args.jobs > 1:  # forked workers, one thread each; every run is seeded on its own
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            done = pool.map(train, runs)
+            for (fmt, feed), run in zip(runs, done):
+                results[fmt][feed] = _report(fmt, feed, run)
+    else:
+        for fmt, feed in runs:
+            results[fmt][feed] = _report(fmt, feed, train((fmt, feed)))
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu + (sum(r["cpu_seconds"] for v in results.values() for r in v.values())
+                                               if args.jobs > 1 else 0.0)
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s (CPU time {cpu_seconds:.0f} s)")
     summary = dict(results=results, seconds=seconds, cpu_seconds=cpu_seconds, epochs=epochs, size=args.size,
                    seed=args.seed, model=MODEL, stem=VARIANTS[MODEL].stem)

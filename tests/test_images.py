@@ -135,9 +135,9 @@ def test_digit_formats():
 def test_digits_quick_mode_full_grid(tmp_path):
     images = load_example("images")
     summary = images.main(["--quick", "--no-progress", "--output", str(tmp_path)])
-    accuracy = summary["results"]["grid"]["points"]["accuracy"]
+    accuracy = summary["results"]["grid"]["point"]["accuracy"]
     assert accuracy >= 0.90
-    assert json.loads((tmp_path / "results.json").read_text())["results"]["grid"]["points"]["accuracy"] == accuracy
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["grid"]["point"]["accuracy"] == accuracy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,3 +161,16 @@ def test_rgbd_example_on_synthetic_frame(tmp_path):
     assert ((clusters == 0).all(2) == ~valid).all()  # pixels without depth are background
     assert Image.open(tmp_path / "clusters_3d.png").size == (640, 480)
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "depth.png")), depth)
+
+
+def test_digit_table_has_three_columns():
+    images = load_example("images")
+    run = lambda a: dict(accuracy=a)  # noqa: E731
+    table = images._table({"grid": {"point": run(0.98), "lattice": run(0.97)},
+                           "masked": {"point": run(0.9), "lattice": run(0.91), "zeros": run(0.88)}})
+    assert table.splitlines() == [
+        "| format | point mode (FPS centres) | lattice mode | zero-filled grid |",
+        "|---|---|---|---|",
+        "| grid | 98.0% | 97.0% | 97.0% (lattice run) |",
+        "| masked | 90.0% | 91.0% | 88.0% |",
+    ]
