@@ -24,8 +24,8 @@ PARAMS = {
 # smallest image side each variant's grid reference accepts below 224 (folds must divide every stage)
 SMALL = {"coc_tiny": 64, "coc_tiny2": 112, "coc_tiny_plain": 64, "coc_small": 64, "coc_medium": 64}
 # image sizes (H, W) the grid reference accepts where some stage has an odd side
-ODD = {"coc_tiny": (96, 96), "coc_tiny2": (56, 56), "coc_tiny_plain": (68, 44), "coc_small": (96, 96),
-       "coc_medium": (96, 96)}
+ODD = {"coc_tiny": (32, 96), "coc_tiny2": (56, 56), "coc_tiny_plain": (68, 44), "coc_small": (32, 96),
+       "coc_medium": (32, 96)}
 # point mode with the grid-bin centre proposal: the computation of the grid reference
 POINT = dict(mode="point", point_proposal="grid")
 
@@ -57,7 +57,7 @@ def test_parameter_counts(name):
     assert sum(p.numel() for p in pc.create_model(name).parameters()) == PARAMS[name]
 
 
-@pytest.mark.parametrize("mode", ["auto", "lattice", "point"])
+@pytest.mark.parametrize("mode", ["auto", "point"])  # auto: lattice mode on these full images
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_points_mode_equals_grid_model_float64(name, mode):
     grid, points = _pair(name, points_kw=POINT if mode == "point" else dict(mode=mode))
