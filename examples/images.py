@@ -1,6 +1,6 @@
 """Images as point sets: one CoC network on full, discrete, masked and irregular digits.
 
-    python examples/images.py             # all four formats, three ways each (about 10 minutes)
+    python examples/images.py             # all four formats, three ways each (about 12 CPU minutes)
     python examples/images.py --jobs 4    # the same, four runs at a time
     python examples/images.py --quick     # a short point-mode run on the full grid only (the test uses it)
 
