@@ -77,7 +77,7 @@ def _timed(step, repeats: int, device: str):
 
 def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
     import pointcoc as pc
-    from pointcoc.grid.cluster import Cluster
+    from pointcoc.reference.cluster import Cluster
 
     torch.manual_seed(0)
     if case in OP_CASES:
@@ -103,7 +103,7 @@ def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
     else:
         images = torch.rand(8, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (8,), device=device)
-        model = (pc.grid.create_model(name) if impl == "grid" else pc.create_model(name)).to(device).train()
+        model = (pc.reference.create_model(name) if impl == "grid" else pc.create_model(name)).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step():

@@ -65,7 +65,7 @@ except ModuleNotFoundError:  # run from a clone without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pointcoc as pc
-from pointcoc.grid.models import VARIANTS
+from pointcoc.models.configs import VARIANTS
 
 __all__ = ["FORMATS", "FEEDS", "load_digit_split", "format_mask", "to_points", "train_and_test", "build_parser", "main"]
 

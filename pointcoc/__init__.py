@@ -5,7 +5,7 @@ irregular images, RGB-D frames, ordinary grid images - is an unordered set of
 points ``(x, pos, batch)``; one context-cluster operation extracts features from
 all of them.
 """
-from . import grid, models, nn, ops
+from . import models, nn, ops, reference
 from .checkpoint import convert_official_state_dict
 from .models import create_model, list_models, register_model
 from .ops.batch import from_dense_batch, to_dense_batch
@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ops",
     "nn",
-    "grid",
+    "reference",
     "models",
     "image_to_points",
     "sample_pixels",

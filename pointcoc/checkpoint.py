@@ -21,7 +21,7 @@ from typing import Dict, Tuple
 
 from torch import Tensor
 
-from .grid.models import VARIANTS
+from .models.configs import VARIANTS
 
 __all__ = ["COC_MODELS", "POINTMLP_MODELS", "convert_official_state_dict"]
 

@@ -32,7 +32,7 @@ POINT = dict(mode="point", point_proposal="grid")
 
 def _pair(name, dtype=torch.float64, points_kw=None, **kw):
     torch.manual_seed(0)
-    grid = pc.grid.create_model(name, **kw).to(dtype).eval()
+    grid = pc.reference.create_model(name, **kw).to(dtype).eval()
     with torch.no_grad():  # layer scales of 1e-5 would hide the clusters: make every branch count
         for n, p in grid.named_parameters():
             if "layer_scale" in n:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pointcoc as pc
-from pointcoc.grid.cluster import Cluster
+from pointcoc.reference.cluster import Cluster
 from pointcoc.nn.context_cluster import ContextCluster
 from tests.helpers import DEVICES, grid_points
 

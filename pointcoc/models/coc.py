@@ -12,7 +12,7 @@ one of two modes with the same weights:
   of the points.
 * ``"lattice"`` (image points): the same maths as integer window lookups on the pixel grid
   with the grid-bin centre proposal, the fast path; on full images it reproduces the grid
-  reference (:mod:`pointcoc.grid`) number for number, and so does point mode with
+  reference (:mod:`pointcoc.reference`) number for number, and so does point mode with
   ``point_proposal="grid"``.
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_batch, check_model_kwargs, check_module_input, check_positions, check_tensor
-from ..grid.models import VARIANTS, CocConfig
+from ..nn.anchors import ANCHORS
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
-from ..nn.anchors import ANCHORS
 from ..nn.geometry import PointGeometry, canonical_order, point_lattice
 from ..nn.layers import DropPath, Mlp
 from ..nn.norm import PointGroupNorm, segment_mean
 from ..nn.reducer import PointReducer
+from .configs import VARIANTS, CocConfig
 from .registry import register_model
 
 __all__ = ["CocBlock", "ContextClusterNet", "MODES", "PointsInput", "as_point_batch", "register_coc_variant"]
@@ -105,7 +105,7 @@ class ContextClusterNet(nn.Module):
     """CoC classifier on point sets.
 
     Args:
-        config: the variant's architecture (:data:`pointcoc.grid.models.VARIANTS`).
+        config: the variant's architecture (:data:`pointcoc.models.configs.VARIANTS`).
         num_classes: classifier outputs.
         in_chans: point feature channels (3 for RGB); the network input is ``[x, pos]``.
         pos_dim: position coordinates (2 for images, 3 for point clouds / back-projected RGB-D).
@@ -167,8 +167,8 @@ class ContextClusterNet(nn.Module):
             network.append(
                 nn.ModuleList(
                     CocBlock(
-                        dims[s], config.mlp_ratios[s], config.heads[s], config.head_dim, config.proposals[s],
-                        config.folds[s], rates[start + j], layer_scale_init_value, normalize,
+                        dims[s], config.mlp_ratios[s], config.heads[s], config.head_dim, config.centres[s],
+                        config.regions[s], rates[start + j], layer_scale_init_value, normalize,
                     )
                     for j in range(depth)
                 )

@@ -1,24 +1,21 @@
 """Context Cluster (CoC) image classifiers on ``[B, C, H, W]`` grids: the reference models.
 
-``VARIANTS`` holds each variant's architecture (:class:`CocConfig`, SPEC section 3)
-and is the single source of truth for the points-mode models as well. Module and
+The architectures come from :data:`pointcoc.models.configs.VARIANTS` (docs/design.md §8). Module and
 parameter names follow the released checkpoints' "new naming", so an official
 state dict loads into :class:`ContextClusterNet` as is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import List
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_float, check_tensor
+from ..models.configs import VARIANTS, CocConfig
 from .cluster import Cluster
 
 __all__ = [
-    "CocConfig",
-    "VARIANTS",
     "add_position_channels",
     "DropPath",
     "PointReducer",
@@ -28,49 +25,6 @@ __all__ = [
     "create_model",
     "list_models",
 ]
-
-
-@dataclass(frozen=True)
-class CocConfig:
-    """Architecture of one CoC variant; every tuple has one entry per stage (4 stages).
-
-    ``proposals[s]``: centres per region side in stage ``s`` (``proposals[s]**2`` centres per region);
-    ``folds[s]``: regions per side (``folds[s]**2`` equal tiles of the feature map).
-    ``stem`` / ``downsample``: ``(kernel, stride, padding)`` of the first reducer and of the
-    reducers between stages (SPEC section 3: 4x4 stride 4, and 3x3 stride 2 padding 1).
-    """
-
-    layers: Tuple[int, ...]
-    dims: Tuple[int, ...]
-    mlp_ratios: Tuple[int, ...]
-    heads: Tuple[int, ...]
-    head_dim: int
-    proposals: Tuple[int, ...]
-    folds: Tuple[int, ...]
-    stem: Tuple[int, int, int] = (4, 4, 0)
-    downsample: Tuple[int, int, int] = (3, 2, 1)
-
-
-_TINY = dict(layers=(3, 4, 5, 2), dims=(32, 64, 196, 320), mlp_ratios=(8, 8, 4, 4), heads=(4, 4, 8, 8), head_dim=24)
-
-VARIANTS: Dict[str, CocConfig] = {
-    "coc_tiny": CocConfig(**_TINY, proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1)),
-    "coc_tiny2": CocConfig(**_TINY, proposals=(4, 2, 7, 4), folds=(7, 7, 1, 1)),
-    "coc_tiny_plain": CocConfig(**_TINY, proposals=(4, 4, 2, 2), folds=(1, 1, 1, 1)),
-    "coc_small": CocConfig(
-        layers=(2, 2, 6, 2), dims=(64, 128, 320, 512), mlp_ratios=(8, 8, 4, 4), heads=(4, 4, 8, 8), head_dim=32,
-        proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1),
-    ),
-    "coc_medium": CocConfig(
-        layers=(4, 4, 12, 4), dims=(64, 128, 320, 512), mlp_ratios=(8, 8, 4, 4), heads=(6, 6, 12, 12), head_dim=32,
-        proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1),
-    ),
-    # not in the paper: a small network for small images (16x16 to 64x64), 3x3 stride-2 stem
-    "coc_mini": CocConfig(
-        layers=(2, 2, 2), dims=(32, 64, 128), mlp_ratios=(4, 4, 4), heads=(2, 4, 4), head_dim=16,
-        proposals=(2, 2, 1), folds=(2, 1, 1), stem=(3, 2, 1),
-    ),
-}
 
 
 def add_position_channels(x: Tensor) -> Tensor:
@@ -146,8 +100,8 @@ class ClusterBlock(nn.Module):
         mlp_ratio: int,
         heads: int,
         head_dim: int,
-        proposals: int,
-        fold: int,
+        centres: int,
+        regions: int,
         drop_path: float = 0.0,
         layer_scale_init_value: float = 1e-5,
         normalize: str = "similarity",
@@ -155,7 +109,7 @@ class ClusterBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(1, dim)
         self.token_mixer = Cluster(
-            dim, dim, proposal_w=proposals, proposal_h=proposals, fold_w=fold, fold_h=fold,
+            dim, dim, centres_w=centres, centres_h=centres, regions_w=regions, regions_h=regions,
             heads=heads, head_dim=head_dim, normalize=normalize,
         )
         self.norm2 = nn.GroupNorm(1, dim)
@@ -177,7 +131,7 @@ class ContextClusterNet(nn.Module):
     channels), four stages of :class:`ClusterBlock` in ``network`` (even
     indices) separated by 3x3 stride-2 reducers (odd indices), then ``norm``
     (GroupNorm), the mean over H and W, and the ``head`` classifier.
-    Each stage's feature map must be divisible by that stage's fold.
+    Each stage's feature map must be divisible by that stage's regions per side.
     """
 
     def __init__(
@@ -205,7 +159,7 @@ class ContextClusterNet(nn.Module):
             blocks = [
                 ClusterBlock(
                     dims[stage], config.mlp_ratios[stage], config.heads[stage], config.head_dim,
-                    config.proposals[stage], config.folds[stage], drop_path=rates[first + i],
+                    config.centres[stage], config.regions[stage], drop_path=rates[first + i],
                     layer_scale_init_value=layer_scale_init_value, normalize=normalize,
                 )
                 for i in range(depth)
@@ -250,7 +204,7 @@ class ContextClusterNet(nn.Module):
 
 
 def list_models() -> List[str]:
-    """Names of the grid CoC variants, in SPEC table order."""
+    """Names of the CoC variants, in the order of docs/design.md §8."""
     return list(VARIANTS)
 
 
