@@ -4,7 +4,7 @@ Cases (float32 positions):
   clouds  32 point clouds x 1024 random xyz points (PointMLP's setting):
           FPS ratio 0.5; kNN k=24 of the 512 sampled anchors against all points ("knn anchors");
           kNN all-to-all; knn_graph k=24; radius r=0.15 around the anchors (max 32 neighbours)
-  image   one 224x224 image as points (50,176 pixel positions, SPEC section 1):
+  image   one 224x224 image as points (50,176 pixel positions, docs/design.md §3.1):
           FPS ratio 0.5 (25,088 iterations); kNN k=24 all-to-all; radius 2.5 pixel spacings
           all-to-all (max 32 neighbours)
 

@@ -12,7 +12,7 @@ interpolated from the 64 real ones: at 8x8, half of the pixels of a digit leave 
 little to read (an RBF SVM reaches 79% on format (b) at 8x8, 90% at 16x16).
 
 Formats (each image becomes a point set ``x`` = gray value, ``pos`` = its pixel's position
-on the full grid, SPEC section 1):
+on the full grid, docs/design.md §3.1):
 
 (a) ``grid``: every pixel is a point;
 (b) ``discrete``: a different random 50% of the pixels of each image, drawn anew every

@@ -1,6 +1,6 @@
 """Train and evaluate PointMLP / PointMLP-CoC on ScanObjectNN.
 
-On real data the default is the reference recipe (SPEC section 5): PointMLP-CoC,
+On real data the default is the reference recipe (docs/design.md §11): PointMLP-CoC,
 the PB_T50_RS variant, the first 1024 points, scale/shift/shuffle augmentation,
 SGD (momentum 0.9, lr 0.01, weight decay 1e-4), cosine schedule to lr/100,
 batch 32 (last batch dropped), 250 epochs, label smoothing 0.2.

@@ -1,6 +1,6 @@
 """Converting the reference repositories' released state dicts to pointcoc's points-mode models.
 
-Target naming (SPEC section 7):
+Target naming (docs/design.md §12):
 
 * CoC family (``coc_*``): the released "new naming", with every weight of
   ``token_mixer.{f,v,proj}`` and ``mlp.{fc1,fc2}`` as a 2-D ``[out, in]`` matrix

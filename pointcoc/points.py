@@ -8,7 +8,7 @@ Every converter returns a ``torch_geometric.data.Batch`` holding
 * ``pixel: [N, 2]`` int64 ``(row, col)`` of every point in its own image,
 * ``grid_size: [B, 2]`` int64 ``(H, W)`` of every sample's full image.
 
-Image coordinates follow the reference models (SPEC section 1, rows first): the
+Image coordinates follow the reference models (docs/design.md §3.1, rows first): the
 pixel at row ``i``, column ``j`` of an ``H x W`` image has
 ``pos = (i / (H - 1) - 0.5, j / (W - 1) - 0.5)``. An axis of length 1 has no
 spread to normalise, so its coordinate is ``0.0`` (the centre) instead of a
@@ -316,7 +316,7 @@ def image_to_points(images: ImagesInput, mask: Optional[Union[MaskLike, Sequence
             become points; every sample must keep at least one pixel.
 
     Returns:
-        ``Batch`` with ``x: [N, C]``, ``pos: [N, 2]`` (SPEC s1 image coordinates; an axis of
+        ``Batch`` with ``x: [N, C]``, ``pos: [N, 2]`` (docs/design.md §3.1 image coordinates; an axis of
         length 1 gets ``0.0``), ``batch: [N]``, ``ptr: [B + 1]``, ``pixel: [N, 2]`` int64
         ``(row, col)`` and ``grid_size: [B, 2]`` int64 ``(H, W)``. Points are row-major within
         each sample. ``x``/``pos`` are float64 when an input is float64, float32 otherwise,
@@ -532,7 +532,7 @@ def rgbd_to_points(
         depth_scale: raw depth units per metre (e.g. 1000 for millimetre PNGs), > 0.
         mode: ``"xyz"``: ``pos: [N, 3]`` back-projected ``X = (u - cx) z / fx``,
             ``Y = (v - cy) z / fy``, ``Z = z`` (u = column, v = row) and ``x: [N, C]`` colour;
-            ``"uvd"``: ``pos: [N, 2]`` image coordinates (SPEC s1) and ``x: [N, C + 1]`` =
+            ``"uvd"``: ``pos: [N, 2]`` image coordinates (docs/design.md §3.3) and ``x: [N, C + 1]`` =
             ``[colour, depth]``.
 
     Returns:

@@ -1,4 +1,4 @@
-"""PointMLP, PointMLP-elite and their context-cluster variants (SPEC section 4).
+"""PointMLP, PointMLP-elite and their context-cluster variants (docs/design.md §9).
 
 The oracle is a naive model written here straight from the spec in the released
 layout: Conv1d layers on ``[B*S, C, k]`` groups, an explicit ``[B, S, k, 2C]``
@@ -34,8 +34,8 @@ PARAMS = {
     "pointmlp_elite_coc": 709_807 + 6_274 + 12_482 + 3 * 49_538,
 }
 
-# SPEC s4 table: embed, res_expansion, dim expansion, pre_blocks, pos_blocks
-SPEC = {
+# docs/design.md §9 table: embed, res_expansion, dim expansion, pre_blocks, pos_blocks
+ARCHITECTURES = {
     "pointmlp": (64, 1.0, (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2)),
     "pointmlp_elite": (32, 0.25, (2, 2, 2, 1), (1, 1, 2, 1), (1, 1, 2, 1)),
 }
@@ -139,11 +139,11 @@ def naive_fps(xyz: torch.Tensor, num: int) -> torch.Tensor:
 
 
 class ReferencePointMLP(nn.Module):
-    """PointMLP(-CoC) as SPEC s4 describes it, in the released parameter layout."""
+    """PointMLP(-CoC) as docs/design.md §9 describes it, in the released parameter layout."""
 
     def __init__(self, name: str, num_classes: int = 15, points: int = 1024, k: int = 24) -> None:
         super().__init__()
-        embed, expansion, dims, pre, pos = SPEC[name.replace("_coc", "")]
+        embed, expansion, dims, pre, pos = ARCHITECTURES[name.replace("_coc", "")]
         coc = name.endswith("_coc")
         self.k = k
         self.embedding = _ConvBNReLU(3, embed)
@@ -273,7 +273,7 @@ def test_output_shape(name, device):
 
 
 def test_samples_are_independent_in_eval():
-    """SPEC s6 batching: in evaluation every cloud gives, inside a batch, what it gives alone."""
+    """docs/design.md §13 batching: in evaluation every cloud gives, inside a batch, what it gives alone."""
     torch.manual_seed(0)
     model = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8).double()
     _randomise(model)

@@ -31,7 +31,7 @@ def _sigmoid(z):
 
 
 def cluster_oracle(layer: Cluster, x: np.ndarray) -> np.ndarray:
-    """Context cluster of SPEC section 2 with explicit loops, float64 numpy. ``x: [B, C, H, W]``."""
+    """Context cluster of docs/design.md §5 with explicit loops, float64 numpy. ``x: [B, C, H, W]``."""
     sd = {k: v.detach().cpu().double().numpy() for k, v in layer.state_dict().items()}
     alpha, beta = sd["sim_alpha"][0], sd["sim_beta"][0]
     feat = np.einsum("oc,bchw->bohw", sd["f.weight"][:, :, 0, 0], x) + sd["f.bias"][None, :, None, None]

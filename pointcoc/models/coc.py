@@ -1,4 +1,4 @@
-"""Context Cluster (CoC) classifiers on point sets (SPEC section 3).
+"""Context Cluster (CoC) classifiers on point sets (docs/design.md §8).
 
 The network sees a point batch (``x [N, C]``, ``pos [N, P]``, ``batch [N]``) and runs in
 one of two modes with the same weights:
@@ -250,7 +250,7 @@ def register_coc_variant(name: str, config: CocConfig) -> None:
         return ContextClusterNet(config, num_classes=num_classes, **kwargs)
 
     build.__name__ = name
-    build.__doc__ = f"Points-mode {name} (SPEC section 3)."
+    build.__doc__ = f"Points-mode {name} (docs/design.md §8)."
     register_model(build)
 
 

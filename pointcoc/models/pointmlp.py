@@ -1,4 +1,4 @@
-"""PointMLP, PointMLP-elite and their context-cluster variants (SPEC section 4).
+"""PointMLP, PointMLP-elite and their context-cluster variants (docs/design.md §9).
 
 Everything runs channel-last: a 1x1 convolution of the reference is an
 ``nn.Linear`` on ``[rows, C]`` and its BatchNorm a ``BatchNorm1d`` over the
@@ -99,7 +99,7 @@ class GroupedPoints:
     """The kNN groups of one stage, kept implicit.
 
     Stands for the tensor ``[B, S, k, 2C]`` whose entry ``(b, s, j)`` is
-    ``[alpha * (x_nb - x_anchor) / (std_b + 1e-5) + beta, x_anchor]`` (SPEC s4).
+    ``[alpha * (x_nb - x_anchor) / (std_b + 1e-5) + beta, x_anchor]`` (docs/design.md §9).
 
     ``std_b`` is one unbiased standard deviation per sample over all its groups,
     neighbours and channels of ``x_nb - x_anchor``. Everything differentiable is
@@ -217,7 +217,7 @@ _STORED_OPS = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default]
 class PreExtraction(nn.Module):
     """Per-group extraction: transfer ``2C -> out``, blocks on every neighbour, max over the k neighbours.
 
-    With ``context_cluster=True`` a one-centre context cluster (SPEC s4) with its own
+    With ``context_cluster=True`` a one-centre context cluster (docs/design.md §9) with its own
     residual runs before every residual block; ``operation`` then alternates
     ``ContextCluster`` (even index) and ``ResidualBlock`` (odd index).
 
@@ -298,7 +298,7 @@ def _four(value: Union[int, float, str, Sequence], name: str) -> list:
 
 
 class PointMLP(nn.Module):
-    """PointMLP classifier on xyz point clouds (SPEC s4).
+    """PointMLP classifier on xyz point clouds (docs/design.md §9).
 
     Args:
         num_classes: classifier outputs.

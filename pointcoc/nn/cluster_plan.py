@@ -5,7 +5,7 @@ only (regions, centre proposals, the members averaged into each centre). All
 blocks of a stage share their points' positions, so a model builds the plan
 once per stage and every block reuses it.
 
-Terminology (SPEC section 2): a *group* is one (sample, region) pair; each
+Terminology (docs/design.md §6): a *group* is one (sample, region) pair; each
 group has up to ``c`` centres; centre ``j`` of group ``g`` has the global id
 ``g * c + j``. A centre's features are the mean of its *member* points.
 """

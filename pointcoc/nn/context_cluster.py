@@ -1,4 +1,4 @@
-"""The context-cluster operation on point sets (SPEC section 2).
+"""The context-cluster operation on point sets (docs/design.md §5).
 
 One code path serves point clouds, discrete or masked pixels, RGB-D points and
 grid images: the geometry lives in a :class:`~pointcoc.nn.cluster_plan.ClusterPlan`,
@@ -80,7 +80,7 @@ def context_cluster(
     beta: Tensor,
     normalize: str = "similarity",
 ) -> Tuple[Tensor, Tensor]:
-    """Cluster, aggregate and dispatch (SPEC section 2, steps 2-6, before the projection).
+    """Cluster, aggregate and dispatch (docs/design.md §5, steps 2-6, before the projection).
 
     Args:
         f: ``[N, H, d]`` similarity-space features (``H`` heads).

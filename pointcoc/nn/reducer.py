@@ -1,4 +1,4 @@
-"""Point reducer: anchors fuse their neighbourhood by one convolution weight (SPEC section 3).
+"""Point reducer: anchors fuse their neighbourhood by one convolution weight (docs/design.md §7).
 
 One weight, in convolution layout ``[out, in, k_1, ..., k_P]`` (the released checkpoints'
 layout; ``Conv3d`` layout for 3-D positions), two ways to apply it:
@@ -40,7 +40,7 @@ def _tuple(v: Union[int, Tuple[int, ...]], n: int) -> Tuple[int, ...]:
 
 
 def grid_positions(pixel: Tensor, size: Tensor, dtype: torch.dtype) -> Tensor:
-    """SPEC section 1 positions of grid points: ``(i / (H-1) - 0.5, j / (W-1) - 0.5)`` (0 where H or W is 1).
+    """docs/design.md §3.1 positions of grid points: ``(i / (H-1) - 0.5, j / (W-1) - 0.5)`` (0 where H or W is 1).
 
     ``pixel: [N, 2]``, ``size: [N, 2]`` -> ``[N, 2]``.
     """

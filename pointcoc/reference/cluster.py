@@ -1,6 +1,6 @@
 """The context-cluster operation on image feature maps, written plainly (the oracle).
 
-This is the reference formulation of SPEC section 2 on ``[B, C, H, W]`` tensors:
+This is the reference formulation of docs/design.md §5 on ``[B, C, H, W]`` tensors:
 dense centre-by-point similarity, a 0/1 assignment mask, and the full
 ``[b, M, N, c]`` aggregate/dispatch products. It is deliberately not optimised:
 the points-mode implementation is tested against it, and benchmarks compare its
