@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", type=float, help="keep this random fraction of the pixels (discrete pixels)")
     parser.add_argument("--mask", type=Path, help="PNG mask of the image's size: nonzero pixels are kept")
     parser.add_argument("--gray", action="store_true", help="feed the image as one gray channel (in_chans=1)")
-    parser.add_argument("--mode", choices=("auto", "grid", "point"), default="auto",
-                        help="auto: grid mode on full images, point mode (FPS + kNN) otherwise; grid: also on "
+    parser.add_argument("--mode", choices=("auto", "lattice", "point"), default="auto",
+                        help="auto: lattice mode on full images, point mode otherwise; lattice: also on "
                              "masked / discrete images (sparse convolutions on the pixel lattice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of untrained weights and --keep")
     parser.add_argument("--threads", type=int, default=1,

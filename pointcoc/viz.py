@@ -33,13 +33,14 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .models.coc import ContextClusterNet
 from .ops.knn import knn_padded
 
 __all__ = [
@@ -150,38 +151,24 @@ def record_assignments(model: nn.Module, points: Any, stage: int = 0, block: int
 
     Returns:
         :class:`StageAssignment` with ``assignment [M, heads]`` for the stage's ``M`` points.
-        The model's training mode and recording flags are restored afterwards.
+        The model's training mode is restored afterwards.
     """
-    network = getattr(model, "network", None)
-    config = getattr(model, "config", None)
-    if not isinstance(network, nn.ModuleList) or config is None or not hasattr(model, "record_geometry"):
+    if not isinstance(model, ContextClusterNet):
         raise TypeError(f"model must be a points-mode CoC model (ContextClusterNet), got {type(model).__name__}")
-    stages = len(config.layers)
-    stage = _check_index(stage, "stage", stages, "stages")
-    block = _check_index(block, "block", len(network[2 * stage]), f"blocks in stage {stage}")
-    mixer = network[2 * stage][block].token_mixer
-    plans: List[Any] = []
-
-    def keep_plan(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        plans.append(kwargs.get("plan", args[3] if len(args) > 3 else None))
-
-    hook = mixer.register_forward_pre_hook(keep_plan, with_kwargs=True)
-    was_training, had_geometry, had_assignment = model.training, model.record_geometry, mixer.record_assignment
+    layers = model.config.layers
+    stage = _check_index(stage, "stage", len(layers), "stages")
+    block = _check_index(block, "block", layers[stage], f"blocks in stage {stage}")
+    was_training = model.training
     model.eval()
-    model.record_geometry, mixer.record_assignment = True, True
     try:
         with torch.no_grad():
-            model(points)
-        geo = model.stage_geometry[stage]
-        assignment = mixer.last_assignment
+            record = model.forward_intermediates(points)[stage]
     finally:
-        hook.remove()
         model.train(was_training)
-        model.record_geometry, mixer.record_assignment = had_geometry, had_assignment
-    plan = plans[-1]
+    geo, plan = record.geometry, record.plan
     regions = plan.num_groups // geo.num_samples
     c = plan.num_centres
-    local = assignment - (geo.batch * (regions * c)).unsqueeze(1)
+    local = record.assignments[block] - (geo.batch * (regions * c)).unsqueeze(1)
     return StageAssignment(
         assignment=local, pos=geo.pos, batch=geo.batch, num_samples=geo.num_samples,
         regions=regions, centres_per_region=c, stage=stage, block=block,

@@ -160,8 +160,6 @@ class ContextCluster(nn.Module):
         self.proj = nn.Linear(heads * head_dim, out_dim)
         self.sim_alpha = nn.Parameter(torch.ones(1))
         self.sim_beta = nn.Parameter(torch.zeros(1))
-        self.record_assignment = False
-        self.last_assignment: Optional[Tensor] = None
 
     def extra_repr(self) -> str:
         return (
@@ -203,9 +201,13 @@ class ContextCluster(nn.Module):
         pos: Optional[Tensor] = None,
         batch: Optional[Tensor] = None,
         plan: Optional[ClusterPlan] = None,
+        return_assignment: bool = False,
         **plan_kwargs,
-    ) -> Tensor:
-        """``x: [N, C]`` -> ``[N, out_dim]``; builds a plan from ``pos``/``batch`` unless given."""
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """``x: [N, C]`` -> ``[N, out_dim]``; builds a plan from ``pos``/``batch`` unless given.
+
+        With ``return_assignment`` also returns each point's global centre id ``[N, heads]``.
+        """
         x = check_float(check_tensor(x, "x", ndim=2), "x")
         if plan is None:
             if pos is None and batch is None:
@@ -217,6 +219,5 @@ class ContextCluster(nn.Module):
         f = self.f(x).view(N, self.heads, self.head_dim)
         v = self.v(x).view(N, self.heads, self.head_dim)
         out, centre = context_cluster(f, v, plan, self.sim_alpha, self.sim_beta, self.normalize)
-        if self.record_assignment:
-            self.last_assignment = centre.detach()
-        return self.proj(out.reshape(N, self.heads * self.head_dim))
+        out = self.proj(out.reshape(N, self.heads * self.head_dim))
+        return (out, centre) if return_assignment else out

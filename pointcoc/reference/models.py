@@ -197,10 +197,18 @@ class ContextClusterNet(nn.Module):
             x = module(x)
         return x
 
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """``norm``, the mean over H and W and (unless ``pre_logits``) the classifier.
+
+        ``features``: :meth:`forward_features`'s map. Returns ``[B, dims[-1]]`` pooled features
+        with ``pre_logits``, else logits ``[B, num_classes]``.
+        """
+        pooled = self.norm(features).mean(dim=(-2, -1))
+        return pooled if pre_logits else self.head(pooled)
+
     def forward(self, x: Tensor) -> Tensor:
         """``x: [B, in_chans, H, W]`` -> logits ``[B, num_classes]``."""
-        x = self.norm(self.forward_features(x))
-        return self.head(x.mean(dim=(-2, -1)))
+        return self.forward_head(self.forward_features(x))
 
 
 def list_models() -> List[str]:
