@@ -374,8 +374,8 @@ def test_group_plan_matches_make_plan():
 def test_equal_segments_fast_path(device, normalize):
     """Equal consecutive segments (reshape path): the values of a per-segment loop, and the
     generic scatter path's values and gradients (forced by an explicit identity dense_index)."""
-    from pointcoc.nn.context_cluster import context_cluster
     from pointcoc.nn.cluster_plan import make_plan
+    from pointcoc.nn.context_cluster import context_cluster
 
     g = torch.Generator().manual_seed(0)
     G, L, H, d = 4, 5, 2, 3
