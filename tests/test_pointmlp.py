@@ -273,6 +273,36 @@ def test_output_shape(name, device):
     torch.testing.assert_close(out_last, out, rtol=0, atol=0)
 
 
+def test_forward_features_and_head():
+    """The timm split: forward = forward_head(forward_features); pre_logits = the max over the anchors."""
+    torch.manual_seed(0)
+    model = pc.create_model("pointmlp_elite", num_classes=5, points=128, k_neighbors=8).double().eval()
+    _randomise(model)
+    xyz = torch.randn(2, 3, 128, dtype=torch.float64)
+    with torch.no_grad():
+        features = model.forward_features(xyz)
+        pooled = model.forward_head(features, pre_logits=True)
+        logits = model(xyz)
+    assert features.shape == (2, 8, 256) and pooled.shape == (2, 256)
+    torch.testing.assert_close(pooled, features.max(dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(model.forward_head(features), logits, rtol=0, atol=0)
+    torch.testing.assert_close(model.classifier(pooled), logits, rtol=0, atol=0)
+
+
+def test_registered_variants_take_their_arguments():
+    """Each registered name builds PointMLP with its variant's arguments; keyword arguments override them."""
+
+    def clusters(model):
+        return any(isinstance(m, pc.nn.ContextCluster) for m in model.modules())
+
+    for name, (arguments, _) in pc.models.pointmlp.POINTMLP_VARIANTS.items():
+        model = pc.create_model(name, points=256)
+        assert model.embedding.net[0].out_features == arguments.get("embed_dim", 64)
+        assert clusters(model) == arguments.get("context_cluster", False)
+        assert model.classifier[-1].out_features == 15
+    assert not clusters(pc.create_model("pointmlp_elite_coc", points=256, context_cluster=False))
+
+
 def test_samples_are_independent_in_eval():
     """docs/design.md §13 batching: in evaluation every cloud gives, inside a batch, what it gives alone."""
     torch.manual_seed(0)
