@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .._checks import check_float, check_tensor
 from ..models.configs import VARIANTS, CocConfig
+from ..points import pixel_positions
 from .cluster import Cluster
 
 __all__ = [
@@ -34,8 +35,8 @@ def add_position_channels(x: Tensor) -> Tensor:
     column position ``j / (W - 1) - 0.5`` (H, W >= 2).
     """
     batch, _, height, width = x.shape
-    rows = torch.arange(height, dtype=x.dtype, device=x.device) / (height - 1) - 0.5
-    cols = torch.arange(width, dtype=x.dtype, device=x.device) / (width - 1) - 0.5
+    rows = pixel_positions(torch.arange(height, device=x.device), torch.tensor(height, device=x.device), x.dtype)
+    cols = pixel_positions(torch.arange(width, device=x.device), torch.tensor(width, device=x.device), x.dtype)
     pos = torch.stack(
         (rows[:, None].expand(height, width), cols[None, :].expand(height, width)), dim=0
     )  # [2, H, W]
