@@ -5,13 +5,22 @@ irregular images, RGB-D frames, ordinary grid images - is an unordered set of
 points ``(x, pos, batch)``; one context-cluster operation extracts features from
 all of them.
 """
-from . import models, nn, ops, reference
+from . import models, nn, ops
 from .checkpoint import convert_official_state_dict
 from .models import create_model, list_models, register_model
 from .ops.batch import from_dense_batch, to_dense_batch
 from .points import image_to_points, points_to_image, rgbd_to_points, sample_pixels
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``pc.reference``, the test oracle (docs/design.md §1), is loaded on first use only."""
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module(".reference", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ops",
