@@ -8,7 +8,7 @@ all of them.
 from . import models, nn, ops
 from .checkpoint import convert_official_state_dict
 from .models import create_model, list_models, register_model
-from .ops.batch import from_dense_batch, to_dense_batch
+from .ops.batch import to_dense_batch
 from .points import image_to_points, points_to_image, rgbd_to_points, sample_pixels
 
 __version__ = "0.1.0"
@@ -32,7 +32,6 @@ __all__ = [
     "rgbd_to_points",
     "points_to_image",
     "to_dense_batch",
-    "from_dense_batch",
     "create_model",
     "list_models",
     "register_model",
