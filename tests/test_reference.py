@@ -331,7 +331,7 @@ def test_position_channels():
 
 def test_drop_path():
     model = reference.create_model("coc_tiny", drop_path_rate=0.13)
-    rates = [block.drop_path.rate for stage in model.network[0::2] for block in stage]
+    rates = [block.drop_path.drop_prob for stage in model.network[0::2] for block in stage]
     assert len(rates) == 14
     np.testing.assert_allclose(rates, np.linspace(0.0, 0.13, 14), rtol=1e-6, atol=1e-8)
     layer = reference.DropPath(0.5)
@@ -344,7 +344,7 @@ def test_drop_path():
     assert 800 < int((per_sample == 0).sum()) < 1200
     layer.eval()
     assert torch.equal(layer(x), x)
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ValueError, match="drop_prob"):
         reference.DropPath(1.0)
 
 

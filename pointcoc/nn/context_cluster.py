@@ -20,6 +20,8 @@ from .cluster_plan import PROPOSALS, ClusterPlan, make_plan
 
 __all__ = ["context_cluster", "assign_centres", "ContextCluster", "NORMALIZATIONS"]
 
+#: ``"similarity"``: divide the aggregate by ``1 + sum of assigned similarities`` (paper, current
+#: published models); ``"count"``: divide by ``1 + number of assigned points`` (the older models).
 NORMALIZATIONS = ("similarity", "count")
 
 # largest similarity block evaluated at once by the no-grad argmax (elements)

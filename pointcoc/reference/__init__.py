@@ -5,7 +5,7 @@ points-mode models are tested against (docs/design.md §1, §13). A leaf: only t
 benchmarks and the checkpoint converter import it.
 """
 
-from .cluster import NORMALIZE_MODES, Cluster
+from .cluster import Cluster
 from .models import (
     ClusterBlock,
     ContextClusterNet,
@@ -19,7 +19,6 @@ from .models import (
 
 __all__ = [
     "Cluster",
-    "NORMALIZE_MODES",
     "add_position_channels",
     "DropPath",
     "PointReducer",

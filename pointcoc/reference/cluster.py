@@ -20,12 +20,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_float, check_k, check_tensor
+from ..nn.context_cluster import NORMALIZATIONS
 
-__all__ = ["Cluster", "NORMALIZE_MODES"]
-
-#: ``"similarity"``: divide the aggregate by ``1 + sum of assigned similarities`` (paper, current reference);
-#: ``"count"``: divide by ``1 + number of assigned points`` (the older reference).
-NORMALIZE_MODES = ("similarity", "count")
+__all__ = ["Cluster"]
 
 
 class Cluster(nn.Module):
@@ -55,8 +52,8 @@ class Cluster(nn.Module):
             (regions_w, "regions_w"), (regions_h, "regions_h"), (heads, "heads"), (head_dim, "head_dim"),
         ):
             check_k(value, name)
-        if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.dim = dim
         self.out_dim = out_dim
         self.centres_w = centres_w

@@ -11,7 +11,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_tensor
+from .._checks import check_drop_prob, check_float, check_tensor
 from ..models.configs import VARIANTS, CocConfig
 from ..points import pixel_positions
 from .cluster import Cluster
@@ -44,22 +44,20 @@ def add_position_channels(x: Tensor) -> Tensor:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a sample's residual branch with probability ``rate``
-    (survivors scaled by ``1 / (1 - rate)``); identity in eval. ``x: [B, ...]``."""
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``drop_prob``
+    (survivors scaled by ``1 / (1 - drop_prob)``); identity in eval. ``x: [B, ...]``."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"rate (drop path rate) must be in [0, 1), got {rate}")
-        self.rate = rate
+        self.drop_prob = check_drop_prob(drop_prob)
 
     def extra_repr(self) -> str:
-        return f"rate={self.rate}"
+        return f"drop_prob={self.drop_prob}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.rate == 0.0:
+        if not self.training or self.drop_prob == 0.0:
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - self.drop_prob
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep)
         return x * mask / keep
