@@ -39,11 +39,6 @@ import torch
 from PIL import Image
 from torch_geometric.data import Batch
 
-try:
-    import pointcoc  # noqa: F401
-except ModuleNotFoundError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import pointcoc as pc
 from pointcoc import viz
 
@@ -195,7 +190,7 @@ def draw(args: argparse.Namespace, record: viz.StageAssignment, points: Batch) -
     heads = list(range(record.heads)) if args.all_heads else [args.head]
     if args.points is not None:
         pos = points.pos.numpy()
-        pictures = [viz.point_cloud_image(pos, viz.cluster_colors(record, points, h), size=(480, 400),
+        pictures = [viz.point_cloud_image(pos, viz.cluster_colours(record, points, h), size=(480, 400),
                                           title=f"head {h}")[0] for h in heads]
     else:
         pictures = [viz.cluster_map(record, points, head=h, alpha=args.alpha) for h in heads]

@@ -343,7 +343,7 @@ def test_point_cloud_clusters_and_cli(tmp_path):
     cloud = Batch(x=torch.rand(600, 3), pos=xyz, batch=torch.zeros(600, dtype=torch.long))
     model = pc.create_model("coc_tiny", num_classes=0, pos_dim=3, mode="point")
     record = viz.record_assignments(model, cloud, stage=1)
-    colours = viz.cluster_colors(record, cloud, head=3)
+    colours = viz.cluster_colours(record, cloud, head=3)
     ids = viz.point_clusters(record, cloud, head=3)
     np.testing.assert_array_equal(colours, viz.palette(record.clusters_per_sample)[ids.numpy()])
     viz.write_ply(tmp_path / "cloud.ply", xyz, (cloud.x * 255).round().to(torch.uint8).numpy())
