@@ -14,18 +14,9 @@ from .points import image_to_points, points_to_image, rgbd_to_points, sample_pix
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """``pc.reference``, the test oracle (docs/design.md §1), is loaded on first use only."""
-    if name == "reference":
-        import importlib
-
-        return importlib.import_module(".reference", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 __all__ = [
     "ops",
     "nn",
-    "reference",
     "models",
     "image_to_points",
     "sample_pixels",
@@ -37,3 +28,12 @@ __all__ = [
     "register_model",
     "convert_official_state_dict",
 ]
+
+
+def __getattr__(name: str):
+    """``pc.reference``, the test oracle (docs/design.md §1), is loaded on first use only."""
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module(".reference", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import pointcoc as pc
-from pointcoc.models.configs import CocConfig
 from pointcoc.models.coc import ContextClusterNet
+from pointcoc.models.configs import CocConfig
 
 pytestmark = pytest.mark.slow
 

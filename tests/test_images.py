@@ -14,7 +14,6 @@ import pointcoc as pc
 from pointcoc import viz
 from pointcoc.models.coc import as_point_batch
 from pointcoc.nn.cluster_plan import make_plan
-
 from tests.helpers import DEVICES, load_example
 
 
