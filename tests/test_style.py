@@ -69,3 +69,14 @@ def test_the_shipped_package_does_not_load_the_reference():
         "assert pointcoc.reference.create_model is not None"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)
+
+
+def test_viz_does_not_reach_into_the_network():
+    """pointcoc.viz reads clusters through forward_intermediates, never through module indices."""
+    names = {
+        node.attr if isinstance(node, ast.Attribute) else node.id
+        for node in ast.walk(ast.parse((PACKAGE / "viz.py").read_text(encoding="utf-8")))
+        if isinstance(node, (ast.Attribute, ast.Name))
+    }
+    assert not names & {"network", "token_mixer", "record_geometry", "stage_geometry", "last_assignment"}
+    assert "forward_intermediates" in names
