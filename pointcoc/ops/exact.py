@@ -26,7 +26,8 @@ overflow.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -75,17 +76,21 @@ def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
 
 
 def refine(
-    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor
+    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor,
+    region: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Re-rank float32 candidates by the float64 reference distance; prove the result exact.
 
     Args:
         x, y: the original points (any float dtype).
         index: ``[M, c]`` candidates (global x indices, ``-1`` padding), ``c >= k``, in any
-            order: ``c`` points with the smallest float32 distances, so every other point of the
-            sample has a float32 distance of at least the largest of ``dist_work``.
-        dist_work: ``[M, c]`` their float32 distances.
-        complete: ``[M]`` True where the candidates are all the points of the query's sample.
+            order: ``c`` points with the smallest float32 (or float64) distances among the points
+            of the query's search region, so every other point of the region has a working
+            distance of at least the largest of ``dist_work``.
+        dist_work: ``[M, c]`` their float32 (or float64) distances.
+        complete: ``[M]`` True where the candidates are all the points of the region.
+        region: ``[M]`` float64 lower bound on the float64 reference distance of every point of
+            the sample outside the region (``None``: the region is the whole sample).
 
     Returns:
         ``index [M, k]``, float64 ``dist [M, k]`` and ``proven [M]`` (True where no point
@@ -103,5 +108,8 @@ def refine(
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
     tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
     outside = (dist_work.amax(1).double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
-    proven = complete | (d64[:, -1] < outside)
+    outside = torch.where(complete, math.inf, outside)
+    if region is not None:
+        outside = torch.minimum(outside, region)
+    proven = (d64[:, -1] < outside) | (outside == math.inf)
     return index, d64, proven

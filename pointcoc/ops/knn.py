@@ -29,6 +29,7 @@ from .._checks import (
 )
 from .backend import torch_cluster_module
 from .batch import batch_counts
+from . import cells
 from .exact import REFINE_EXTRA, pair_distances, refine, working_dtype
 from .search import DEFAULT_CHUNK_ENTRIES, search
 
@@ -270,13 +271,18 @@ def exact_knn(
     """Exact search (see :mod:`pointcoc.ops.exact`): ``index [M, k]`` (-1 padded) and ``dist [M, k]``."""
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32 if x.element_size() < 4 else x.dtype
     work = working_dtype(x, y, batch_x, batch_y, counts_x.numel())
-    if work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
+    wide = k + REFINE_EXTRA
+    if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
+        candidates, dist_work, complete, region = cells.cell_candidates(
+            x.to(work), y.to(work), wide, batch_x, batch_y, counts_x, max_chunk_entries
+        )
+        index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+    elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
         index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
         return index, dist.to(out_dtype)
-    wide = k + REFINE_EXTRA
-    candidates, dist_work = search(x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-    complete = counts_x[batch_y] <= wide
-    index, dist, proven = refine(x, y, candidates, dist_work, k, complete)
+    else:
+        candidates, dist_work = search(x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
+        index, dist, proven = refine(x, y, candidates, dist_work, k, counts_x[batch_y] <= wide)
     if not bool(proven.all()):  # near-ties beyond the candidates: search those queries in float64
         rows = (~proven).nonzero()[:, 0]
         sub_batch = batch_y[rows]

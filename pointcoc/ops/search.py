@@ -31,7 +31,7 @@ from .batch import batch_ptr, slot_in_sample
 
 __all__ = [
     "TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "TILE", "NO_ID",
-    "Tiles", "tile_lower_bound", "search",
+    "Tiles", "tile_lower_bound", "chunk_end", "search",
 ]
 
 TILED_MAX_DIM = 4
@@ -326,7 +326,7 @@ def _knn_tiled(
     per_block = TILE * TILE  # distance entries per block and candidate tile
     start = 0
     while start < len(counts):
-        stop = _chunk_end(counts, start, max(1, max_chunk_entries // per_block))
+        stop = chunk_end(counts, start, max(1, max_chunk_entries // per_block))
         width = counts[stop - 1]
         if width > 0:
             chunk = slice(start, stop)
@@ -357,7 +357,7 @@ def _probe_reach(tiles: Tiles, queries: Tensor, probe: Tensor, k: int, workspace
     return kth.amax(-1).view(num_samples, qc)
 
 
-def _chunk_end(counts: List[int], start: int, capacity: int) -> int:
+def chunk_end(counts: List[int], start: int, capacity: int) -> int:
     """Largest ``stop > start`` with ``(stop - start) * counts[stop - 1] <= capacity`` (counts ascending)."""
     lo, hi = start + 1, len(counts)
     while lo < hi:
