@@ -25,7 +25,7 @@ from torch import Tensor
 from .batch import batch_ptr
 from .search import chunk_end
 
-__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "cell_candidates"]
+__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_candidates"]
 
 GRID_MAX_DIM = 3
 """Positions with at most this many coordinates may use the cell grid."""
@@ -78,6 +78,12 @@ class CellGrid:
         scaled = (points - self.low[batch]) / self.size[batch, None]
         cell = torch.floor(scaled).clamp_(min=0).long()
         return torch.minimum(cell, self.cells[batch] - 1)
+
+
+def points_per_cell(dim: int, wide: int) -> float:
+    """Points per cell such that a ball of one cell edge holds ``BALL_MARGIN * wide`` points on average."""
+    ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1)  # unit ball volume
+    return BALL_MARGIN * wide / ball
 
 
 def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
@@ -138,18 +144,16 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor) -> Tuple[Tensor, 
 
 @torch.no_grad()
 def cell_candidates(
-    x: Tensor, y: Tensor, wide: int, batch_x: Tensor, batch_y: Tensor, counts_x: Tensor, max_chunk_entries: int
+    grid: CellGrid, y: Tensor, wide: int, batch_y: Tensor, max_chunk_entries: int
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The ``wide`` nearest points of each query's block (see the module docstring).
 
-    ``x``, ``y``: float32 or float64 (the working dtype; values exactly the inputs').
+    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`); ``y``: queries in the dtype
+    of ``grid.coords`` (float32 or float64, the working dtype; values exactly the inputs').
     Returns ``index [M, wide]`` (global, ``-1`` padding), ``dist [M, wide]`` (working dtype, ``inf``
     padding), ``complete [M]`` (the block holds at most ``wide`` points: all are candidates) and
     ``region [M]`` (float64 bound of :func:`region_bound`). Queries of one cell share one block.
     """
-    dim = x.size(1)
-    ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1)  # unit ball volume
-    grid = CellGrid(x, batch_x, counts_x, BALL_MARGIN * wide / ball)
     y64 = y.double()
     cell = grid.cell_of(y64, batch_y)
     region = region_bound(grid, y64, batch_y, cell)
@@ -159,8 +163,8 @@ def cell_candidates(
     start, length = _block_runs(grid, batch_y[first_query], cell[first_query])  # [G, S]
     total = length.sum(1)[group]  # [M] block size of each query
     rows_by_size = torch.argsort(total)
-    index = torch.full((y.size(0), wide), -1, dtype=torch.long, device=x.device)
-    dist = torch.full((y.size(0), wide), math.inf, dtype=x.dtype, device=x.device)
+    index = torch.full((y.size(0), wide), -1, dtype=torch.long, device=y.device)
+    dist = torch.full((y.size(0), wide), math.inf, dtype=y.dtype, device=y.device)
     sizes = total[rows_by_size].tolist()
     first = 0
     while first < len(sizes):
