@@ -133,3 +133,19 @@ def test_grid_knn_pixel_grid_ties(device, dtype):
     expected = brute_knn(grid.double().cpu().numpy(), grid[rows].double().cpu().numpy(), 13, zeros, zeros[rows])
     assert len(grid) >= cells_module.GRID_MIN_POINTS  # the default settings take the grid
     assert out[rows].cpu().tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_grid_knn_mixed_density_equals_brute_force(dim):
+    """A dense cluster sets small cells; queries in the sparse background have blocks with a few
+    points while their true neighbours often lie outside the block, so only the region bound
+    keeps the answer exact (an overestimated ring radius returns wrong neighbours here)."""
+    g = torch.Generator().manual_seed(dim)
+    dense = 0.1 * torch.rand(2700, dim, generator=g, dtype=torch.float64)
+    sparse = torch.rand(300, dim, generator=g, dtype=torch.float64)
+    x = torch.cat([dense, sparse]).float()
+    y = torch.rand(400, dim, generator=g, dtype=torch.float64).float()
+    zeros_x, zeros_y = np.zeros(len(x), dtype=np.int64), np.zeros(len(y), dtype=np.int64)
+    for k in (1, 2, 4):
+        expected = brute_knn(x.double().numpy(), y.double().numpy(), k, zeros_x, zeros_y)
+        assert knn_padded(x, y, k)[0].tolist() == expected.tolist()
