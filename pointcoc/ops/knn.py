@@ -35,6 +35,9 @@ from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
 
+FALLBACK_DENSE_ENTRIES = 2**24
+"""Unproven queries are searched again densely (not tiled) up to this many query-point pairs."""
+
 
 def knn(
     x: Tensor,
@@ -286,8 +289,9 @@ def exact_knn(
         rows = (~proven).nonzero()[:, 0]
         sub_batch = batch_y[rows]
         sub_counts = batch_counts(sub_batch, counts_y.numel())
+        few = rows.numel() * int(counts_x.max()) <= FALLBACK_DENSE_ENTRIES  # tiling all of x would cost more
         index[rows], dist[rows] = search(
-            x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries
+            x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries, tiled=not few
         )
     return index, dist.to(out_dtype)
 

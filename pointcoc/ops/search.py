@@ -64,12 +64,14 @@ def search(
     counts_x: Tensor,
     counts_y: Tensor,
     max_chunk_entries: int,
+    tiled: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Neighbours by (distance in the dtype of ``x``, index): ``index [M, k]`` (global, -1 padded)
-    and ``dist [M, k]`` (inf padded). ``x``, ``y`` float32 or float64; batches sorted."""
+    and ``dist [M, k]`` (inf padded). ``x``, ``y`` float32 or float64; batches sorted.
+    ``tiled=False``: the dense search whatever the sample sizes."""
     if y.size(0) == 0:
         return torch.empty(0, k, dtype=torch.long, device=y.device), torch.empty(0, k, dtype=y.dtype, device=y.device)
-    if x.size(1) <= TILED_MAX_DIM and x.size(0) and int(counts_x.max()) >= TILED_MIN_POINTS:
+    if tiled and x.size(1) <= TILED_MAX_DIM and x.size(0) and int(counts_x.max()) >= TILED_MIN_POINTS:
         return _knn_tiled(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
     num_samples = counts_x.numel()
     ptr_x = batch_ptr(counts_x)
