@@ -277,13 +277,17 @@ def exact_knn(
     wide = k + REFINE_EXTRA
     if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
         grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
-        candidates, dist_work, complete, region = cells.cell_candidates(grid, y.to(work), wide, batch_y, max_chunk_entries)
+        candidates, dist_work, complete, region = cells.cell_candidates(
+            grid, y.to(work), wide, batch_y, max_chunk_entries
+        )
         index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
     elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
         index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
         return index, dist.to(out_dtype)
     else:
-        candidates, dist_work = search(x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
+        candidates, dist_work = search(
+            x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries
+        )
         index, dist, proven = refine(x, y, candidates, dist_work, k, counts_x[batch_y] <= wide)
     if not bool(proven.all()):  # near-ties beyond the candidates: search those queries in float64
         rows = (~proven).nonzero()[:, 0]
