@@ -87,18 +87,20 @@ def points_per_cell(dim: int, wide: int) -> float:
 
 
 def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
-    """Cell edge ``[B]`` with about ``target`` cells: ``prod_p (extent_p / h + 1) <= max(target, 2^D)``.
+    """Cell edge ``[B]`` with ``prod_p max(extent_p / h, 1) = max(target, 1)``: about ``target``
+    cells of edge ``h`` cover the bounding box (an axis thinner than ``h`` counts as one cell; the
+    grid then has ``prod_p (floor(extent_p / h) + 1) < 2^D max(target, 1)`` cells).
 
-    Found by bisection on ``log h`` (the count decreases with ``h``); 1 where every extent is 0.
+    Found by bisection on ``log h`` (the product decreases with ``h``); 1 where every extent is 0.
     """
     top = extent.amax(1)
-    flat = top == 0
-    top = torch.where(flat, 1.0, top)
-    lo = top / target.clamp(min=1.0)  # prod >= top / lo + 1 > target
-    hi = top.clone()  # prod <= 2^D
+    top = torch.where(top == 0, 1.0, top)
+    target = target.clamp(min=1.0)
+    lo = top / target  # product >= top / lo = target
+    hi = top.clone()  # product = 1
     for _ in range(_BISECTION_STEPS):
         mid = (lo * hi).sqrt()
-        over = (extent / mid[:, None] + 1.0).prod(1) > target
+        over = (extent / mid[:, None]).clamp_(min=1.0).prod(1) > target
         lo = torch.where(over, mid, lo)
         hi = torch.where(over, hi, mid)
     return hi
