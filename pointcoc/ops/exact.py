@@ -16,8 +16,11 @@ distance is then within a relative error ``delta = 2 (D + 2) 2^-24`` (plus a tin
 term for underflow) of the real distance. The search keeps ``k + REFINE_EXTRA`` candidates,
 recomputes their ``d`` in float64 and re-ranks them; the result is provably the float64
 ranking whenever the k-th float64 distance is below what any point outside the candidates
-can have (:func:`refine`). Queries where that cannot be proven (near-ties spanning all the
-candidates, e.g. many duplicate points) are searched again entirely in float64.
+can have (:func:`refine`). The cell-grid search (:mod:`pointcoc.ops.cells`, 1-3 coordinates)
+compares each query only with the points of a block of cells around it and adds a float64
+lower bound on the distance of every point outside the block to that proof. Queries where it
+cannot be proven (near-ties spanning all the candidates, e.g. many duplicate points, or a k-th
+neighbour beyond the block) are searched again entirely in float64.
 
 **Range.** When a sample's squared extent does not fit in float32 (coordinates spread over
 more than about 1e19), the search runs in float64 directly; when it does not fit in float64

@@ -4,7 +4,9 @@ Every function here is exact in the sense of :mod:`pointcoc.ops.exact`: its neig
 equal those of a float64 brute force on the input values as given (squared Euclidean distance
 summed in coordinate order, ties by the lower index), for any number of coordinates and for
 float16, bfloat16, float32 and float64 inputs; inputs whose squared distances overflow float64
-raise ``ValueError``. The searches themselves live in :mod:`pointcoc.ops.search`.
+raise ``ValueError``. The searches themselves live in :mod:`pointcoc.ops.cells` (a uniform
+cell grid, used for 1-3 coordinates when a sample holds at least ``GRID_MIN_POINTS`` points)
+and :mod:`pointcoc.ops.search` (dense blocks and k-d tree tiles).
 
 Signatures and output layouts follow torch-cluster (``knn``, ``knn_graph``, ``nearest``);
 pointcoc is stricter where noted (``knn`` requires ``k`` points of ``x`` in every sample that
