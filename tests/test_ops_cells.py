@@ -149,3 +149,21 @@ def test_grid_knn_mixed_density_equals_brute_force(dim):
     for k in (1, 2, 4):
         expected = brute_knn(x.double().numpy(), y.double().numpy(), k, zeros_x, zeros_y)
         assert knn_padded(x, y, k)[0].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grid_far_queries_and_coincident_points(dtype):
+    """Every x point of a sample at one place (cell edge 1) and queries very far away: their cell
+    ids are clamped before any integer overflow, and all points tie (lowest indices first)."""
+    far = 1e30 if dtype == torch.float64 else 1e18
+    x = torch.cat([torch.full((600, 2), 3.0), torch.rand(600, 2)]).to(dtype)
+    bx = torch.cat([torch.zeros(600), torch.ones(600)]).long()
+    y = torch.tensor([[far, -far], [-far, 3.0], [3.0, 3.0], [far, -far]], dtype=dtype)
+    by = torch.tensor([0, 0, 0, 1])
+    expected = brute_knn(x.double().numpy(), y.double().numpy(), 5, bx.numpy(), by.numpy())
+    assert len(x) >= cells_module.GRID_MIN_POINTS
+    assert knn_padded(x, y, 5, bx, by)[0].tolist() == expected.tolist()
+    assert expected[:3].tolist() == [[0, 1, 2, 3, 4]] * 3
+    grid = cells_module.CellGrid(x.double(), bx, batch_counts(bx), 10.0)
+    last = (grid.cells[1] - 1).tolist()
+    assert grid.cell_of(y.double(), by).tolist() == [[0, 0], [0, 0], [0, 0], [last[0], 0]]

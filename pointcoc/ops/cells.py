@@ -76,8 +76,8 @@ class CellGrid:
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
         """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
         scaled = (points - self.low[batch]) / self.size[batch, None]
-        cell = torch.floor(scaled).clamp_(min=0).long()
-        return torch.minimum(cell, self.cells[batch] - 1)
+        cell = torch.minimum(torch.floor(scaled).clamp_(min=0), (self.cells[batch] - 1).double())
+        return cell.long()  # clamped in float64 first: far queries cannot overflow int64
 
 
 def points_per_cell(dim: int, wide: int) -> float:
@@ -94,7 +94,8 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
     Found by bisection on ``log h`` (the product decreases with ``h``); 1 where every extent is 0.
     """
     top = extent.amax(1)
-    top = torch.where(top == 0, 1.0, top)
+    flat = top == 0
+    top = torch.where(flat, 1.0, top)
     target = target.clamp(min=1.0)
     lo = top / target  # product >= top / lo = target
     hi = top.clone()  # product = 1
@@ -103,7 +104,7 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
         over = (extent / mid[:, None]).clamp_(min=1.0).prod(1) > target
         lo = torch.where(over, mid, lo)
         hi = torch.where(over, hi, mid)
-    return hi
+    return torch.where(flat, 1.0, hi)
 
 
 def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor) -> Tensor:
