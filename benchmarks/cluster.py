@@ -23,61 +23,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.harness import current_rss_mib, median_step_times, peak_mib, sync  # noqa: E402
+
 OP_CASES = {
-    "a": dict(fold=8, centres=2),
-    "b": dict(fold=1, centres=4),
-    "c": dict(fold=1, centres=16),
+    "a": dict(regions=8, centres=2),
+    "b": dict(regions=1, centres=4),
+    "c": dict(regions=1, centres=16),
 }
 MODEL_CASES = {"d": ["coc_tiny", "coc_tiny_plain"]}
 POINT_CASES = {"e": ["full", "discrete50"]}
 CASES = ["a", "b", "c", "d", "e"]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(step, repeats: int, device: str):
+    """Median seconds per step after one warm-up, peak MiB and the RSS (MiB) before the timed steps."""
     step()  # warm-up
-    _sync(device)
+    sync(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    base = _rss_mb()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), _peak_mb(device), base
+    base = current_rss_mib()
+    seconds, _ = median_step_times(step, repeats, device)
+    return seconds, peak_mib(device), base
 
 
 def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
     import pointcoc as pc
-    from pointcoc.grid.cluster import Cluster
+    from pointcoc.reference.cluster import Cluster
 
     torch.manual_seed(0)
     if case in OP_CASES:
@@ -85,13 +64,13 @@ def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
         B, C, H, W, heads, hd = 8, 32, 56, 56, 4, 24
         img = torch.randn(B, C, H, W, device=device)
         if impl == "grid":
-            layer = Cluster(C, C, cfg["centres"], cfg["centres"], cfg["fold"], cfg["fold"], heads, hd).to(device)
+            layer = Cluster(C, C, cfg["centres"], cfg["centres"], cfg["regions"], cfg["regions"], heads, hd).to(device)
             inp = img.clone().requires_grad_(True)
 
             def step():
                 layer(inp).sum().backward()
         else:
-            layer = pc.nn.ContextCluster(C, C, heads, hd, "grid", cfg["centres"], cfg["fold"]).to(device)
+            layer = pc.nn.ContextCluster(C, C, heads, hd, "grid", cfg["centres"], cfg["regions"]).to(device)
             pts = pc.image_to_points(img)
             inp = pts.x.clone().requires_grad_(True)
 
@@ -103,7 +82,7 @@ def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
     else:
         images = torch.rand(8, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (8,), device=device)
-        model = (pc.grid.create_model(name) if impl == "grid" else pc.create_model(name)).to(device).train()
+        model = (pc.reference.create_model(name) if impl == "grid" else pc.create_model(name)).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step():
@@ -170,7 +149,7 @@ def main() -> None:
             p = run(case, impls[1], name, args.repeats, args.device)
             key = "peak_mb" if args.device == "cuda" else "growth_mb"
             if case in OP_CASES:
-                what = "fold={fold} centres={centres}x{centres}".format(**OP_CASES[case])
+                what = "regions={regions} centres={centres}x{centres}".format(**OP_CASES[case])
             else:
                 what = name if case in MODEL_CASES else f"coc_tiny {name}"
             gm, pm = g[key], p[key]

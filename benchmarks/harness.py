@@ -3,12 +3,23 @@ from __future__ import annotations
 
 import os
 import resource
+import statistics
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-__all__ = ["pin_threads", "peak_rss_gb", "peak_cuda_gb", "time_steps", "markdown_table"]
+__all__ = [
+    "pin_threads",
+    "peak_rss_gb",
+    "peak_cuda_gb",
+    "peak_mib",
+    "current_rss_mib",
+    "sync",
+    "time_steps",
+    "median_step_times",
+    "markdown_table",
+]
 
 
 def pin_threads(threads: int) -> None:
@@ -28,7 +39,8 @@ def peak_cuda_gb(device: str) -> float:
     return torch.cuda.max_memory_allocated(device) / 1e9
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
+    """Wait for ``device`` (CUDA) to finish its queued work; nothing on CPU."""
     if str(device).startswith("cuda"):
         torch.cuda.synchronize(device)
 
@@ -40,14 +52,39 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int, device: str = 
     """
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - wall0) / steps, (time.process_time() - cpu0) / steps
+
+
+def median_step_times(step: Callable[[], None], repeats: int, device: str = "cpu") -> Tuple[float, float]:
+    """Median wall and CPU seconds of ``repeats`` calls of ``step``, each timed alone (synchronised)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        step()
+        sync(device)
+        walls.append(time.perf_counter() - wall0)
+        cpus.append(time.process_time() - cpu0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def current_rss_mib() -> float:
+    """Resident set size of this process now, in MiB (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mib(device: str) -> float:
+    """Peak CUDA memory allocated on ``device`` since the last reset, or this process's peak RSS, in MiB."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cell(value) -> str:

@@ -4,7 +4,7 @@ Cases (float32 positions):
   clouds  32 point clouds x 1024 random xyz points (PointMLP's setting):
           FPS ratio 0.5; kNN k=24 of the 512 sampled anchors against all points ("knn anchors");
           kNN all-to-all; knn_graph k=24; radius r=0.15 around the anchors (max 32 neighbours)
-  image   one 224x224 image as points (50,176 pixel positions, SPEC section 1):
+  image   one 224x224 image as points (50,176 pixel positions, docs/design.md §3.1):
           FPS ratio 0.5 (25,088 iterations); kNN k=24 all-to-all; radius 2.5 pixel spacings
           all-to-all (max 32 neighbours)
 
@@ -34,8 +34,6 @@ import importlib
 import json
 import math
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +43,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks.harness import current_rss_mib, median_step_times, peak_mib, sync  # noqa: E402
 
 K = 24
 RATIO = 0.5
@@ -93,8 +93,11 @@ def make_inputs(case: str, device: str):
         pos = torch.rand(CLOUDS * CLOUD_POINTS, 3, generator=g)
         batch = torch.arange(CLOUDS).repeat_interleave(CLOUD_POINTS)
     else:
+        from pointcoc.points import pixel_positions
+
         rows, cols = torch.meshgrid(torch.arange(IMAGE_SIDE), torch.arange(IMAGE_SIDE), indexing="ij")
-        pos = torch.stack((rows.reshape(-1), cols.reshape(-1)), 1).float() / (IMAGE_SIDE - 1) - 0.5
+        pixel = torch.stack((rows.reshape(-1), cols.reshape(-1)), 1)
+        pos = pixel_positions(pixel, torch.tensor(IMAGE_SIDE), torch.float32)
         batch = torch.zeros(len(pos), dtype=torch.long)
     return pos.to(device), batch.to(device)
 
@@ -186,44 +189,28 @@ def methods_for(operation: str, cluster: bool, quick: bool) -> List[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def measure(case: str, operation: str, method: str, device: str, repeats: int, quick: bool) -> Dict[str, float]:
     call = build_call(case, operation, method, device)
-    _sync(device)
+    sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         held = torch.cuda.memory_allocated()
     else:
-        rss_before = _rss_mib()
+        rss_before = current_rss_mib()
     warm = time.perf_counter()
     warm_cpu = time.process_time()
     call()  # warm-up (also the memory peak)
-    _sync(device)
+    sync(device)
     warm, warm_cpu = time.perf_counter() - warm, time.process_time() - warm_cpu
     if device.startswith("cuda"):
         peak = (torch.cuda.max_memory_allocated() - held) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+        peak = peak_mib(device) - rss_before
     if warm > (2.0 if quick else SLOW_ROW_S):  # slow rows: the warm-up run is the measurement
-        times, cpu_times = [warm], [warm_cpu]
+        wall, cpu = warm, warm_cpu
     else:
-        times, cpu_times = [], []
-        for _ in range(repeats):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            call()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - start_cpu)
-    return {"ms": statistics.median(times) * 1e3, "cpu_ms": statistics.median(cpu_times) * 1e3, "peak_mib": peak}
+        wall, cpu = median_step_times(call, repeats, device)
+    return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3, "peak_mib": peak}
 
 
 def run_child(case: str, operation: str, method: str, args: argparse.Namespace) -> Optional[Dict[str, float]]:
@@ -302,7 +289,8 @@ def print_table(rows: List[Dict[str, object]]) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--quick", action="store_true", help="one timed run, no baselines; slow rows reuse their warm-up")
+    parser.add_argument("--quick", action="store_true",
+                        help="one timed run, no baselines; slow rows reuse their warm-up")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median), default 5")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "OPERATION", "METHOD"), help=argparse.SUPPRESS)

@@ -12,7 +12,7 @@ interpolated from the 64 real ones: at 8x8, half of the pixels of a digit leave 
 little to read (an RBF SVM reaches 79% on format (b) at 8x8, 90% at 16x16).
 
 Formats (each image becomes a point set ``x`` = gray value, ``pos`` = its pixel's position
-on the full grid, SPEC section 1):
+on the full grid, docs/design.md §3.1):
 
 (a) ``grid``: every pixel is a point;
 (b) ``discrete``: a different random 50% of the pixels of each image, drawn anew every
@@ -46,8 +46,6 @@ import functools
 import json
 import math
 import multiprocessing
-import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -59,13 +57,9 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from tqdm.auto import tqdm
 
-try:
-    import pointcoc  # noqa: F401
-except ModuleNotFoundError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import pointcoc as pc
-from pointcoc.grid.models import VARIANTS
+from pointcoc._files import atomic_write
+from pointcoc.models.configs import VARIANTS
 
 __all__ = ["FORMATS", "FEEDS", "load_digit_split", "format_mask", "to_points", "train_and_test", "build_parser", "main"]
 
@@ -243,8 +237,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     start, cpu = time.perf_counter(), time.process_time()
     data = load_digit_split(args.size, args.seed)
     resized = "" if args.size == 8 else f", resized to {args.size}x{args.size} (bilinear)"
-    print(f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; {MODEL} with stem {VARIANTS[MODEL].stem}, "
-          f"{epochs} epochs per run, seed {args.seed}")
+    print(f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; "
+          f"{MODEL} with stem {VARIANTS[MODEL].stem}, {epochs} epochs per run, seed {args.seed}")
     runs = [(fmt, feed) for fmt in formats for feed in feeds if not (fmt == "grid" and feed == "zeros")]
     train = functools.partial(_train_run, data=data, epochs=epochs, args=args)
     results: Dict[str, Dict[str, Dict[str, float]]] = {fmt: {} for fmt in formats}
@@ -262,10 +256,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s (CPU time {cpu_seconds:.0f} s)")
     summary = dict(results=results, seconds=seconds, cpu_seconds=cpu_seconds, epochs=epochs, size=args.size,
                    seed=args.seed, model=MODEL, stem=VARIANTS[MODEL].stem)
-    args.output.mkdir(parents=True, exist_ok=True)
-    tmp = args.output / ".results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, args.output / "results.json")
+    atomic_write(args.output / "results.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -38,11 +38,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-try:
-    import pointcoc  # noqa: F401
-except ModuleNotFoundError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import pointcoc as pc
 from pointcoc import viz
 from pointcoc._files import atomic_write
@@ -256,7 +251,7 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         features = model(points)
     print(f"{args.model} (point mode, pos_dim=3): pooled features {tuple(features.shape)}")
     record = viz.record_assignments(model, points, args.stage, args.block)
-    cluster_rgb = viz.cluster_colors(record, points, args.head)
+    cluster_rgb = viz.cluster_colours(record, points, args.head)
     used = len(np.unique(viz.point_clusters(record, points, args.head).numpy()))
     pos = points.pos.numpy()
     upright = np.stack([pos[:, 0], pos[:, 2], -pos[:, 1]], 1)  # camera frame -> x right, depth, up

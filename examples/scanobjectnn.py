@@ -1,6 +1,6 @@
 """Train and evaluate PointMLP / PointMLP-CoC on ScanObjectNN.
 
-On real data the default is the reference recipe (SPEC section 5): PointMLP-CoC,
+On real data the default is the reference recipe (docs/design.md §11): PointMLP-CoC,
 the PB_T50_RS variant, the first 1024 points, scale/shift/shuffle augmentation,
 SGD (momentum 0.9, lr 0.01, weight decay 1e-4), cosine schedule to lr/100,
 batch 32 (last batch dropped), 250 epochs, label smoothing 0.2.
@@ -36,11 +36,6 @@ from typing import Any, Callable, Dict, List, Optional
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-
-try:
-    import pointcoc  # noqa: F401
-except ModuleNotFoundError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pointcoc.models.pointmlp  # noqa: F401  (registers the PointMLP family)
 from pointcoc._files import WriteError, atomic_write
@@ -195,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setting_text(s: Dict[str, Any]) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items())
-    return (f"{s['model']}{f'({extra})' if extra else ''}, {s['num_points']} points, {s['epochs']} epochs, {s['optimizer'].upper()} lr "
+    model = f"{s['model']}({extra})" if extra else s["model"]
+    return (f"{model}, {s['num_points']} points, {s['epochs']} epochs, {s['optimizer'].upper()} lr "
             f"{s['lr']}, batch {s['batch_size']}, weight decay {s['weight_decay']}")
 
 
@@ -304,7 +300,8 @@ def _load_checkpoint_arg(args: argparse.Namespace, say: Callable[[str], None]) -
                 say(f"note: {note}")
         ckpt = load_checkpoint(path)
     except ValueError as exc:
-        raise RunError(f"{exc}" + ("; nothing to resume (run without --resume to start)" if args.resume else "")) from None
+        hint = "; nothing to resume (run without --resume to start)" if args.resume else ""
+        raise RunError(f"{exc}{hint}") from None
     say(f"{'resuming from' if args.resume else 'evaluating'} {_rel(path)} (after epoch {ckpt['epoch']})")
     return path, ckpt
 

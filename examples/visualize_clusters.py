@@ -39,11 +39,6 @@ import torch
 from PIL import Image
 from torch_geometric.data import Batch
 
-try:
-    import pointcoc  # noqa: F401
-except ModuleNotFoundError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import pointcoc as pc
 from pointcoc import viz
 
@@ -159,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", type=float, help="keep this random fraction of the pixels (discrete pixels)")
     parser.add_argument("--mask", type=Path, help="PNG mask of the image's size: nonzero pixels are kept")
     parser.add_argument("--gray", action="store_true", help="feed the image as one gray channel (in_chans=1)")
-    parser.add_argument("--mode", choices=("auto", "grid", "point"), default="auto",
-                        help="auto: grid mode on full images, point mode (FPS + kNN) otherwise; grid: also on "
+    parser.add_argument("--mode", choices=("auto", "lattice", "point"), default="auto",
+                        help="auto: lattice mode on full images, point mode otherwise; lattice: also on "
                              "masked / discrete images (sparse convolutions on the pixel lattice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of untrained weights and --keep")
     parser.add_argument("--threads", type=int, default=1,
@@ -195,7 +190,7 @@ def draw(args: argparse.Namespace, record: viz.StageAssignment, points: Batch) -
     heads = list(range(record.heads)) if args.all_heads else [args.head]
     if args.points is not None:
         pos = points.pos.numpy()
-        pictures = [viz.point_cloud_image(pos, viz.cluster_colors(record, points, h), size=(480, 400),
+        pictures = [viz.point_cloud_image(pos, viz.cluster_colours(record, points, h), size=(480, 400),
                                           title=f"head {h}")[0] for h in heads]
     else:
         pictures = [viz.cluster_map(record, points, head=h, alpha=args.alpha) for h in heads]

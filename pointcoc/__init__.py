@@ -5,27 +5,35 @@ irregular images, RGB-D frames, ordinary grid images - is an unordered set of
 points ``(x, pos, batch)``; one context-cluster operation extracts features from
 all of them.
 """
-from . import grid, models, nn, ops
+from . import models, nn, ops
 from .checkpoint import convert_official_state_dict
 from .models import create_model, list_models, register_model
-from .ops.batch import from_dense_batch, to_dense_batch
+from .ops.batch import to_dense_batch
 from .points import image_to_points, points_to_image, rgbd_to_points, sample_pixels
 
 __version__ = "0.1.0"
 
+
 __all__ = [
     "ops",
     "nn",
-    "grid",
     "models",
     "image_to_points",
     "sample_pixels",
     "rgbd_to_points",
     "points_to_image",
     "to_dense_batch",
-    "from_dense_batch",
     "create_model",
     "list_models",
     "register_model",
     "convert_official_state_dict",
 ]
+
+
+def __getattr__(name: str):
+    """``pc.reference``, the test oracle (docs/design.md §1), is loaded on first use only."""
+    if name == "reference":
+        import importlib
+
+        return importlib.import_module(".reference", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,7 @@ __all__ = [
     "check_batch",
     "check_k",
     "check_ratio",
+    "check_drop_prob",
     "limit",
     "check_generator",
     "check_module_input",
@@ -133,6 +134,15 @@ def check_k(k: object, name: str = "k") -> int:
     if k < 1:
         raise ValueError(f"{name} must be >= 1, got {k}")
     return k
+
+
+def check_drop_prob(drop_prob: object, name: str = "drop_prob") -> float:
+    """Require a probability in [0, 1) (stochastic depth)."""
+    if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(drop_prob).__name__}")
+    if not 0.0 <= drop_prob < 1.0:
+        raise ValueError(f"{name} (stochastic depth) must be in [0, 1), got {drop_prob}")
+    return float(drop_prob)
 
 
 def check_ratio(ratio: object, name: str = "ratio") -> float:

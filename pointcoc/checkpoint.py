@@ -1,6 +1,6 @@
 """Converting the reference repositories' released state dicts to pointcoc's points-mode models.
 
-Target naming (SPEC section 7):
+Target naming (docs/design.md §12):
 
 * CoC family (``coc_*``): the released "new naming", with every weight of
   ``token_mixer.{f,v,proj}`` and ``mlp.{fc1,fc2}`` as a 2-D ``[out, in]`` matrix
@@ -21,7 +21,7 @@ from typing import Dict, Tuple
 
 from torch import Tensor
 
-from .grid.models import VARIANTS
+from .models.configs import VARIANTS
 
 __all__ = ["COC_MODELS", "POINTMLP_MODELS", "convert_official_state_dict"]
 

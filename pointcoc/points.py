@@ -8,7 +8,7 @@ Every converter returns a ``torch_geometric.data.Batch`` holding
 * ``pixel: [N, 2]`` int64 ``(row, col)`` of every point in its own image,
 * ``grid_size: [B, 2]`` int64 ``(H, W)`` of every sample's full image.
 
-Image coordinates follow the reference models (SPEC section 1, rows first): the
+Image coordinates follow the reference models (docs/design.md §3.1, rows first): the
 pixel at row ``i``, column ``j`` of an ``H x W`` image has
 ``pos = (i / (H - 1) - 0.5, j / (W - 1) - 0.5)``. An axis of length 1 has no
 spread to normalise, so its coordinate is ``0.0`` (the centre) instead of a
@@ -35,7 +35,7 @@ from ._checks import check_batch, check_finite, check_k, check_ratio, check_tens
 from .ops.batch import batch_counts, batch_ptr
 from .ops.sampling import random_sample
 
-__all__ = ["image_to_points", "sample_pixels", "rgbd_to_points", "points_to_image"]
+__all__ = ["image_to_points", "sample_pixels", "rgbd_to_points", "points_to_image", "pixel_positions"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageLike = Union[Tensor, np.ndarray, Image.Image, PathLike]
@@ -191,7 +191,9 @@ def _load_images(images: object, name: str = "images") -> List[Tensor]:
         if g.numel() == 0:
             raise ValueError(f"{name}: images must be non-empty, got an image batch of shape {tuple(g.shape)}")
         if g.size(1) != channels:
-            raise ValueError(f"{name}: all images must have the same number of channels, got {channels} and {g.size(1)}")
+            raise ValueError(
+                f"{name}: all images must have the same number of channels, got {channels} and {g.size(1)}"
+            )
     return [g.to(device=device, dtype=dtype) for g in groups]
 
 
@@ -250,11 +252,19 @@ def _flat_mask(mask: object, sizes: Sequence[Tuple[int, int]], device: torch.dev
 # ----------------------------------------------------------------------------------------------
 # point construction
 # ----------------------------------------------------------------------------------------------
+def pixel_positions(pixel: Tensor, size: Tensor, dtype: torch.dtype) -> Tensor:
+    """Image coordinates of pixels (docs/design.md §3.1): ``i / (L - 1) - 0.5`` per axis, 0 where ``L == 1``.
+
+    ``pixel``: integer indices (e.g. ``[N, 2]`` rows and columns); ``size``: the lengths ``L``
+    of their axes, broadcastable to ``pixel``. Returns ``pixel``'s shape in ``dtype``.
+    """
+    denom = (size - 1).to(dtype)
+    return torch.where(denom > 0, pixel.to(dtype) / denom.clamp(min=1) - 0.5, torch.zeros_like(denom))
+
+
 def _axis_coordinates(length: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``i / (L - 1) - 0.5`` for ``i = 0 .. L - 1`` (``[0.0]`` when ``L == 1``)."""
-    if length == 1:
-        return torch.zeros(1, dtype=dtype, device=device)
-    return torch.arange(length, dtype=dtype, device=device) / (length - 1.0) - 0.5
+    """:func:`pixel_positions` of ``0 .. L - 1`` on an axis of length ``L``."""
+    return pixel_positions(torch.arange(length, device=device), torch.tensor(length, device=device), dtype)
 
 
 def _cat(parts: List[Tensor]) -> Tensor:
@@ -316,7 +326,7 @@ def image_to_points(images: ImagesInput, mask: Optional[Union[MaskLike, Sequence
             become points; every sample must keep at least one pixel.
 
     Returns:
-        ``Batch`` with ``x: [N, C]``, ``pos: [N, 2]`` (SPEC s1 image coordinates; an axis of
+        ``Batch`` with ``x: [N, C]``, ``pos: [N, 2]`` (docs/design.md §3.1 image coordinates; an axis of
         length 1 gets ``0.0``), ``batch: [N]``, ``ptr: [B + 1]``, ``pixel: [N, 2]`` int64
         ``(row, col)`` and ``grid_size: [B, 2]`` int64 ``(H, W)``. Points are row-major within
         each sample. ``x``/``pos`` are float64 when an input is float64, float32 otherwise,
@@ -419,11 +429,14 @@ def _depth_item(item: object) -> Tensor:
         if item.ndim != 2:
             raise ValueError(f"depth images must have one channel, got shape {item.shape}")
     if isinstance(item, np.ndarray):
-        if item.dtype == np.bool_ or not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
+        numeric = np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)
+        if item.dtype == np.bool_ or not numeric:
             raise TypeError(f"depth arrays must be integer or floating point, got dtype {item.dtype}")
         item = torch.from_numpy(np.ascontiguousarray(item))
     if not isinstance(item, Tensor):
-        raise TypeError(f"depth must be a tensor, numpy array, 16-bit PNG path, or a list of these; got {type(item).__name__}")
+        raise TypeError(
+            f"depth must be a tensor, numpy array, 16-bit PNG path, or a list of these; got {type(item).__name__}"
+        )
     if item.dtype == torch.bool or item.is_complex():
         raise TypeError(f"depth must hold real numbers, got dtype {item.dtype}")
     if item.dim() == 4:
@@ -490,7 +503,8 @@ def _pinhole(intrinsics: object, num_samples: int, dtype: torch.dtype, device: t
         try:
             k = torch.as_tensor(np.asarray(intrinsics, dtype=np.float64), device=device)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"intrinsics must be a 3x3 matrix or (fx, fy, cx, cy), got {type(intrinsics).__name__}") from err
+            kind = type(intrinsics).__name__
+            raise TypeError(f"intrinsics must be a 3x3 matrix or (fx, fy, cx, cy), got {kind}") from err
     shape = tuple(k.shape)
     if shape in ((3, 3), (num_samples, 3, 3)):
         k = k.reshape(-1, 3, 3)
@@ -532,7 +546,7 @@ def rgbd_to_points(
         depth_scale: raw depth units per metre (e.g. 1000 for millimetre PNGs), > 0.
         mode: ``"xyz"``: ``pos: [N, 3]`` back-projected ``X = (u - cx) z / fx``,
             ``Y = (v - cy) z / fy``, ``Z = z`` (u = column, v = row) and ``x: [N, C]`` colour;
-            ``"uvd"``: ``pos: [N, 2]`` image coordinates (SPEC s1) and ``x: [N, C + 1]`` =
+            ``"uvd"``: ``pos: [N, 2]`` image coordinates (docs/design.md §3.3) and ``x: [N, C + 1]`` =
             ``[colour, depth]``.
 
     Returns:
@@ -573,6 +587,29 @@ def _size_arg(value: Optional[int], name: str) -> Optional[int]:
     return None if value is None else check_k(value, name)
 
 
+def _pixels_of(
+    points: Batch, batch: Tensor, grid_size: Optional[Tensor], height: Optional[int], width: Optional[int]
+) -> Tensor:
+    """``points.pixel`` as int64 ``[N, 2]``, or the pixels recovered from ``pos`` (inverting
+    :func:`pixel_positions`) with each sample's ``grid_size``, or else ``height`` / ``width``."""
+    pixel = points.get("pixel")
+    if pixel is not None:
+        pixel = check_tensor(pixel, "points.pixel", ndim=2)
+        if pixel.size(1) != 2 or pixel.is_floating_point():
+            raise ValueError(f"points.pixel must be an integer [N, 2] tensor, got {pixel.dtype} {tuple(pixel.shape)}")
+        return pixel.long()
+    pos = points.get("pos")
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.size(1) != 2:
+        raise ValueError("points needs pixel [N, 2], or pos [N, 2] image coordinates to recover pixels from")
+    if grid_size is not None:
+        lengths = grid_size.to(pos.device)[batch].to(torch.float64)
+    elif height is not None and width is not None:
+        lengths = torch.tensor([[height, width]], dtype=torch.float64, device=pos.device)
+    else:
+        raise ValueError("height and width are required to recover pixels from pos when points has no grid_size")
+    return torch.round((pos.detach().to(torch.float64) + 0.5) * (lengths - 1)).long()
+
+
 def points_to_image(
     values: Tensor,
     points: Batch,
@@ -609,23 +646,7 @@ def points_to_image(
         grid_size = check_tensor(grid_size, "points.grid_size", ndim=2)
         if grid_size.size(1) != 2:
             raise ValueError(f"points.grid_size must be [B, 2], got shape {tuple(grid_size.shape)}")
-    pixel = points.get("pixel")
-    if pixel is None:
-        pos = points.get("pos")
-        if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.size(1) != 2:
-            raise ValueError("points needs pixel [N, 2], or pos [N, 2] image coordinates to recover pixels from")
-        if grid_size is not None:
-            lengths = grid_size.to(pos.device)[batch].to(torch.float64)
-        elif height is not None and width is not None:
-            lengths = torch.tensor([[height, width]], dtype=torch.float64, device=pos.device)
-        else:
-            raise ValueError("height and width are required to recover pixels from pos when points has no grid_size")
-        pixel = torch.round((pos.detach().to(torch.float64) + 0.5) * (lengths - 1)).long()
-    else:
-        pixel = check_tensor(pixel, "points.pixel", ndim=2)
-        if pixel.size(1) != 2 or pixel.is_floating_point():
-            raise ValueError(f"points.pixel must be an integer [N, 2] tensor, got {pixel.dtype} {tuple(pixel.shape)}")
-        pixel = pixel.long()
+    pixel = _pixels_of(points, batch, grid_size, height, width)
     if height is None or width is None:
         if grid_size is None:
             raise ValueError("height and width are required when points has no grid_size")

@@ -17,7 +17,7 @@ its own sample), and then
 * :func:`point_cloud_image` / :func:`render_point_cloud` draw 3-D points
   (matplotlib's 3-D scatter when matplotlib is installed, otherwise an
   orthographic z-buffered projection with PIL),
-* :func:`save_png` writes a PNG atomically (temporary file + ``os.replace``),
+* :func:`save_png` writes a PNG atomically (:func:`pointcoc._files.atomic_write`),
 * :func:`write_ply` / :func:`read_ply` store coloured point clouds as ASCII PLY
   for point-cloud viewers (MeshLab, CloudCompare, Open3D).
 
@@ -30,16 +30,17 @@ from __future__ import annotations
 
 import colorsys
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ._files import atomic_write
+from .models.coc import ContextClusterNet
 from .ops.knn import knn_padded
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
     "palette",
     "record_assignments",
     "point_clusters",
-    "cluster_colors",
+    "cluster_colours",
     "input_image",
     "cluster_map",
     "tile_columns",
@@ -150,38 +151,24 @@ def record_assignments(model: nn.Module, points: Any, stage: int = 0, block: int
 
     Returns:
         :class:`StageAssignment` with ``assignment [M, heads]`` for the stage's ``M`` points.
-        The model's training mode and recording flags are restored afterwards.
+        The model's training mode is restored afterwards.
     """
-    network = getattr(model, "network", None)
-    config = getattr(model, "config", None)
-    if not isinstance(network, nn.ModuleList) or config is None or not hasattr(model, "record_geometry"):
+    if not isinstance(model, ContextClusterNet):
         raise TypeError(f"model must be a points-mode CoC model (ContextClusterNet), got {type(model).__name__}")
-    stages = len(config.layers)
-    stage = _check_index(stage, "stage", stages, "stages")
-    block = _check_index(block, "block", len(network[2 * stage]), f"blocks in stage {stage}")
-    mixer = network[2 * stage][block].token_mixer
-    plans: List[Any] = []
-
-    def keep_plan(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        plans.append(kwargs.get("plan", args[3] if len(args) > 3 else None))
-
-    hook = mixer.register_forward_pre_hook(keep_plan, with_kwargs=True)
-    was_training, had_geometry, had_assignment = model.training, model.record_geometry, mixer.record_assignment
+    layers = model.config.layers
+    stage = _check_index(stage, "stage", len(layers), "stages")
+    block = _check_index(block, "block", layers[stage], f"blocks in stage {stage}")
+    was_training = model.training
     model.eval()
-    model.record_geometry, mixer.record_assignment = True, True
     try:
         with torch.no_grad():
-            model(points)
-        geo = model.stage_geometry[stage]
-        assignment = mixer.last_assignment
+            record = model.forward_intermediates(points)[stage]
     finally:
-        hook.remove()
         model.train(was_training)
-        model.record_geometry, mixer.record_assignment = had_geometry, had_assignment
-    plan = plans[-1]
+    geo, plan = record.geometry, record.plan
     regions = plan.num_groups // geo.num_samples
     c = plan.num_centres
-    local = assignment - (geo.batch * (regions * c)).unsqueeze(1)
+    local = record.assignments[block] - (geo.batch * (regions * c)).unsqueeze(1)
     return StageAssignment(
         assignment=local, pos=geo.pos, batch=geo.batch, num_samples=geo.num_samples,
         regions=regions, centres_per_region=c, stage=stage, block=block,
@@ -219,7 +206,7 @@ def point_clusters(record: StageAssignment, points: Any, head: int = 0) -> Tenso
     return record.assignment[:, head].to(pos.device)[nearest[:, 0]]
 
 
-def cluster_colors(record: StageAssignment, points: Any, head: int = 0) -> np.ndarray:
+def cluster_colours(record: StageAssignment, points: Any, head: int = 0) -> np.ndarray:
     """``uint8 [N, 3]`` :func:`palette` colour of every input point's cluster."""
     ids = point_clusters(record, points, head).cpu().numpy()
     return palette(record.clusters_per_sample)[ids]
@@ -375,26 +362,12 @@ def depth_preview(depth: Union[Tensor, np.ndarray, PathLike], low: float = 1.0, 
     return out
 
 
-def _atomic_target(path: PathLike) -> Tuple[Path, str]:
-    """The final path (parent folders created) and a unique temporary name beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
-
-
 def save_png(image: np.ndarray, path: PathLike) -> Path:
     """Write ``uint8 [H, W, 3]`` (or ``[H, W]`` gray) as a PNG, atomically. Returns the path."""
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
         raise ValueError(f"image must be uint8 [H, W], [H, W, 3] or [H, W, 4], got {image.dtype} {image.shape}")
-    path, tmp = _atomic_target(path)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG", optimize=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", optimize=True))
 
 
 def _rotation(elev: float, azim: float) -> np.ndarray:
@@ -433,7 +406,7 @@ def _render_pil(pos: np.ndarray, colours: np.ndarray, size: Tuple[int, int], ele
 
 def point_cloud_image(
     pos: Union[Tensor, np.ndarray],
-    colors: np.ndarray,
+    colours: np.ndarray,
     size: Tuple[int, int] = (640, 480),
     elev: float = 20.0,
     azim: float = -60.0,
@@ -442,10 +415,10 @@ def point_cloud_image(
     backend: str = "auto",
     background: Sequence[int] = (255, 255, 255),
 ) -> Tuple[np.ndarray, str]:
-    """Draw 3-D points ``pos [N, 3]`` in ``colors uint8 [N, 3]``; returns ``(uint8 [H, W, 3], backend)``.
+    """Draw 3-D points ``pos [N, 3]`` in ``colours uint8 [N, 3]``; returns ``(uint8 [H, W, 3], backend)``.
 
     Args:
-        pos, colors: the points (z is drawn up) and their colours.
+        pos, colours: the points (z is drawn up) and their colours.
         size: ``(width, height)`` in pixels.
         elev, azim: view direction in degrees (matplotlib's convention).
         point_size: marker size (pixels across for the PIL renderer).
@@ -455,11 +428,11 @@ def point_cloud_image(
         background: background colour (PIL renderer).
     """
     pos = pos.detach().cpu().double().numpy() if isinstance(pos, Tensor) else np.asarray(pos, dtype=np.float64)
-    colors = np.asarray(colors)
+    colours = np.asarray(colours)
     if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] == 0:
         raise ValueError(f"pos must be a non-empty [N, 3] array, got shape {pos.shape}")
-    if colors.dtype != np.uint8 or colors.shape != pos.shape:
-        raise ValueError(f"colors must be uint8 [N, 3] matching pos {pos.shape}, got {colors.dtype} {colors.shape}")
+    if colours.dtype != np.uint8 or colours.shape != pos.shape:
+        raise ValueError(f"colours must be uint8 [N, 3] matching pos {pos.shape}, got {colours.dtype} {colours.shape}")
     if backend not in ("auto", "matplotlib", "pil"):
         raise ValueError(f"backend must be 'auto', 'matplotlib' or 'pil', got {backend!r}")
     if backend in ("auto", "matplotlib"):
@@ -474,7 +447,7 @@ def point_cloud_image(
             fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)  # no pyplot: no global state
             canvas = FigureCanvasAgg(fig)
             ax = fig.add_subplot(projection="3d")
-            ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=colors / 255.0, s=point_size, depthshade=False,
+            ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=colours / 255.0, s=point_size, depthshade=False,
                        linewidths=0)
             ax.set_box_aspect(np.maximum(np.ptp(pos, axis=0), 1e-9), zoom=1.35)
             ax.view_init(elev=elev, azim=azim)
@@ -484,55 +457,53 @@ def point_cloud_image(
             fig.subplots_adjust(0, 0, 1, 0.93 if title else 1)
             canvas.draw()
             return np.asarray(canvas.buffer_rgba())[..., :3].copy(), "matplotlib"
-    return _render_pil(pos, colors, size, elev, azim, point_size, background), "pil"
+    return _render_pil(pos, colours, size, elev, azim, point_size, background), "pil"
 
 
-def render_point_cloud(pos: Union[Tensor, np.ndarray], colors: np.ndarray, path: PathLike, **kwargs: Any) -> str:
+def render_point_cloud(pos: Union[Tensor, np.ndarray], colours: np.ndarray, path: PathLike, **kwargs: Any) -> str:
     """:func:`point_cloud_image` saved as a PNG (atomically); returns the backend used."""
-    image, backend = point_cloud_image(pos, colors, **kwargs)
+    image, backend = point_cloud_image(pos, colours, **kwargs)
     save_png(image, path)
     return backend
 
 
-def write_ply(path: PathLike, pos: Union[Tensor, np.ndarray], colors: Optional[np.ndarray] = None) -> Path:
+def write_ply(path: PathLike, pos: Union[Tensor, np.ndarray], colours: Optional[np.ndarray] = None) -> Path:
     """Write points as an ASCII PLY, atomically: one ``x y z [red green blue]`` line per point.
 
     Args:
         path: output file.
         pos: ``[N, 3]`` float positions (written with 6 decimals).
-        colors: optional ``uint8 [N, 3]`` colours (``property uchar red/green/blue``).
+        colours: optional ``uint8 [N, 3]`` colours (``property uchar red/green/blue``).
     """
     pos = pos.detach().cpu().double().numpy() if isinstance(pos, Tensor) else np.asarray(pos, dtype=np.float64)
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must be [N, 3], got shape {pos.shape}")
     header = ["ply", "format ascii 1.0", f"element vertex {pos.shape[0]}"]
     header += [f"property float {axis}" for axis in "xyz"]
-    if colors is None:
+    if colours is None:
         table, fmt = pos, "%.6f %.6f %.6f"
     else:
-        colors = np.asarray(colors)
-        if colors.dtype != np.uint8 or colors.shape != pos.shape:
-            raise ValueError(f"colors must be uint8 [N, 3] matching pos {pos.shape}, got {colors.dtype} {colors.shape}")
+        colours = np.asarray(colours)
+        if colours.dtype != np.uint8 or colours.shape != pos.shape:
+            found = f"{colours.dtype} {colours.shape}"
+            raise ValueError(f"colours must be uint8 [N, 3] matching pos {pos.shape}, got {found}")
         header += [f"property uchar {name}" for name in ("red", "green", "blue")]
-        table = np.concatenate([pos, colors.astype(np.float64)], axis=1)
+        table = np.concatenate([pos, colours.astype(np.float64)], axis=1)
         fmt = "%.6f %.6f %.6f %d %d %d"
     header.append("end_header")
-    path, tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="ascii") as handle:
             handle.write("\n".join(header) + "\n")
             np.savetxt(handle, table, fmt=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_ply(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Read an ASCII PLY point cloud (vertex ``x y z`` and optional ``red green blue``).
 
-    Returns ``pos float64 [N, 3]`` and ``colors uint8 [N, 3]`` (``None`` without colours).
+    Returns ``pos float64 [N, 3]`` and ``colours uint8 [N, 3]`` (``None`` without colours).
     Raises ``ValueError`` for binary PLY, missing x/y/z or a vertex count that does not match.
     """
     with open(path, "r", encoding="ascii", errors="strict") as handle:
@@ -561,7 +532,7 @@ def read_ply(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         raise ValueError(f"PLY file {os.fspath(path)!r} declares {count} vertices with {len(properties)} "
                          f"properties but holds a {table.shape} table")
     pos = table[:, [properties.index(axis) for axis in "xyz"]]
-    colors = None
+    colours = None
     if all(name in properties for name in ("red", "green", "blue")):
-        colors = table[:, [properties.index(name) for name in ("red", "green", "blue")]].astype(np.uint8)
-    return pos, colors
+        colours = table[:, [properties.index(name) for name in ("red", "green", "blue")]].astype(np.uint8)
+    return pos, colours

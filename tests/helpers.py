@@ -25,7 +25,7 @@ def load_example(name: str) -> ModuleType:
 
 
 def grid_points(images: torch.Tensor) -> SimpleNamespace:
-    """Hand-built pixels-as-points batch of ``images: [B, C, H, W]`` (row-major, SPEC section 1)."""
+    """Hand-built pixels-as-points batch of ``images: [B, C, H, W]`` (row-major, docs/design.md §3.1)."""
     B, C, H, W = images.shape
     rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     pixel = torch.stack((rows.reshape(-1), cols.reshape(-1)), 1).repeat(B, 1).to(images.device)

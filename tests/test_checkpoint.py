@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from pointcoc import grid
+from pointcoc import reference
 from pointcoc.checkpoint import convert_official_state_dict
 
 _MATRIX = re.compile(r"(token_mixer\.(f|v|proj)|mlp\.(fc1|fc2))\.weight$")
@@ -15,7 +15,7 @@ _OLD = {"f": "fc1", "proj": "fc2", "v": "fc_v"}
 @pytest.fixture(scope="module")
 def coc_tiny_sd():
     torch.manual_seed(0)
-    return grid.create_model("coc_tiny", num_classes=10).state_dict()
+    return reference.create_model("coc_tiny", num_classes=10).state_dict()
 
 
 def _expected_coc(sd):

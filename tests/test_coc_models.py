@@ -32,7 +32,7 @@ POINT = dict(mode="point", point_proposal="grid")
 
 def _pair(name, dtype=torch.float64, points_kw=None, **kw):
     torch.manual_seed(0)
-    grid = pc.grid.create_model(name, **kw).to(dtype).eval()
+    grid = pc.reference.create_model(name, **kw).to(dtype).eval()
     with torch.no_grad():  # layer scales of 1e-5 would hide the clusters: make every branch count
         for n, p in grid.named_parameters():
             if "layer_scale" in n:
@@ -327,26 +327,47 @@ def test_point_mode_pitch_argument_and_attribute():
     xyz = torch.rand(300, 3, dtype=torch.float64)
     cloud = SimpleNamespace(x=torch.ones(300, 1, dtype=torch.float64), pos=xyz, batch=torch.zeros(300, dtype=torch.long))
     model = pc.create_model("coc_mini", num_classes=2, in_chans=1, pos_dim=3, mode="point").double().eval()
-    model.record_geometry = True
-    model(cloud)
-    assert model.stage_geometry[0].pitch[0, 0] != 0.05 * 2
+    assert model.forward_intermediates(cloud)[0].geometry.pitch[0, 0] != 0.05 * 2
     model.pitch = 0.05
-    model(cloud)
-    torch.testing.assert_close(model.stage_geometry[0].pitch, torch.full((1, 3), 0.1, dtype=torch.float64))
+    pitch = model.forward_intermediates(cloud)[0].geometry.pitch
+    torch.testing.assert_close(pitch, torch.full((1, 3), 0.1, dtype=torch.float64))
     cloud.pitch = torch.tensor([0.25], dtype=torch.float64)  # the batch's own pitch wins
-    model(cloud)
-    torch.testing.assert_close(model.stage_geometry[0].pitch, torch.full((1, 3), 0.5, dtype=torch.float64))
+    pitch = model.forward_intermediates(cloud)[0].geometry.pitch
+    torch.testing.assert_close(pitch, torch.full((1, 3), 0.5, dtype=torch.float64))
     cloud.pitch = torch.tensor([-1.0], dtype=torch.float64)
     with pytest.raises(ValueError, match="pitch"):
         model(cloud)
 
 
 def test_mode_names_and_bad_options():
-    assert pc.create_model("coc_mini", mode="grid").mode == "lattice"  # the former name
-    for kw, match in ((dict(mode="knn"), "mode"), (dict(point_proposal="mean"), "point_proposal"),
+    for kw, match in ((dict(mode="grid"), "mode"), (dict(mode="knn"), "mode"), (dict(point_proposal="mean"), "point_proposal"),
                       (dict(point_anchors="voxel"), "point_anchors"), (dict(pos_dim=4), "pos_dim")):
         with pytest.raises(ValueError, match=match):
             pc.create_model("coc_mini", **kw)
     cloud = SimpleNamespace(x=torch.rand(50, 3), pos=torch.rand(50, 3), batch=torch.zeros(50, dtype=torch.long))
     with pytest.raises(ValueError, match="lattice"):
         pc.create_model("coc_mini", pos_dim=3, mode="lattice")(cloud)
+
+
+@pytest.mark.parametrize("points_kw", [dict(mode="lattice"), POINT])
+def test_timm_surface_features_head_and_intermediates(points_kw):
+    grid, points = _pair("coc_tiny", points_kw=points_kw)
+    image = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    batch = pc.image_to_points(image)
+    with torch.no_grad():
+        features, reference = points.forward_features(batch), grid.forward_features(image)
+        stages = points.forward_intermediates(batch)
+        logits = points(batch)
+        torch.testing.assert_close(points.forward_head(features), logits)
+        torch.testing.assert_close(grid.forward_head(reference), grid(image))
+        torch.testing.assert_close(logits, grid.forward_head(reference))
+        pooled = points.forward_head(features, pre_logits=True)
+        torch.testing.assert_close(pooled, grid.forward_head(reference, pre_logits=True))
+    assert pooled.shape == (2, 320)
+    assert [len(stage.assignments) for stage in stages] == list(points.config.layers)
+    torch.testing.assert_close(stages[-1].features, features[0])
+    for stage, dim, heads in zip(stages, points.config.dims, points.config.heads):
+        assert stage.features.shape == (stage.geometry.pos.size(0), dim)
+        ids = torch.stack(stage.assignments)  # [blocks, M, heads]
+        assert ids.shape[1:] == (stage.features.size(0), heads)
+        assert int(ids.min()) >= 0 and int(ids.max()) < stage.plan.num_groups * stage.plan.num_centres

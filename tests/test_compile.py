@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import pointcoc as pc
-from pointcoc.grid.models import CocConfig
 from pointcoc.models.coc import ContextClusterNet
+from pointcoc.models.configs import CocConfig
 
 pytestmark = pytest.mark.slow
 
 _SMALL_COC = CocConfig(
     layers=(1, 1, 1, 1), dims=(8, 8, 8, 8), mlp_ratios=(1, 1, 1, 1), heads=(2, 1, 1, 1), head_dim=4,
-    proposals=(2, 1, 1, 1), folds=(2, 1, 1, 1),
+    centres=(2, 1, 1, 1), regions=(2, 1, 1, 1),
 )  # fmt: skip
 
 
@@ -63,10 +63,10 @@ def test_pointmlp_training_step_compiles():
 
 
 def test_coc_compiled_matches_eager():
-    """CoC (grid mode) through dynamo + AOT autograd: inductor's C++ build of every CoC kernel
+    """CoC (lattice mode) through dynamo + AOT autograd: inductor's C++ build of every CoC kernel
     takes minutes on a 2-core CPU (``benchmarks/cuda_check.py`` runs inductor on a GPU). Point
     mode compiles too but dynamo traces through its FPS loops for minutes (issue 13 follow-up)."""
     torch.manual_seed(0)
-    model = ContextClusterNet(_SMALL_COC, num_classes=3, mode="grid")
+    model = ContextClusterNet(_SMALL_COC, num_classes=3, mode="lattice")
     points = pc.image_to_points(torch.rand(2, 3, 32, 32))
     _compiled_matches_eager(model, points, "aot_eager", train=False)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import pointcoc as pc
-from pointcoc.grid.cluster import Cluster
 from pointcoc.nn.context_cluster import ContextCluster
+from pointcoc.reference.cluster import Cluster
 from tests.helpers import DEVICES, grid_points
 
 

@@ -14,7 +14,6 @@ import pointcoc as pc
 from pointcoc import viz
 from pointcoc.models.coc import as_point_batch
 from pointcoc.nn.cluster_plan import make_plan
-
 from tests.helpers import DEVICES, load_example
 
 
@@ -87,7 +86,7 @@ def test_stem_on_masked_image_is_a_sparse_convolution():
     points = pc.image_to_points(image, mask=mask)
     x, geo = as_point_batch(points)
     out, anchors = model.patch_embed(torch.cat([x, geo.pos], 1), geo, "lattice")
-    dense = pc.grid.models.add_position_channels(image[None]) * mask  # [1, 5, 24, 28], zero where absent
+    dense = pc.reference.models.add_position_channels(image[None]) * mask  # [1, 5, 24, 28], zero where absent
     conv = F.conv2d(dense, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=4)[0]  # [32, 6, 7]
     occupied = F.max_pool2d(mask[None, None].double(), 4, 4)[0, 0] > 0
     expected_pixels = occupied.nonzero()
@@ -96,7 +95,7 @@ def test_stem_on_masked_image_is_a_sparse_convolution():
     torch.testing.assert_close(out, conv[:, expected_pixels[:, 0], expected_pixels[:, 1]].T, rtol=0, atol=1e-12)
 
 
-def test_grid_proposal_with_an_empty_bin_proposes_no_centre():
+def test_grid_centres_with_an_empty_bin_proposes_no_centre():
     pixel = torch.tensor([[r, c] for r in range(4) for c in range(4) if not (r >= 2 and c >= 2)])  # bin 3 empty
     pos = pixel.double() / 3 - 0.5
     plan = make_plan(pos, None, proposal="grid", centres=2, pixel=pixel, grid_size=torch.tensor([[4, 4]]))

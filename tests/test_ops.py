@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 import pointcoc as pc
 from pointcoc.ops import (
-    adaptive_bins,
     fps,
     get_backend,
     grid_proposal,
@@ -378,14 +377,6 @@ def test_knn_permuting_x_permutes_neighbours(sizes, seed):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_adaptive_bins_formula():
-    start, end = adaptive_bins(torch.tensor([5, 3, 7]), 3)
-    assert start.tolist() == [[0, 1, 3], [0, 1, 2], [0, 2, 4]]
-    assert end.tolist() == [[2, 4, 5], [1, 2, 3], [3, 5, 7]]
-    start, end = adaptive_bins(torch.tensor(2), 5)  # more bins than pixels: bins repeat pixels
-    assert start.tolist() == [0, 0, 0, 1, 1] and end.tolist() == [1, 1, 2, 2, 2]
-
-
 def bin_means(values, coord, extent, bins, region):
     """Mean of each (region, bin) from the membership lists: ``[R, bins0*bins1, C]``."""
     point, bin_ = grid_proposal(coord, extent, bins)
@@ -664,15 +655,9 @@ def test_grid_rejects_bad_input():
         grid_proposal(coord, extent, 2)
     with pytest.raises(ValueError, match="bins"):
         grid_proposal(coord, extent, (0, 2))
-    with pytest.raises(ValueError, match="length"):
-        adaptive_bins(torch.tensor([0, 3]), 2)
-    with pytest.raises(TypeError, match="length"):
-        adaptive_bins(torch.tensor([2.0]), 2)
-    with pytest.raises(ValueError, match="n"):
-        adaptive_bins(torch.tensor([2]), 0)
 
 
 def test_public_exports():
-    for name in ("fps", "knn", "knn_padded", "knn_dense", "random_sample", "adaptive_bins", "grid_proposal",
-                 "set_backend", "get_backend", "use_backend", "to_dense_batch", "from_dense_batch"):
+    for name in ("fps", "knn", "knn_padded", "knn_dense", "random_sample", "grid_proposal",
+                 "set_backend", "get_backend", "use_backend", "to_dense_batch"):
         assert name in pc.ops.__all__ and callable(getattr(pc.ops, name))

@@ -322,7 +322,10 @@ def test_bad_arguments_name_themselves():
 def test_equal_to_torch_cluster(device):
     tc = pytest.importorskip("torch_cluster")
     x, batch = ragged([40, 25, 60], 3, dtype=torch.float64, seed=9, device=device)
-    sort = lambda e: e[:, torch.argsort(e[1] * len(x) + e[0])]
+
+    def sort(e):
+        return e[:, torch.argsort(e[1] * len(x) + e[0])]
+
     assert torch.equal(sort(knn_graph(x, 6, batch)), sort(tc.knn_graph(x, 6, batch)))
     theirs = tc.radius(x, x[::5], 0.3, batch, batch[::5], max_num_neighbors=1000)
     assert torch.equal(radius(x, x[::5], 0.3, batch, batch[::5], max_num_neighbors=1000), sort(theirs.flip(0)).flip(0))

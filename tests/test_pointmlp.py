@@ -1,4 +1,4 @@
-"""PointMLP, PointMLP-elite and their context-cluster variants (SPEC section 4).
+"""PointMLP, PointMLP-elite and their context-cluster variants (docs/design.md §9).
 
 The oracle is a naive model written here straight from the spec in the released
 layout: Conv1d layers on ``[B*S, C, k]`` groups, an explicit ``[B, S, k, 2C]``
@@ -35,8 +35,8 @@ PARAMS = {
     "pointmlp_elite_coc": 709_807 + 6_274 + 12_482 + 3 * 49_538,
 }
 
-# SPEC s4 table: embed, res_expansion, dim expansion, pre_blocks, pos_blocks
-SPEC = {
+# docs/design.md §9 table: embed, res_expansion, dim expansion, pre_blocks, pos_blocks
+ARCHITECTURES = {
     "pointmlp": (64, 1.0, (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2)),
     "pointmlp_elite": (32, 0.25, (2, 2, 2, 1), (1, 1, 2, 1), (1, 1, 2, 1)),
 }
@@ -140,11 +140,11 @@ def naive_fps(xyz: torch.Tensor, num: int) -> torch.Tensor:
 
 
 class ReferencePointMLP(nn.Module):
-    """PointMLP(-CoC) as SPEC s4 describes it, in the released parameter layout."""
+    """PointMLP(-CoC) as docs/design.md §9 describes it, in the released parameter layout."""
 
     def __init__(self, name: str, num_classes: int = 15, points: int = 1024, k: int = 24) -> None:
         super().__init__()
-        embed, expansion, dims, pre, pos = SPEC[name.replace("_coc", "")]
+        embed, expansion, dims, pre, pos = ARCHITECTURES[name.replace("_coc", "")]
         coc = name.endswith("_coc")
         self.k = k
         self.embedding = _ConvBNReLU(3, embed)
@@ -273,8 +273,38 @@ def test_output_shape(name, device):
     torch.testing.assert_close(out_last, out, rtol=0, atol=0)
 
 
+def test_forward_features_and_head():
+    """The timm split: forward = forward_head(forward_features); pre_logits = the max over the anchors."""
+    torch.manual_seed(0)
+    model = pc.create_model("pointmlp_elite", num_classes=5, points=128, k_neighbors=8).double().eval()
+    _randomise(model)
+    xyz = torch.randn(2, 3, 128, dtype=torch.float64)
+    with torch.no_grad():
+        features = model.forward_features(xyz)
+        pooled = model.forward_head(features, pre_logits=True)
+        logits = model(xyz)
+    assert features.shape == (2, 8, 256) and pooled.shape == (2, 256)
+    torch.testing.assert_close(pooled, features.max(dim=1).values, rtol=0, atol=0)
+    torch.testing.assert_close(model.forward_head(features), logits, rtol=0, atol=0)
+    torch.testing.assert_close(model.classifier(pooled), logits, rtol=0, atol=0)
+
+
+def test_registered_variants_take_their_arguments():
+    """Each registered name builds PointMLP with its variant's arguments; keyword arguments override them."""
+
+    def clusters(model):
+        return any(isinstance(m, pc.nn.ContextCluster) for m in model.modules())
+
+    for name, (arguments, _) in pc.models.pointmlp.POINTMLP_VARIANTS.items():
+        model = pc.create_model(name, points=256)
+        assert model.embedding.net[0].out_features == arguments.get("embed_dim", 64)
+        assert clusters(model) == arguments.get("context_cluster", False)
+        assert model.classifier[-1].out_features == 15
+    assert not clusters(pc.create_model("pointmlp_elite_coc", points=256, context_cluster=False))
+
+
 def test_samples_are_independent_in_eval():
-    """SPEC s6 batching: in evaluation every cloud gives, inside a batch, what it gives alone."""
+    """docs/design.md §13 batching: in evaluation every cloud gives, inside a batch, what it gives alone."""
     torch.manual_seed(0)
     model = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8).double()
     _randomise(model)

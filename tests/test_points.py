@@ -17,7 +17,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def reference_pos(H: int, W: int, dtype=torch.float32) -> torch.Tensor:
-    """SPEC s1 positions of an H x W grid (H, W > 1), row-major, computed the reference way."""
+    """docs/design.md §3.1 positions of an H x W grid (H, W > 1), row-major, computed the reference way."""
     rows = torch.arange(H, dtype=dtype) / (H - 1.0) - 0.5
     cols = torch.arange(W, dtype=dtype) / (W - 1.0) - 0.5
     return torch.stack([rows[:, None].expand(H, W), cols[None, :].expand(H, W)], dim=-1).reshape(-1, 2)

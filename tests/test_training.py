@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from pointcoc.data import ScanObjectNN, dataset_file, generate_split
 from pointcoc.training import (
     METRIC_FIELDS,
-    ShardSampler,
     BatchAdapter,
+    ShardSampler,
     Trainer,
     atomic_write,
     capture_rng_state,

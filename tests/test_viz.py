@@ -7,24 +7,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from torch_geometric.data import Batch
 
 import pointcoc as pc
 from pointcoc import viz
-
 from tests.helpers import DEVICES, load_example
 
 
 def brute_force_ids(model, points, stage: int, block: int, head: int) -> torch.Tensor:
     """Expected sample-local cluster id of every input point, computed without pointcoc.viz."""
-    mixer = model.network[2 * stage][block].token_mixer
-    model.record_geometry, mixer.record_assignment = True, True
     with torch.no_grad():
-        model(points)
-    geo, assignment = model.stage_geometry[stage], mixer.last_assignment[:, head]
-    model.record_geometry, mixer.record_assignment = False, False
-    per_sample = mixer.regions ** 2 * mixer.centres[0] * mixer.centres[1]  # grid mode: fold^2 regions
+        record = model.forward_intermediates(points)[stage]
+    geo, assignment = record.geometry, record.assignments[block][:, head]
+    config = model.config
+    per_sample = config.regions[stage] ** 2 * config.centres[stage] ** 2  # lattice mode: regions^2 tiles
     local = assignment - geo.batch * per_sample
     diff = points.pos[:, None, :] - geo.pos[None, :, :]
     d = diff[..., 0] ** 2
@@ -81,8 +77,7 @@ def test_record_assignments_restores_model_state(device):
     model = pc.create_model("coc_tiny", num_classes=3).to(device).train()
     points = pc.image_to_points(torch.rand(2, 3, 20, 24, device=device))
     record = viz.record_assignments(model, points, stage=1, block=2)
-    assert model.training and not model.record_geometry
-    assert not model.network[2].__getitem__(2).token_mixer.record_assignment
+    assert model.training
     assert record.assignment.shape == (2 * 3 * 3, 4)  # 20x24 -> stem 5x6 -> stage 1: 3x3 per sample
     assert record.regions == 16 and record.centres_per_region == 4
     assert int(record.assignment.min()) >= 0 and int(record.assignment.max()) < record.clusters_per_sample
@@ -125,7 +120,7 @@ def test_cluster_map_png_of_17x23_image_equals_recorded_assignment(tmp_path):
     assert not np.array_equal(expected, brute_force_ids(model, points, 0, 1, 0).view(17, 23).numpy())
 
 
-@pytest.mark.parametrize("mode", ["point", "grid"])
+@pytest.mark.parametrize("mode", ["point", "lattice"])
 @pytest.mark.parametrize("kind", ["masked", "discrete"])
 def test_cluster_map_absent_pixels_are_background(kind, mode):
     torch.manual_seed(2)
@@ -348,7 +343,7 @@ def test_point_cloud_clusters_and_cli(tmp_path):
     cloud = Batch(x=torch.rand(600, 3), pos=xyz, batch=torch.zeros(600, dtype=torch.long))
     model = pc.create_model("coc_tiny", num_classes=0, pos_dim=3, mode="point")
     record = viz.record_assignments(model, cloud, stage=1)
-    colours = viz.cluster_colors(record, cloud, head=3)
+    colours = viz.cluster_colours(record, cloud, head=3)
     ids = viz.point_clusters(record, cloud, head=3)
     np.testing.assert_array_equal(colours, viz.palette(record.clusters_per_sample)[ids.numpy()])
     viz.write_ply(tmp_path / "cloud.ply", xyz, (cloud.x * 255).round().to(torch.uint8).numpy())

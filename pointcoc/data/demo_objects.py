@@ -17,7 +17,7 @@ goes through a simulated scan:
 
 Every object has 2048 points. Object ``i`` of a split is generated from its own
 seed sequence ``(seed, split, i)``, so the set is reproducible and does not
-depend on the order of generation. Files follow SPEC section 5: ``data``
+depend on the order of generation. Files follow docs/design.md §3.4: ``data``
 float32 ``[S, 2048, 3]``, ``label`` int64 ``[S]``, ``mask`` int32 ``[S, 2048]``
 (1 = object point, 0 = background), in the PB_T50_RS file names under
 ``<root>/h5_files/main_split/``, so :class:`pointcoc.data.ScanObjectNN` reads them

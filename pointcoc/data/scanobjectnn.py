@@ -1,6 +1,6 @@
 """ScanObjectNN (Uy et al., ICCV 2019) from its HDF5 files, with the reference recipe.
 
-Files (SPEC section 5): ``data`` float ``[S, 2048, 3]``, ``label`` integer ``[S]``
+Files (docs/design.md §3.4): ``data`` float ``[S, 2048, 3]``, ``label`` integer ``[S]``
 or ``[S, 1]`` (and ``mask`` ``[S, 2048]``, not needed here), laid out as::
 
     <root>/h5_files/main_split/training_objectdataset_augmentedrot_scale75.h5   PB_T50_RS

@@ -1,6 +1,5 @@
 """Points-mode models and the model registry."""
-from . import coc  # noqa: F401  (registers the CoC variants)
-from . import pointmlp  # noqa: F401  (registers the models)
+from . import coc, pointmlp  # noqa: F401  (importing them registers their models)
 from .coc import ContextClusterNet
 from .registry import create_model, list_models, register_model
 

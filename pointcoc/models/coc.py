@@ -1,4 +1,4 @@
-"""Context Cluster (CoC) classifiers on point sets (SPEC section 3).
+"""Context Cluster (CoC) classifiers on point sets (docs/design.md §8).
 
 The network sees a point batch (``x [N, C]``, ``pos [N, P]``, ``batch [N]``) and runs in
 one of two modes with the same weights:
@@ -12,28 +12,37 @@ one of two modes with the same weights:
   of the points.
 * ``"lattice"`` (image points): the same maths as integer window lookups on the pixel grid
   with the grid-bin centre proposal, the fast path; on full images it reproduces the grid
-  reference (:mod:`pointcoc.grid`) number for number, and so does point mode with
+  reference (:mod:`pointcoc.reference`) number for number, and so does point mode with
   ``point_proposal="grid"``.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_batch, check_model_kwargs, check_module_input, check_positions, check_tensor
-from ..grid.models import VARIANTS, CocConfig
+from ..nn.anchors import ANCHORS
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
-from ..nn.anchors import ANCHORS
 from ..nn.geometry import PointGeometry, canonical_order, point_lattice
 from ..nn.layers import DropPath, Mlp
 from ..nn.norm import PointGroupNorm, segment_mean
 from ..nn.reducer import PointReducer
+from .configs import VARIANTS, CocConfig
 from .registry import register_model
 
-__all__ = ["CocBlock", "ContextClusterNet", "MODES", "PointsInput", "as_point_batch", "register_coc_variant"]
+__all__ = [
+    "CocBlock",
+    "ContextClusterNet",
+    "MODES",
+    "PointsInput",
+    "StageIntermediates",
+    "as_point_batch",
+    "register_coc_variant",
+]
 
 MODES = ("auto", "lattice", "point")
 POINT_PROPOSALS = ("fps", "random", "grid")
@@ -78,7 +87,7 @@ class CocBlock(nn.Module):
         heads: int,
         head_dim: int,
         centres: int,
-        folds: int,
+        regions: int,
         drop_path: float = 0.0,
         layer_scale_init_value: float = 1e-5,
         normalize: str = "similarity",
@@ -86,7 +95,7 @@ class CocBlock(nn.Module):
         super().__init__()
         self.norm1 = PointGroupNorm(dim)
         self.token_mixer = ContextCluster(
-            dim, dim, heads=heads, head_dim=head_dim, proposal="grid", centres=(centres, centres), regions=folds,
+            dim, dim, heads=heads, head_dim=head_dim, proposal="grid", centres=(centres, centres), regions=regions,
             normalize=normalize,
         )
         self.norm2 = PointGroupNorm(dim)
@@ -95,17 +104,40 @@ class CocBlock(nn.Module):
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, geo: PointGeometry, plan: ClusterPlan) -> Tensor:
+    def forward(
+        self, x: Tensor, geo: PointGeometry, plan: ClusterPlan, return_assignment: bool = False
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """``x: [N, dim]`` -> ``[N, dim]``; with ``return_assignment`` also the ``[N, heads]`` centre ids."""
         b, B, u = geo.batch, geo.num_samples, geo.uniform
-        x = x + self.drop_path(self.layer_scale_1 * self.token_mixer(self.norm1(x, b, B, u), plan=plan), b, B)
-        return x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x, b, B, u)), b, B)
+        mixed, assignment = self.token_mixer(self.norm1(x, b, B, u), plan=plan, return_assignment=True)
+        x = x + self.drop_path(self.layer_scale_1 * mixed, b, B)
+        x = x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x, b, B, u)), b, B)
+        return (x, assignment) if return_assignment else x
+
+
+@dataclass
+class StageIntermediates:
+    """One stage's output, from :meth:`ContextClusterNet.forward_intermediates`.
+
+    Attributes:
+        features: ``[M, dim]`` the stage's point features (after its last block).
+        geometry: the stage's points (positions, samples, lattice).
+        plan: the cluster plan shared by the stage's blocks.
+        assignments: per block, ``[M, heads]`` global centre id (``group * plan.num_centres + j``)
+            of every point.
+    """
+
+    features: Tensor
+    geometry: PointGeometry
+    plan: ClusterPlan
+    assignments: List[Tensor]
 
 
 class ContextClusterNet(nn.Module):
     """CoC classifier on point sets.
 
     Args:
-        config: the variant's architecture (:data:`pointcoc.grid.models.VARIANTS`).
+        config: the variant's architecture (:data:`pointcoc.models.configs.VARIANTS`).
         num_classes: classifier outputs.
         in_chans: point feature channels (3 for RGB); the network input is ``[x, pos]``.
         pos_dim: position coordinates (2 for images, 3 for point clouds / back-projected RGB-D).
@@ -113,7 +145,7 @@ class ContextClusterNet(nn.Module):
         layer_scale_init_value: initial layer scale.
         normalize: cluster aggregation normalisation (``"similarity"`` or ``"count"``).
         mode: ``"auto"`` (lattice mode on full image grids, point mode otherwise), ``"lattice"``
-            or ``"point"`` (``"grid"`` is accepted for ``"lattice"``).
+            or ``"point"``.
         point_proposal: centre proposal in point mode: ``"fps"``, ``"random"`` or ``"grid"``
             (adaptive-pooling bins of each region's lattice, as lattice mode).
         point_regions: use the variant's regions (tiles of each sample's lattice) in point mode;
@@ -124,7 +156,7 @@ class ContextClusterNet(nn.Module):
             ``None``: each sample's mean nearest-neighbour distance. A point batch carrying a
             ``pitch`` attribute (``[B]`` or a number) overrides it. Image points use their grid.
 
-    ``forward(points)`` -> logits ``[B, num_classes]``.
+    ``forward(points) = forward_head(forward_features(points))`` -> logits ``[B, num_classes]``.
     """
 
     def __init__(
@@ -145,7 +177,6 @@ class ContextClusterNet(nn.Module):
         super().__init__()
         check_model_kwargs(dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim,
                                 drop_path_rate=drop_path_rate))
-        mode = "lattice" if mode == "grid" else mode  # the former name of lattice mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if point_proposal not in POINT_PROPOSALS:
@@ -167,8 +198,8 @@ class ContextClusterNet(nn.Module):
             network.append(
                 nn.ModuleList(
                     CocBlock(
-                        dims[s], config.mlp_ratios[s], config.heads[s], config.head_dim, config.proposals[s],
-                        config.folds[s], rates[start + j], layer_scale_init_value, normalize,
+                        dims[s], config.mlp_ratios[s], config.heads[s], config.head_dim, config.centres[s],
+                        config.regions[s], rates[start + j], layer_scale_init_value, normalize,
                     )
                     for j in range(depth)
                 )
@@ -180,9 +211,6 @@ class ContextClusterNet(nn.Module):
         self.norm = PointGroupNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
-        # set record_geometry = True to keep every stage's PointGeometry of the last forward (visualisation)
-        self.record_geometry = False
-        self.stage_geometry: List[PointGeometry] = []
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -197,9 +225,9 @@ class ContextClusterNet(nn.Module):
         pixel, grid_size = geo.pixel[:, :2], geo.grid_size[:, :2]
         if lattice:
             return mixer.make_plan(geo.pos, geo.batch, pixel=pixel, grid_size=grid_size)
-        folds = mixer.regions if self.point_regions else 1
+        regions = mixer.regions if self.point_regions else 1
         return mixer.make_plan(geo.pos, geo.batch, pixel=pixel, grid_size=grid_size, proposal=self.point_proposal,
-                               regions=folds, random_start=self.training)
+                               regions=regions, random_start=self.training)
 
     def _use_lattice(self, geo: PointGeometry) -> bool:
         """Lattice mode for ``mode="lattice"``; for ``"auto"`` on full image grids at least the stem's window."""
@@ -210,8 +238,8 @@ class ContextClusterNet(nn.Module):
             raise ValueError("mode='lattice' needs 2-D image points with pixel and grid_size (pc.image_to_points)")
         return self.mode == "lattice"
 
-    def forward_features(self, points: PointsInput) -> Tuple[Tensor, PointGeometry]:
-        """Last-stage point features ``[M, dims[-1]]`` (normalised) and their geometry."""
+    def _embed(self, points: PointsInput) -> Tuple[Tensor, PointGeometry, bool]:
+        """Checked input in its canonical order through the stem: ``(x, geo, lattice mode?)``."""
         x, geo = as_point_batch(points)
         check_module_input(self, x, "points.x")
         if x.size(1) != self.in_chans:
@@ -223,24 +251,56 @@ class ContextClusterNet(nn.Module):
             order = canonical_order(geo.pos, geo.batch)
             pitch = getattr(points, "pitch", None)
             x, geo = x[order], point_lattice(geo.select(order), self.pitch if pitch is None else pitch)
-        mode = "lattice" if lattice else "point"
         x = torch.cat([x, geo.pos.to(x.dtype)], dim=1)
-        x, geo = self.patch_embed(x, geo, mode, random_start=self.training)
-        self.stage_geometry = []
+        x, geo = self.patch_embed(x, geo, "lattice" if lattice else "point", random_start=self.training)
+        return x, geo, lattice
+
+    def _run(self, points: PointsInput, stages: Optional[List[StageIntermediates]]) -> Tuple[Tensor, PointGeometry]:
+        """Stem, stages and reducers; appends every stage's output to ``stages`` unless it is ``None``."""
+        x, geo, lattice = self._embed(points)
+        mode = "lattice" if lattice else "point"
         for layer in self.network:
             if isinstance(layer, PointReducer):
                 x, geo = layer(x, geo, mode, random_start=self.training)
-            else:
-                if self.record_geometry:
-                    self.stage_geometry.append(geo)
-                plan = self.stage_plan(layer, geo, lattice)
-                for block in layer:
+                continue
+            plan = self.stage_plan(layer, geo, lattice)
+            assignments: List[Tensor] = []
+            for block in layer:
+                if stages is None:
                     x = block(x, geo, plan)
-        return self.norm(x, geo.batch, geo.num_samples, geo.uniform), geo
+                else:
+                    x, assignment = block(x, geo, plan, return_assignment=True)
+                    assignments.append(assignment)
+            if stages is not None:
+                stages.append(StageIntermediates(x, geo, plan, assignments))
+        return x, geo
+
+    def forward_features(self, points: PointsInput) -> Tuple[Tensor, PointGeometry]:
+        """Last-stage point features ``[M, dims[-1]]`` (before ``norm``) and their geometry."""
+        return self._run(points, None)
+
+    def forward_intermediates(self, points: PointsInput) -> List[StageIntermediates]:
+        """Every stage's features, geometry, plan and per-block cluster assignments, in stage order.
+
+        The last stage's ``(features, geometry)`` are :meth:`forward_features`'s output.
+        """
+        stages: List[StageIntermediates] = []
+        self._run(points, stages)
+        return stages
+
+    def forward_head(self, features: Tuple[Tensor, PointGeometry], pre_logits: bool = False) -> Tensor:
+        """``norm``, the mean over each sample's points and (unless ``pre_logits``) the classifier.
+
+        ``features``: :meth:`forward_features`'s ``(x, geo)``. Returns ``[B, dims[-1]]`` pooled
+        features with ``pre_logits``, else logits ``[B, num_classes]``.
+        """
+        x, geo = features
+        x = self.norm(x, geo.batch, geo.num_samples, geo.uniform)
+        pooled = segment_mean(x, geo.batch, geo.num_samples, geo.counts)
+        return pooled if pre_logits else self.head(pooled)
 
     def forward(self, points: PointsInput) -> Tensor:
-        x, geo = self.forward_features(points)
-        return self.head(segment_mean(x, geo.batch, geo.num_samples, geo.counts))
+        return self.forward_head(self.forward_features(points))
 
 
 def register_coc_variant(name: str, config: CocConfig) -> None:
@@ -250,7 +310,7 @@ def register_coc_variant(name: str, config: CocConfig) -> None:
         return ContextClusterNet(config, num_classes=num_classes, **kwargs)
 
     build.__name__ = name
-    build.__doc__ = f"Points-mode {name} (SPEC section 3)."
+    build.__doc__ = f"Points-mode {name} (docs/design.md §8)."
     register_model(build)
 
 

@@ -1,4 +1,4 @@
-"""PointMLP, PointMLP-elite and their context-cluster variants (SPEC section 4).
+"""PointMLP, PointMLP-elite and their context-cluster variants (docs/design.md §9).
 
 Everything runs channel-last: a 1x1 convolution of the reference is an
 ``nn.Linear`` on ``[rows, C]`` and its BatchNorm a ``BatchNorm1d`` over the
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +40,7 @@ __all__ = [
     "PreExtraction",
     "PosExtraction",
     "PointMLP",
-    "pointmlp",
-    "pointmlp_elite",
-    "pointmlp_coc",
-    "pointmlp_elite_coc",
+    "POINTMLP_VARIANTS",
 ]
 
 _STD_EPS = 1e-5
@@ -99,7 +96,7 @@ class GroupedPoints:
     """The kNN groups of one stage, kept implicit.
 
     Stands for the tensor ``[B, S, k, 2C]`` whose entry ``(b, s, j)`` is
-    ``[alpha * (x_nb - x_anchor) / (std_b + 1e-5) + beta, x_anchor]`` (SPEC s4).
+    ``[alpha * (x_nb - x_anchor) / (std_b + 1e-5) + beta, x_anchor]`` (docs/design.md §9).
 
     ``std_b`` is one unbiased standard deviation per sample over all its groups,
     neighbours and channels of ``x_nb - x_anchor``. Everything differentiable is
@@ -250,7 +247,7 @@ _STORED_OPS = [torch.ops.aten.mm.default, torch.ops.aten.addmm.default]
 class PreExtraction(nn.Module):
     """Per-group extraction: transfer ``2C -> out``, blocks on every neighbour, max over the k neighbours.
 
-    With ``context_cluster=True`` a one-centre context cluster (SPEC s4) with its own
+    With ``context_cluster=True`` a one-centre context cluster (docs/design.md §9) with its own
     residual runs before every residual block; ``operation`` then alternates
     ``ContextCluster`` (even index) and ``ResidualBlock`` (odd index).
 
@@ -328,8 +325,23 @@ def _four(value: Union[int, float, str, Sequence], name: str) -> list:
     return values
 
 
+def _classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """The head MLP ``channels -> 512 -> 256 -> num_classes`` (BN, ReLU and dropout between)."""
+    return nn.Sequential(
+        nn.Linear(channels, 512),
+        nn.BatchNorm1d(512),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(512, 256),
+        nn.BatchNorm1d(256),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(256, num_classes),
+    )
+
+
 class PointMLP(nn.Module):
-    """PointMLP classifier on xyz point clouds (SPEC s4).
+    """PointMLP classifier on xyz point clouds (docs/design.md §9).
 
     Args:
         num_classes: classifier outputs.
@@ -401,20 +413,11 @@ class PointMLP(nn.Module):
             )
             self.pos_blocks_list.append(PosExtraction(out, pos_blocks[s], res_expansion))
             channels, level_points = out, anchors
-        self.classifier = nn.Sequential(
-            nn.Linear(channels, 512),
-            nn.BatchNorm1d(512),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(512, 256),
-            nn.BatchNorm1d(256),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(256, num_classes),
-        )
+        self.classifier = _classifier(channels, num_classes, dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x: [B, 3, n]`` xyz (``[B, n, 3]`` with ``channels_last_input``) -> logits ``[B, num_classes]``."""
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``x: [B, 3, n]`` xyz (``[B, n, 3]`` with ``channels_last_input``) -> last-stage anchor
+        features ``[B, S, C]`` (before the max over anchors)."""
         check_tensor(x, "x", ndim=3)
         check_float(x, "x")
         check_module_input(self, x, "x")
@@ -436,74 +439,50 @@ class PointMLP(nn.Module):
             groups = grouper(xyz, feats, random_start=self.fps_random_start)
             feats = pos(pre(groups)).view(B, grouper.groups, -1)
             xyz = groups.anchor_xyz
-        return self.classifier(feats.max(dim=1).values)
+        return feats
+
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """The max over each cloud's anchors and (unless ``pre_logits``) the classifier MLP.
+
+        ``features``: :meth:`forward_features`'s ``[B, S, C]``. Returns ``[B, C]`` pooled features
+        with ``pre_logits``, else logits ``[B, num_classes]``.
+        """
+        pooled = features.max(dim=1).values
+        return pooled if pre_logits else self.classifier(pooled)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x: [B, 3, n]`` xyz (``[B, n, 3]`` with ``channels_last_input``) -> logits ``[B, num_classes]``."""
+        return self.forward_head(self.forward_features(x))
 
 
-_ELITE = dict(
-    embed_dim=32,
-    res_expansion=0.25,
-    dim_expansion=(2, 2, 2, 1),
-    pre_blocks=(1, 1, 2, 1),
-    pos_blocks=(1, 1, 2, 1),
-)
+_ELITE = dict(embed_dim=32, res_expansion=0.25, dim_expansion=(2, 2, 2, 1), pre_blocks=(1, 1, 2, 1),
+              pos_blocks=(1, 1, 2, 1))  # fmt: skip
+
+#: name -> (arguments of :class:`PointMLP`, description) of the released variants (docs/design.md §9)
+POINTMLP_VARIANTS: Dict[str, Tuple[Dict[str, Any], str]] = {
+    "pointmlp": ({}, "PointMLP: embed 64, 4 stages x (2 pre + 2 pos blocks), 13,232,079 parameters (15 classes)."),
+    "pointmlp_elite": (_ELITE, "PointMLP-elite: embed 32, res_expansion 0.25, 709,807 parameters (15 classes)."),
+    "pointmlp_coc": (
+        {"context_cluster": True},
+        "PointMLP-CoC: PointMLP with a context cluster before every pre-extraction block, 15,326,815 parameters.",
+    ),
+    "pointmlp_elite_coc": (
+        {**_ELITE, "context_cluster": True},
+        "PointMLP-elite with context clusters, 877,177 parameters (15 classes).",
+    ),
+}
 
 
-def _build(
-    variant: dict, num_classes: int, points: int, fps_random_start: bool, channels_last_input: bool, kw: dict
-) -> PointMLP:
-    """A ``PointMLP`` of the given variant; keyword arguments in ``kw`` override the variant's."""
-    return PointMLP(
-        num_classes=num_classes,
-        points=points,
-        fps_random_start=fps_random_start,
-        channels_last_input=channels_last_input,
-        **{**variant, **kw},
-    )
+def _register_variant(name: str, arguments: Dict[str, Any], description: str) -> None:
+    """Register ``name``: a :class:`PointMLP` with ``arguments``, which keyword arguments override."""
+
+    def build(**kwargs: Any) -> PointMLP:
+        return PointMLP(**{**arguments, **kwargs})
+
+    build.__name__ = name
+    build.__doc__ = description
+    register_model(build)
 
 
-@register_model
-def pointmlp(
-    num_classes: int = 15,
-    points: int = 1024,
-    fps_random_start: bool = False,
-    channels_last_input: bool = False,
-    **kw: Any,
-) -> PointMLP:
-    """PointMLP: embed 64, 4 stages x (2 pre + 2 pos blocks), 13,232,079 parameters (15 classes)."""
-    return _build({}, num_classes, points, fps_random_start, channels_last_input, kw)
-
-
-@register_model
-def pointmlp_elite(
-    num_classes: int = 15,
-    points: int = 1024,
-    fps_random_start: bool = False,
-    channels_last_input: bool = False,
-    **kw: Any,
-) -> PointMLP:
-    """PointMLP-elite: embed 32, res_expansion 0.25, 709,807 parameters (15 classes)."""
-    return _build(_ELITE, num_classes, points, fps_random_start, channels_last_input, kw)
-
-
-@register_model
-def pointmlp_coc(
-    num_classes: int = 15,
-    points: int = 1024,
-    fps_random_start: bool = False,
-    channels_last_input: bool = False,
-    **kw: Any,
-) -> PointMLP:
-    """PointMLP-CoC: PointMLP with a context cluster before every pre-extraction block, 15,326,815 parameters."""
-    return _build({"context_cluster": True}, num_classes, points, fps_random_start, channels_last_input, kw)
-
-
-@register_model
-def pointmlp_elite_coc(
-    num_classes: int = 15,
-    points: int = 1024,
-    fps_random_start: bool = False,
-    channels_last_input: bool = False,
-    **kw: Any,
-) -> PointMLP:
-    """PointMLP-elite with context clusters, 877,177 parameters (15 classes)."""
-    return _build({**_ELITE, "context_cluster": True}, num_classes, points, fps_random_start, channels_last_input, kw)
+for _name, (_arguments, _description) in POINTMLP_VARIANTS.items():
+    _register_variant(_name, _arguments, _description)

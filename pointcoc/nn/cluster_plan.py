@@ -5,12 +5,13 @@ only (regions, centre proposals, the members averaged into each centre). All
 blocks of a stage share their points' positions, so a model builds the plan
 once per stage and every block reuses it.
 
-Terminology (SPEC section 2): a *group* is one (sample, region) pair; each
+Terminology (docs/design.md §6): a *group* is one (sample, region) pair; each
 group has up to ``c`` centres; centre ``j`` of group ``g`` has the global id
 ``g * c + j``. A centre's features are the mean of its *member* points.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -29,8 +30,6 @@ __all__ = [
     "region_of_positions",
     "make_plan",
 ]
-
-PROPOSALS = ("grid", "fps", "random", "index", "mean")
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -77,8 +76,8 @@ def _pair(v: IntPair, name: str) -> Tuple[int, int]:
     return a, b
 
 
-def region_of_pixels(pixel: Tensor, size: Tensor, folds: Tuple[int, int]) -> Tuple[Tensor, Tensor, Tensor]:
-    """Tile each image into ``folds`` regions by pixel position.
+def region_of_pixels(pixel: Tensor, size: Tensor, regions: Tuple[int, int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Tile each image into ``regions`` (rows, cols) by pixel position.
 
     Region row ``r`` covers rows ``[ceil(r*H/f), ceil((r+1)*H/f))`` (the reference's
     equal tiles when ``f`` divides ``H``; a partition by position otherwise).
@@ -86,43 +85,45 @@ def region_of_pixels(pixel: Tensor, size: Tensor, folds: Tuple[int, int]) -> Tup
     Args:
         pixel: ``[N, 2]`` int (row, col) of every point.
         size: ``[N, 2]`` int (H, W) of every point's image.
-        folds: regions along rows and columns.
+        regions: regions along rows and columns.
 
     Returns:
         ``region [N]`` (row-major region id), ``coord [N, 2]`` (row, col) inside the
         region, ``extent [N, 2]`` (h, w) of the point's region.
     """
-    f = torch.tensor(folds, device=pixel.device)
+    f = torch.tensor(regions, device=pixel.device)
     tile = pixel * f // size
     start = (tile * size + f - 1) // f
     end = ((tile + 1) * size + f - 1) // f
-    region = tile[:, 0] * folds[1] + tile[:, 1]
+    region = tile[:, 0] * regions[1] + tile[:, 1]
     return region, pixel - start, end - start
 
 
-def region_of_positions(pos: Tensor, batch: Tensor, num_samples: int, folds: Sequence[int]) -> Tensor:
+def region_of_positions(pos: Tensor, batch: Tensor, num_samples: int, regions: Sequence[int]) -> Tensor:
     """Tile each sample's bounding box into equal regions.
 
     Args:
         pos: ``[N, P]`` positions.
         batch: ``[N]`` sorted sample ids.
         num_samples: ``B``.
-        folds: regions along each of the first ``len(folds)`` coordinates.
+        regions: regions along each of the first ``len(regions)`` coordinates.
 
     Returns:
-        ``region [N]`` in ``[0, prod(folds))`` (mixed radix, first axis slowest).
+        ``region [N]`` in ``[0, prod(regions))`` (mixed radix, first axis slowest).
     """
-    d = len(folds)
+    d = len(regions)
     p = pos[:, :d]
-    lo = p.new_full((num_samples, d), float("inf")).index_reduce_(0, batch, p, "amin")
-    hi = p.new_full((num_samples, d), float("-inf")).index_reduce_(0, batch, p, "amax")
-    f = torch.tensor(folds, device=pos.device, dtype=pos.dtype)
+    rows = batch[:, None].expand(-1, d)
+    lo = p.new_full((num_samples, d), float("inf")).scatter_reduce(0, rows, p, "amin", include_self=False)
+    hi = p.new_full((num_samples, d), float("-inf")).scatter_reduce(0, rows, p, "amax", include_self=False)
+    f = torch.tensor(regions, device=pos.device, dtype=pos.dtype)
     span = (hi - lo)[batch]
-    rel = torch.where(span > 0, (p - lo[batch]) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(p))
+    safe_span = torch.where(span > 0, span, torch.ones_like(span))
+    rel = torch.where(span > 0, (p - lo[batch]) / safe_span, torch.zeros_like(p))
     tile = torch.minimum((rel * f).floor().long(), (f.long() - 1).expand_as(rel))
     region = torch.zeros_like(batch)
     for axis in range(d):
-        region = region * folds[axis] + tile[:, axis]
+        region = region * regions[axis] + tile[:, axis]
     return region
 
 
@@ -174,6 +175,26 @@ def _proposal_members(
     return member_centre, member_point, centre_valid.view(num_groups, num_centres)
 
 
+@dataclass
+class _Request:
+    """What a proposal builder reads: the points, their groups and the plan's arguments."""
+
+    pos: Optional[Tensor]
+    group: Tensor
+    num_groups: int
+    coord: Optional[Tensor]  # (row, col) inside the region, image points only
+    extent: Optional[Tensor]  # (h, w) of the point's region, image points only
+    centres: IntPair
+    k: Optional[int]
+    index: Optional[Tensor]
+    generator: Optional[torch.Generator]
+    random_start: bool
+
+
+# a builder returns (centres per group c, member_centre, member_point, centre_valid)
+_Proposal = Tuple[int, Tensor, Optional[Tensor], Optional[Tensor]]
+
+
 def make_plan(
     pos: Optional[Tensor] = None,
     batch: Optional[Tensor] = None,
@@ -188,128 +209,179 @@ def make_plan(
     generator: Optional[torch.Generator] = None,
     random_start: bool = False,
 ) -> ClusterPlan:
-    """Build the cluster plan of a point set.
+    """Build the cluster plan of a point set: first the regions, then the centre proposals.
 
     Args:
-        pos: ``[N, P]`` positions (needed by every proposal but ``mean``, and for regions
-            of point sets without pixel coordinates).
+        pos: ``[N, P]`` positions (for every proposal but ``mean``, and regions without ``pixel``).
         batch: ``[N]`` sorted sample ids (``None``: one sample).
         proposal: ``"grid"`` (adaptive-pooling bins of each region, needs ``pixel`` and
             ``grid_size``), ``"fps"``, ``"random"``, ``"index"`` (the points ``index``) or
             ``"mean"`` (one centre per group: the mean of all its points).
         centres: centres per region: ``(rows, cols)`` bins for ``grid``; for ``fps`` /
             ``random`` the count ``rows * cols`` (or the int given).
-        regions: folds per axis (int, or one per axis); ``1``/``None`` = whole sample.
+        regions: regions per axis (int, or one per axis); ``1``/``None`` = whole sample.
             With ``pixel`` the tiles are pixel tiles, otherwise bounding-box tiles.
         k: points averaged into each point-proposed centre (``None``: the group's points
             divided by its centre count, rounded up).
-        pixel: ``[N, 2]`` int (row, col) of image points. grid_size: ``[B, 2]`` (H, W).
+        pixel, grid_size: ``[N, 2]`` int (row, col) of image points; ``[B, 2]`` (H, W) of images.
         index: ``[M]`` explicit proposal points (``proposal="index"``).
         generator: random source for ``random`` proposals and random FPS starts.
         random_start: FPS starts at a random point of each region (else at the region's point
             farthest from its bounding box's centre, ties to the lower index).
     """
-    if proposal not in PROPOSALS:
+    if proposal not in _PROPOSAL_BUILDERS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
     if pos is None and pixel is None and batch is None:
         raise ValueError("pos is required to build a cluster plan")
-    ref = pos if pos is not None else (pixel if pixel is not None else batch)
-    n = ref.size(0)
-    device = ref.device
     if pos is not None:
         check_positions(pos, "pos")
-    batch, num_samples = check_batch(batch, n, device)
-
-    folds: Tuple[int, ...]
-    if regions is None or (isinstance(regions, int) and not isinstance(regions, bool) and regions == 1):
-        folds = (1,)
-    elif isinstance(regions, int) and not isinstance(regions, bool):
-        check_k(regions, "regions")
-        if pixel is None and pos is None:
-            raise ValueError("pos is required for regions of points without pixel coordinates")
-        folds = (regions, regions) if pixel is not None else (regions,) * min(2, pos.size(1))
-    else:
-        folds = tuple(check_k(int(r), "regions") for r in regions)
-    use_pixels = pixel is not None and grid_size is not None
-
-    if proposal == "grid" and not use_pixels:
+    ref = pos if pos is not None else (pixel if pixel is not None else batch)  # any [N, ...] tensor
+    batch, num_samples = check_batch(batch, ref.size(0), ref.device)
+    per_axis = _regions_per_axis(regions, pos, pixel)
+    if proposal == "grid" and (pixel is None or grid_size is None):
         raise ValueError("proposal='grid' needs pixel [N, 2] and grid_size [B, 2] (points from pc.image_to_points)")
-
-    coord = extent = None
-    if all(f == 1 for f in folds):
-        region, num_regions = torch.zeros_like(batch), 1
-        if use_pixels:
-            coord, extent = pixel, grid_size[batch]
-    elif use_pixels:
-        if len(folds) != 2:
-            raise ValueError(f"regions of image points need 2 folds (rows, cols), got {folds}")
-        region, coord, extent = region_of_pixels(pixel, grid_size[batch], (folds[0], folds[1]))
-        num_regions = folds[0] * folds[1]
-    else:
-        if pos is None:
-            raise ValueError("pos is required for regions of points without pixel coordinates")
-        if len(folds) > pos.size(1):
-            raise ValueError(f"regions has {len(folds)} folds but pos has only {pos.size(1)} coordinates")
-        region = region_of_positions(pos, batch, num_samples, folds)
-        num_regions = 1
-        for f in folds:
-            num_regions *= f
-    group = batch * num_regions + region
-    num_groups = num_samples * num_regions
+    group, num_groups, coord, extent = _region_step(pos, batch, num_samples, per_axis, pixel, grid_size)
     dense_index, L = _dense_layout(group, num_groups)
-
-    if proposal == "mean":
-        c = 1
-        member_centre, member_point, centre_valid = group, None, None
-    elif proposal == "grid":
-        from ..ops import grid_proposal
-
-        bins = _pair(centres, "centres")
-        c = bins[0] * bins[1]
-        point, local = grid_proposal(coord, extent, bins)
-        member_centre, member_point = group[point] * c + local, point
-        # a bin without points (image points with holes) proposes no centre
-        occupied = torch.bincount(member_centre, minlength=num_groups * c) > 0
-        centre_valid = None if bool(occupied.all()) else occupied.view(num_groups, c)
-    else:
-        if pos is None:
-            raise ValueError(f"pos is required for proposal={proposal!r}")
-        if proposal == "index":
-            index = check_tensor(index, "index", ndim=1)
-            if index.is_floating_point():
-                raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-                raise ValueError(f"index must hold point indices in [0, {n})")
-            proposals = index[torch.argsort(group[index], stable=True)]
-            c = int(batch_counts(group[proposals], num_groups).max())
-        else:
-            rows, cols = _pair(centres, "centres")
-            c = centres if isinstance(centres, int) else rows * cols
-            check_k(c, "centres")
-            order = torch.argsort(group, stable=True)
-            sgroup = group[order]
-            counts = batch_counts(sgroup, num_groups)
-            if proposal == "fps":
-                picked = _fps_capped(pos[order], sgroup, counts, c, random_start, generator)
-            else:
-                picked = _random_capped(sgroup, counts, c, generator)
-            proposals = order[picked]
-        member_centre, member_point, centre_valid = _proposal_members(pos, group, num_groups, proposals, k, c)
-        if bool(centre_valid.all()):
-            centre_valid = None
-
-    centre_count = torch.bincount(member_centre, minlength=num_groups * c)
+    request = _Request(pos, group, num_groups, coord, extent, centres, k, index, generator, random_start)
+    c, member_centre, member_point, centre_valid = _PROPOSAL_BUILDERS[proposal](request)
     return ClusterPlan(
         group=group,
         num_groups=num_groups,
         num_centres=c,
         member_centre=member_centre,
         member_point=member_point,
-        centre_count=centre_count,
+        centre_count=torch.bincount(member_centre, minlength=num_groups * c),
         centre_valid=centre_valid,
         dense_index=dense_index,
         max_group_size=L,
     )
+
+
+def _regions_per_axis(
+    regions: Optional[Union[int, Sequence[int]]], pos: Optional[Tensor], pixel: Optional[Tensor]
+) -> Tuple[int, ...]:
+    """``regions`` as one count per axis; ``(1,)`` for the whole sample."""
+    if regions is None or (isinstance(regions, int) and not isinstance(regions, bool) and regions == 1):
+        return (1,)
+    if isinstance(regions, int) and not isinstance(regions, bool):
+        check_k(regions, "regions")
+        if pixel is None and pos is None:
+            raise ValueError("pos is required for regions of points without pixel coordinates")
+        return (regions, regions) if pixel is not None else (regions,) * min(2, pos.size(1))
+    return tuple(check_k(int(r), "regions") for r in regions)
+
+
+def _region_step(
+    pos: Optional[Tensor],
+    batch: Tensor,
+    num_samples: int,
+    per_axis: Tuple[int, ...],
+    pixel: Optional[Tensor],
+    grid_size: Optional[Tensor],
+) -> Tuple[Tensor, int, Optional[Tensor], Optional[Tensor]]:
+    """Group (sample x region) of every point: ``group [N]``, ``G``, and for image points the
+    ``coord`` / ``extent`` inside the region (``None`` otherwise)."""
+    use_pixels = pixel is not None and grid_size is not None
+    coord = extent = None
+    num_regions = math.prod(per_axis)
+    if num_regions == 1:
+        region = torch.zeros_like(batch)
+        if use_pixels:
+            coord, extent = pixel, grid_size[batch]
+    elif use_pixels:
+        if len(per_axis) != 2:
+            raise ValueError(f"regions of image points need 2 counts (rows, cols), got {per_axis}")
+        region, coord, extent = region_of_pixels(pixel, grid_size[batch], (per_axis[0], per_axis[1]))
+    else:
+        if pos is None:
+            raise ValueError("pos is required for regions of points without pixel coordinates")
+        if len(per_axis) > pos.size(1):
+            raise ValueError(f"regions has {len(per_axis)} counts but pos has only {pos.size(1)} coordinates")
+        region = region_of_positions(pos, batch, num_samples, per_axis)
+    return batch * num_regions + region, num_samples * num_regions, coord, extent
+
+
+def _mean_proposal(r: _Request) -> _Proposal:
+    """One centre per group: the mean of all its points."""
+    return 1, r.group, None, None
+
+
+def _grid_proposal(r: _Request) -> _Proposal:
+    """The adaptive-pooling bins of every region; a bin without points proposes no centre."""
+    from ..ops import grid_proposal  # late import: ops and nn are siblings
+
+    bins = _pair(r.centres, "centres")
+    c = bins[0] * bins[1]
+    point, local = grid_proposal(r.coord, r.extent, bins)
+    member_centre = r.group[point] * c + local
+    occupied = torch.bincount(member_centre, minlength=r.num_groups * c) > 0
+    return c, member_centre, point, None if bool(occupied.all()) else occupied.view(r.num_groups, c)
+
+
+def _index_proposal(r: _Request) -> _Proposal:
+    """The given points ``index`` propose the centres."""
+    pos = _require_pos(r, "index")
+    index = check_tensor(r.index, "index", ndim=1)
+    if index.is_floating_point():
+        raise TypeError(f"index must be an integer tensor, got dtype {index.dtype}")
+    n = pos.size(0)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise ValueError(f"index must hold point indices in [0, {n})")
+    proposals = index[torch.argsort(r.group[index], stable=True)]
+    c = int(batch_counts(r.group[proposals], r.num_groups).max())
+    return _point_proposal(r, proposals, c)
+
+
+def _fps_proposal(r: _Request) -> _Proposal:
+    """Farthest point sampling inside every group."""
+    pos = _require_pos(r, "fps")
+    c = _centre_count(r.centres)
+    order, sgroup, counts = _sorted_groups(r)
+    picked = _fps_capped(pos[order], sgroup, counts, c, r.random_start, r.generator)
+    return _point_proposal(r, order[picked], c)
+
+
+def _random_proposal(r: _Request) -> _Proposal:
+    """Random points of every group."""
+    _require_pos(r, "random")
+    c = _centre_count(r.centres)
+    order, sgroup, counts = _sorted_groups(r)
+    return _point_proposal(r, order[_random_capped(sgroup, counts, c, r.generator)], c)
+
+
+_PROPOSAL_BUILDERS = {
+    "grid": _grid_proposal,
+    "fps": _fps_proposal,
+    "random": _random_proposal,
+    "index": _index_proposal,
+    "mean": _mean_proposal,
+}
+PROPOSALS = tuple(_PROPOSAL_BUILDERS)
+
+
+def _require_pos(r: _Request, proposal: str) -> Tensor:
+    if r.pos is None:
+        raise ValueError(f"pos is required for proposal={proposal!r}")
+    return r.pos
+
+
+def _centre_count(centres: IntPair) -> int:
+    """Centres per group of a point proposal: the int given, or ``rows * cols``."""
+    rows, cols = _pair(centres, "centres")
+    return check_k(centres if isinstance(centres, int) else rows * cols, "centres")
+
+
+def _sorted_groups(r: _Request) -> Tuple[Tensor, Tensor, Tensor]:
+    """``order`` sorting the points by group, the sorted groups and the points per group."""
+    order = torch.argsort(r.group, stable=True)
+    sgroup = r.group[order]
+    return order, sgroup, batch_counts(sgroup, r.num_groups)
+
+
+def _point_proposal(r: _Request, proposals: Tensor, c: int) -> _Proposal:
+    """Centres at the points ``proposals`` (sorted by group), each with its k nearest members."""
+    member_centre, member_point, centre_valid = _proposal_members(r.pos, r.group, r.num_groups, proposals, r.k, c)
+    return c, member_centre, member_point, None if bool(centre_valid.all()) else centre_valid
 
 
 def _fps_capped(pos: Tensor, group: Tensor, counts: Tensor, c: int, random_start: bool, generator) -> Tensor:

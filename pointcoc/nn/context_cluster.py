@@ -1,4 +1,4 @@
-"""The context-cluster operation on point sets (SPEC section 2).
+"""The context-cluster operation on point sets (docs/design.md §5).
 
 One code path serves point clouds, discrete or masked pixels, RGB-D points and
 grid images: the geometry lives in a :class:`~pointcoc.nn.cluster_plan.ClusterPlan`,
@@ -20,6 +20,8 @@ from .cluster_plan import PROPOSALS, ClusterPlan, make_plan
 
 __all__ = ["context_cluster", "assign_centres", "ContextCluster", "NORMALIZATIONS"]
 
+#: ``"similarity"``: divide the aggregate by ``1 + sum of assigned similarities`` (paper, current
+#: published models); ``"count"``: divide by ``1 + number of assigned points`` (the older models).
 NORMALIZATIONS = ("similarity", "count")
 
 # largest similarity block evaluated at once by the no-grad argmax (elements)
@@ -80,7 +82,7 @@ def context_cluster(
     beta: Tensor,
     normalize: str = "similarity",
 ) -> Tuple[Tensor, Tensor]:
-    """Cluster, aggregate and dispatch (SPEC section 2, steps 2-6, before the projection).
+    """Cluster, aggregate and dispatch (docs/design.md §5, steps 2-6, before the projection).
 
     Args:
         f: ``[N, H, d]`` similarity-space features (``H`` heads).
@@ -181,8 +183,6 @@ class ContextCluster(nn.Module):
         self.proj = nn.Linear(heads * head_dim, out_dim)
         self.sim_alpha = nn.Parameter(torch.ones(1))
         self.sim_beta = nn.Parameter(torch.zeros(1))
-        self.record_assignment = False
-        self.last_assignment: Optional[Tensor] = None
 
     def extra_repr(self) -> str:
         return (
@@ -224,9 +224,13 @@ class ContextCluster(nn.Module):
         pos: Optional[Tensor] = None,
         batch: Optional[Tensor] = None,
         plan: Optional[ClusterPlan] = None,
+        return_assignment: bool = False,
         **plan_kwargs,
-    ) -> Tensor:
-        """``x: [N, C]`` -> ``[N, out_dim]``; builds a plan from ``pos``/``batch`` unless given."""
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """``x: [N, C]`` -> ``[N, out_dim]``; builds a plan from ``pos``/``batch`` unless given.
+
+        With ``return_assignment`` also returns each point's global centre id ``[N, heads]``.
+        """
         x = check_float(check_tensor(x, "x", ndim=2), "x")
         if plan is None:
             if pos is None and batch is None:
@@ -238,6 +242,5 @@ class ContextCluster(nn.Module):
         f = self.f(x).view(N, self.heads, self.head_dim)
         v = self.v(x).view(N, self.heads, self.head_dim)
         out, centre = context_cluster(f, v, plan, self.sim_alpha, self.sim_beta, self.normalize)
-        if self.record_assignment:
-            self.last_assignment = centre.detach()
-        return self.proj(out.reshape(N, self.heads * self.head_dim))
+        out = self.proj(out.reshape(N, self.heads * self.head_dim))
+        return (out, centre) if return_assignment else out

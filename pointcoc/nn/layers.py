@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_drop_prob
+
 __all__ = ["Mlp", "DropPath"]
 
 
@@ -25,19 +27,19 @@ class DropPath(nn.Module):
     """Stochastic depth per sample: ``forward(x [N, C], batch [N], num_samples)``.
 
     In training each sample's whole residual branch is dropped with probability
-    ``p`` (kept branches are scaled by ``1 / (1 - p)``); identity in eval.
+    ``drop_prob`` (kept branches are scaled by ``1 / (1 - drop_prob)``); identity in eval.
     """
 
-    def __init__(self, p: float = 0.0) -> None:
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        self.p = p
+        self.drop_prob = check_drop_prob(drop_prob)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"drop_prob={self.drop_prob}"
 
     def forward(self, x: Tensor, batch: Tensor, num_samples: int) -> Tensor:
-        if self.p == 0.0 or not self.training:
+        if self.drop_prob == 0.0 or not self.training:
             return x
-        keep = 1.0 - self.p
+        keep = 1.0 - self.drop_prob
         mask = torch.empty(num_samples, 1, dtype=x.dtype, device=x.device).bernoulli_(keep) / keep
         return x * mask[batch]

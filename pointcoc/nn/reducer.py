@@ -1,4 +1,4 @@
-"""Point reducer: anchors fuse their neighbourhood by one convolution weight (SPEC section 3).
+"""Point reducer: anchors fuse their neighbourhood by one convolution weight (docs/design.md §7).
 
 One weight, in convolution layout ``[out, in, k_1, ..., k_P]`` (the released checkpoints'
 layout; ``Conv3d`` layout for 3-D positions), two ways to apply it:
@@ -26,26 +26,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.batch import batch_ptr
+from ..points import pixel_positions
 from .anchors import ANCHORS, reduce_anchors
 from .geometry import PointGeometry
 from .kernel import kernel_taps
 
-__all__ = ["PointReducer", "REDUCE_MODES", "lattice_windows", "grid_positions"]
+__all__ = ["PointReducer", "REDUCE_MODES", "lattice_windows"]
 
 REDUCE_MODES = ("lattice", "point")
 
 
 def _tuple(v: Union[int, Tuple[int, ...]], n: int) -> Tuple[int, ...]:
     return (v,) * n if isinstance(v, int) else tuple(int(t) for t in v)
-
-
-def grid_positions(pixel: Tensor, size: Tensor, dtype: torch.dtype) -> Tensor:
-    """SPEC section 1 positions of grid points: ``(i / (H-1) - 0.5, j / (W-1) - 0.5)`` (0 where H or W is 1).
-
-    ``pixel: [N, 2]``, ``size: [N, 2]`` -> ``[N, 2]``.
-    """
-    denom = (size - 1).to(dtype)
-    return torch.where(denom > 0, pixel.to(dtype) / denom.clamp(min=1) - 0.5, torch.zeros_like(denom))
 
 
 def _lookup_table(geo: PointGeometry) -> Tuple[Tensor, Tensor]:
@@ -94,7 +86,7 @@ def lattice_windows(
     valid = (rows >= 0) & (rows < bsz[:, :1]) & (cols >= 0) & (cols < bsz[:, 1:])
     lin = offset[ob, None] + rows.clamp(min=0) * bsz[:, 1:] + cols.clamp(min=0)
     index = torch.where(valid, table[torch.where(valid, lin, torch.zeros_like(lin))], torch.full_like(lin, -1))
-    new = PointGeometry(pos=grid_positions(anchor, osz, geo.pos.dtype), batch=ob, num_samples=geo.num_samples,
+    new = PointGeometry(pos=pixel_positions(anchor, osz, geo.pos.dtype), batch=ob, num_samples=geo.num_samples,
                         pixel=anchor, grid_size=out_size)
     return index, new
 

@@ -1,9 +1,9 @@
 """Point-set operations: sampling, neighbours (kNN, radius, nearest), voxels, interpolation,
 grid proposal, ragged-batch utilities. Pure PyTorch; signatures follow torch-cluster / PyG."""
 from .backend import get_backend, set_backend, use_backend
-from .batch import batch_counts, batch_ptr, from_dense_batch, to_dense_batch
+from .batch import batch_counts, batch_ptr, to_dense_batch
 from .fps import fps
-from .grid import adaptive_bins, grid_proposal
+from .grid import grid_proposal
 from .interpolate import knn_interpolate
 from .knn import knn, knn_dense, knn_graph, knn_padded, nearest
 from .radius import radius, radius_graph
@@ -13,7 +13,6 @@ from .voxel import grid_cluster, voxel_grid
 __all__ = [
     "batch_counts",
     "batch_ptr",
-    "from_dense_batch",
     "to_dense_batch",
     "random_sample",
     "fps",
@@ -27,7 +26,6 @@ __all__ = [
     "grid_cluster",
     "voxel_grid",
     "knn_interpolate",
-    "adaptive_bins",
     "grid_proposal",
     "set_backend",
     "get_backend",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._checks import check_batch, check_tensor
 
-__all__ = ["batch_counts", "batch_ptr", "slot_in_sample", "to_dense_batch", "from_dense_batch"]
+__all__ = ["batch_counts", "batch_ptr", "slot_in_sample", "to_dense_batch"]
 
 
 def batch_counts(batch: Tensor, num_samples: Optional[int] = None) -> Tensor:
@@ -64,29 +64,3 @@ def to_dense_batch(
     mask = torch.zeros(num_samples, n, dtype=torch.bool, device=x.device)
     mask[batch, slot] = True
     return dense, mask
-
-
-def from_dense_batch(dense: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """Flatten a dense batch back to ragged form.
-
-    Args:
-        dense: ``[B, n, ...]``.
-        mask: ``[B, n]`` bool, True for real points (``None``: all real).
-
-    Returns:
-        ``x: [N, ...]`` (points in sample order) and ``batch: [N]``.
-    """
-    dense = check_tensor(dense, "dense")
-    if dense.dim() < 2:
-        raise ValueError(f"dense must be [B, n, ...], got shape {tuple(dense.shape)}")
-    B, n = dense.shape[:2]
-    if mask is None:
-        batch = torch.arange(B, device=dense.device).repeat_interleave(n)
-        return dense.reshape((B * n,) + tuple(dense.shape[2:])), batch
-    mask = check_tensor(mask, "mask", ndim=2)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-    if tuple(mask.shape) != (B, n):
-        raise ValueError(f"mask must have shape {(B, n)} to match dense, got {tuple(mask.shape)}")
-    batch = torch.arange(B, device=dense.device)[:, None].expand(B, n)[mask]
-    return dense[mask], batch

@@ -64,7 +64,7 @@ def fps(
     sample, same per-sample counts); it computes in the dtype of ``pos`` and may resolve
     near-ties differently. Its CPU kernel is not used.
     """
-    pos = check_positions(pos, "pos")
+    pos = check_positions(pos, "pos").detach()
     batch = batch_or_ptr(batch, ptr, pos.size(0), pos.device, "batch", "ptr")
     batch, num_samples = check_batch(batch, pos.size(0), pos.device, "batch")
     if batch_size is not None:
@@ -74,15 +74,13 @@ def fps(
     random_start = check_bool(random_start, "random_start")
     counts = batch_counts(batch, num_samples)
     picks = per_sample_count(counts, ratio, num_points)
-    pos = pos.detach()
     working_dtype(pos, pos, batch, batch, num_samples)  # raises where float64 overflows
 
     cluster = torch_cluster_module() if pos.is_cuda else None  # on CPU its kernel is slower than ours
     if cluster is not None and generator is None and num_points is None and not isinstance(ratio, Tensor):
         if _cluster_counts_match(counts, picks, ratio, pos):
             return cluster.fps(pos, batch, ratio, random_start)
-    pos = pos.double()
-    return _fps_dense(pos, batch, counts, picks, _start_slots(counts, random_start, generator))
+    return _fps_dense(pos.double(), batch, counts, picks, _start_slots(counts, random_start, generator))
 
 
 def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tensor) -> bool:

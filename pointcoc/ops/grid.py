@@ -16,27 +16,7 @@ from torch import Tensor
 from .._checks import check_k, check_tensor
 from .batch import batch_ptr
 
-__all__ = ["adaptive_bins", "grid_proposal"]
-
-
-def adaptive_bins(length: Tensor, n: int) -> Tuple[Tensor, Tensor]:
-    """Start and end of the ``n`` adaptive-pooling bins of axes of the given lengths.
-
-    Args:
-        length: ``[...]`` integer tensor of axis lengths (>= 1).
-        n: number of bins per axis.
-
-    Returns:
-        ``start: [..., n]`` and ``end: [..., n]`` (int64, end exclusive):
-        ``start_t = floor(t*L/n)``, ``end_t = ceil((t+1)*L/n)``.
-    """
-    length = _check_lengths(length, "length")
-    n = check_k(n, "n")
-    t = torch.arange(n, device=length.device)
-    length = length.unsqueeze(-1)
-    start = torch.div(t * length, n, rounding_mode="floor")
-    end = torch.div((t + 1) * length + (n - 1), n, rounding_mode="floor")
-    return start, end
+__all__ = ["grid_proposal"]
 
 
 def grid_proposal(coord: Tensor, extent: Tensor, bins: Sequence[int]) -> Tuple[Tensor, Tensor]:
@@ -50,7 +30,8 @@ def grid_proposal(coord: Tensor, extent: Tensor, bins: Sequence[int]) -> Tuple[T
     Returns:
         ``point_index: [E]`` and ``bin_index: [E]`` (int64), one entry per membership,
         ``bin_index = t_row * bins[1] + t_col``; sorted by point, then bin.
-        The mean of a bin's members is the corresponding ``adaptive_avg_pool2d`` output.
+        Bin ``t`` of an axis of length ``L`` holds ``[floor(t*L/n), ceil((t+1)*L/n))``, so the
+        mean of a bin's members is the corresponding ``adaptive_avg_pool2d`` output.
     """
     coord = check_tensor(coord, "coord", ndim=2)
     extent = check_tensor(extent, "extent", ndim=2)

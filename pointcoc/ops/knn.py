@@ -29,9 +29,9 @@ from .._checks import (
     check_padded_width,
     check_tensor,
 )
+from . import cells
 from .backend import torch_cluster_module
 from .batch import batch_counts
-from . import cells
 from .exact import REFINE_EXTRA, pair_distances, refine, working_dtype
 from .search import DEFAULT_CHUNK_ENTRIES, search
 

@@ -1,4 +1,4 @@
-"""Tests of the grid reference: the plain context cluster (against a float64 numpy
+"""Tests of the reference implementation: the plain context cluster (against a float64 numpy
 oracle and hand-built cases) and the CoC image models (names, shapes, parameter counts)."""
 import dataclasses
 import math
@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from pointcoc import grid
-from pointcoc.grid import Cluster
+from pointcoc import reference
+from pointcoc.models.configs import VARIANTS, CocConfig
+from pointcoc.reference import Cluster
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -30,20 +31,20 @@ def _sigmoid(z):
 
 
 def cluster_oracle(layer: Cluster, x: np.ndarray) -> np.ndarray:
-    """Context cluster of SPEC section 2 with explicit loops, float64 numpy. ``x: [B, C, H, W]``."""
+    """Context cluster of docs/design.md §5 with explicit loops, float64 numpy. ``x: [B, C, H, W]``."""
     sd = {k: v.detach().cpu().double().numpy() for k, v in layer.state_dict().items()}
     alpha, beta = sd["sim_alpha"][0], sd["sim_beta"][0]
     feat = np.einsum("oc,bchw->bohw", sd["f.weight"][:, :, 0, 0], x) + sd["f.bias"][None, :, None, None]
     val = np.einsum("oc,bchw->bohw", sd["v.weight"][:, :, 0, 0], x) + sd["v.bias"][None, :, None, None]
     batch, _, height, width = x.shape
-    th, tw = height // layer.fold_h, width // layer.fold_w
-    ph, pw = layer.proposal_h, layer.proposal_w
+    th, tw = height // layer.regions_h, width // layer.regions_w
+    ph, pw = layer.centres_h, layer.centres_w
     mixed = np.zeros_like(feat)
     for b in range(batch):
         for e in range(layer.heads):
             chs = slice(e * layer.head_dim, (e + 1) * layer.head_dim)
-            for r in range(layer.fold_h):
-                for q in range(layer.fold_w):
+            for r in range(layer.regions_h):
+                for q in range(layer.regions_w):
                     rows, cols = slice(r * th, (r + 1) * th), slice(q * tw, (q + 1) * tw)
                     tile_f, tile_v = feat[b, chs, rows, cols], val[b, chs, rows, cols]
                     centres, vcentres = [], []
@@ -91,7 +92,7 @@ def _randomised(layer: Cluster, seed: int) -> Cluster:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("normalize", ["similarity", "count"])
 @pytest.mark.parametrize(
-    "size, prop_hw, fold_hw, heads",
+    "size, prop_hw, regions_hw, heads",
     [
         ((4, 6), (2, 3), (1, 1), 1),
         ((6, 4), (3, 2), (2, 1), 2),  # rows vs columns kept apart
@@ -100,10 +101,10 @@ def _randomised(layer: Cluster, seed: int) -> Cluster:
         ((8, 8), (2, 2), (4, 4), 2),  # 2x2 tiles, one point per bin
     ],
 )
-def test_cluster_matches_numpy_oracle(device, normalize, size, prop_hw, fold_hw, heads):
+def test_cluster_matches_numpy_oracle(device, normalize, size, prop_hw, regions_hw, heads):
     torch.manual_seed(0)
     layer = Cluster(
-        5, 4, proposal_w=prop_hw[1], proposal_h=prop_hw[0], fold_w=fold_hw[1], fold_h=fold_hw[0],
+        5, 4, centres_w=prop_hw[1], centres_h=prop_hw[0], regions_w=regions_hw[1], regions_h=regions_hw[0],
         heads=heads, head_dim=3, normalize=normalize,
     ).double()
     _randomised(layer, seed=sum(size) + heads)
@@ -116,7 +117,7 @@ def test_cluster_matches_numpy_oracle(device, normalize, size, prop_hw, fold_hw,
 
 def test_cluster_hand_computed_single_centre():
     # 1 head, 2x2 image, 1 centre; f = v = proj = identity, alpha = 2, beta = -0.5
-    layer = Cluster(2, 2, proposal_w=1, proposal_h=1, fold_w=1, fold_h=1, heads=1, head_dim=2).double()
+    layer = Cluster(2, 2, centres_w=1, centres_h=1, regions_w=1, regions_h=1, heads=1, head_dim=2).double()
     with torch.no_grad():
         for conv in (layer.f, layer.v, layer.proj):
             conv.weight.copy_(torch.eye(2, dtype=torch.float64)[:, :, None, None])
@@ -139,7 +140,7 @@ def test_cluster_hand_computed_single_centre():
 
 def test_cluster_ties_go_to_lowest_centre():
     # Two centres (1 row x 2 columns of bins) with identical similarity features, different value centres.
-    layer = Cluster(3, 2, proposal_w=2, proposal_h=1, fold_w=1, fold_h=1, heads=1, head_dim=2, normalize="count").double()
+    layer = Cluster(3, 2, centres_w=2, centres_h=1, regions_w=1, regions_h=1, heads=1, head_dim=2, normalize="count").double()
     with torch.no_grad():
         layer.f.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)[:, :, None, None])
         layer.v.weight.copy_(torch.tensor([[0, 0, 1.0], [1.0, 0, 0]], dtype=torch.float64)[:, :, None, None])
@@ -176,7 +177,7 @@ def test_cluster_normalize_modes_differ():
 @pytest.mark.parametrize("device", DEVICES)
 def test_cluster_gradcheck(device):
     torch.manual_seed(0)
-    layer = _randomised(Cluster(3, 2, proposal_w=2, proposal_h=2, fold_w=1, fold_h=1, heads=2, head_dim=3), 5)
+    layer = _randomised(Cluster(3, 2, centres_w=2, centres_h=2, regions_w=1, regions_h=1, heads=2, head_dim=3), 5)
     layer = layer.double().to(device)
     # the input and the similarity path (f, alpha, beta), whose gradient passes the argmax mask
     names = ["f.weight", "f.bias", "sim_alpha", "sim_beta"]
@@ -190,8 +191,8 @@ def test_cluster_gradcheck(device):
 
 
 def test_cluster_divisibility_and_input_errors():
-    layer = Cluster(4, 4, fold_w=3, fold_h=2, heads=1, head_dim=2)
-    with pytest.raises(ValueError, match=r"4x4.*fold_h=2 x fold_w=3"):
+    layer = Cluster(4, 4, regions_w=3, regions_h=2, heads=1, head_dim=2)
+    with pytest.raises(ValueError, match=r"4x4.*regions_h=2 x regions_w=3"):
         layer(torch.randn(1, 4, 4, 4))
     assert layer(torch.randn(1, 4, 4, 6)).shape == (1, 4, 4, 6)
     with pytest.raises(ValueError, match="x must have 4 channels"):
@@ -202,8 +203,8 @@ def test_cluster_divisibility_and_input_errors():
         layer(torch.ones(1, 4, 4, 6, dtype=torch.long))
     with pytest.raises(ValueError, match="normalize"):
         Cluster(4, 4, normalize="mean")
-    with pytest.raises(ValueError, match="fold_w"):
-        Cluster(4, 4, fold_w=0)
+    with pytest.raises(ValueError, match="regions_w"):
+        Cluster(4, 4, regions_w=0)
     with pytest.raises(TypeError, match="heads"):
         Cluster(4, 4, heads=2.0)
 
@@ -214,24 +215,24 @@ def test_cluster_divisibility_and_input_errors():
 @pytest.mark.parametrize("name", list(PARAMS_1000))
 def test_parameter_counts(name):
     with torch.device("meta"):
-        model = grid.create_model(name)
+        model = reference.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == PARAMS_1000[name]
 
 
 def test_list_models_and_variants():
-    assert grid.list_models() == ["coc_tiny", "coc_tiny2", "coc_tiny_plain", "coc_small", "coc_medium", "coc_mini"]
-    cfg = grid.VARIANTS["coc_tiny2"]
-    assert isinstance(cfg, grid.CocConfig)
-    assert (cfg.proposals, cfg.folds, cfg.head_dim) == ((4, 2, 7, 4), (7, 7, 1, 1), 24)
+    assert reference.list_models() == ["coc_tiny", "coc_tiny2", "coc_tiny_plain", "coc_small", "coc_medium", "coc_mini"]
+    cfg = VARIANTS["coc_tiny2"]
+    assert isinstance(cfg, CocConfig)
+    assert (cfg.centres, cfg.regions, cfg.head_dim) == ((4, 2, 7, 4), (7, 7, 1, 1), 24)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.head_dim = 3
     with pytest.raises(ValueError, match="coc_huge"):
-        grid.create_model("coc_huge")
+        reference.create_model("coc_huge")
 
 
 def test_state_dict_names_and_init():
     torch.manual_seed(0)
-    model = grid.create_model("coc_tiny")
+    model = reference.create_model("coc_tiny")
     sd = model.state_dict()
     shapes = {
         "patch_embed.proj.weight": (32, 5, 4, 4),
@@ -273,7 +274,7 @@ def test_state_dict_names_and_init():
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_224(device):
     torch.manual_seed(0)
-    model = grid.create_model("coc_tiny").to(device).eval()
+    model = reference.create_model("coc_tiny").to(device).eval()
     x = torch.randn(1, 3, 224, 224, device=device)
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -292,7 +293,7 @@ def test_forward_224(device):
 )
 def test_forward_small_sizes(name, size, in_chans, feat_hw):
     torch.manual_seed(0)
-    model = grid.create_model(name, num_classes=7, in_chans=in_chans).eval()
+    model = reference.create_model(name, num_classes=7, in_chans=in_chans).eval()
     x = torch.randn(2, in_chans, *size)
     with torch.no_grad():
         assert model.forward_features(x).shape == (2, 320, *feat_hw)
@@ -304,9 +305,9 @@ def test_forward_small_sizes(name, size, in_chans, feat_hw):
 
 
 def test_model_input_errors():
-    model = grid.create_model("coc_tiny", num_classes=3)
-    with pytest.raises(ValueError, match=r"12x12.*fold_h=8 x fold_w=8"):
-        model(torch.randn(1, 3, 48, 48))  # stage 0 map 12x12 is not divisible by fold 8
+    model = reference.create_model("coc_tiny", num_classes=3)
+    with pytest.raises(ValueError, match=r"12x12.*regions_h=8 x regions_w=8"):
+        model(torch.randn(1, 3, 48, 48))  # stage 0 map 12x12 is not divisible by 8 regions per side
     with pytest.raises(ValueError, match="in_chans=3"):
         model(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="x must have 4 dimensions"):
@@ -314,12 +315,12 @@ def test_model_input_errors():
     with pytest.raises(ValueError, match="at least 4x4"):
         model(torch.randn(1, 3, 2, 32))
     with pytest.raises(TypeError, match="config"):
-        grid.ContextClusterNet("coc_tiny")
+        reference.ContextClusterNet("coc_tiny")
 
 
 def test_position_channels():
     x = torch.zeros(2, 1, 3, 5, dtype=torch.float64)
-    out = grid.add_position_channels(x)
+    out = reference.add_position_channels(x)
     assert out.shape == (2, 3, 3, 5)
     rows = torch.tensor([-0.5, 0.0, 0.5], dtype=torch.float64)
     cols = torch.tensor([-0.5, -0.25, 0.0, 0.25, 0.5], dtype=torch.float64)
@@ -329,11 +330,11 @@ def test_position_channels():
 
 
 def test_drop_path():
-    model = grid.create_model("coc_tiny", drop_path_rate=0.13)
-    rates = [block.drop_path.rate for stage in model.network[0::2] for block in stage]
+    model = reference.create_model("coc_tiny", drop_path_rate=0.13)
+    rates = [block.drop_path.drop_prob for stage in model.network[0::2] for block in stage]
     assert len(rates) == 14
     np.testing.assert_allclose(rates, np.linspace(0.0, 0.13, 14), rtol=1e-6, atol=1e-8)
-    layer = grid.DropPath(0.5)
+    layer = reference.DropPath(0.5)
     x = torch.ones(2000, 3)
     layer.train()
     y = layer(x)
@@ -343,13 +344,13 @@ def test_drop_path():
     assert 800 < int((per_sample == 0).sum()) < 1200
     layer.eval()
     assert torch.equal(layer(x), x)
-    with pytest.raises(ValueError, match="rate"):
-        grid.DropPath(1.0)
+    with pytest.raises(ValueError, match="drop_prob"):
+        reference.DropPath(1.0)
 
 
 def test_mlp_is_per_pixel_linear():
     torch.manual_seed(0)
-    mlp = grid.Mlp(4, 8).double()
+    mlp = reference.Mlp(4, 8).double()
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
     hidden = torch.nn.functional.gelu(torch.einsum("oc,bchw->bohw", mlp.fc1.weight, x) + mlp.fc1.bias[:, None, None])
     expected = torch.einsum("oc,bchw->bohw", mlp.fc2.weight, hidden) + mlp.fc2.bias[:, None, None]
@@ -358,7 +359,7 @@ def test_mlp_is_per_pixel_linear():
 
 def test_block_residual_structure():
     torch.manual_seed(0)
-    block = grid.ClusterBlock(8, 2, heads=2, head_dim=4, proposals=2, fold=1, layer_scale_init_value=0.25).double()
+    block = reference.ClusterBlock(8, 2, heads=2, head_dim=4, centres=2, regions=1, layer_scale_init_value=0.25).double()
     x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
     y = x + 0.25 * block.token_mixer(block.norm1(x))
     y = y + 0.25 * block.mlp(block.norm2(y))

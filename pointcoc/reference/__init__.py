@@ -1,13 +1,13 @@
-"""Grid reference implementation: the context cluster and CoC models on ``[B, C, H, W]`` images.
+"""Reference implementation: the context cluster and CoC models on ``[B, C, H, W]`` images.
 
 Written plainly (dense similarity, 0/1 assignment mask) as the oracle the
-points-mode models are tested against.
+points-mode models are tested against (docs/design.md §1, §13). A leaf: only tests,
+benchmarks and the checkpoint converter import it.
 """
-from .cluster import NORMALIZE_MODES, Cluster
+
+from .cluster import Cluster
 from .models import (
-    VARIANTS,
     ClusterBlock,
-    CocConfig,
     ContextClusterNet,
     DropPath,
     Mlp,
@@ -19,9 +19,6 @@ from .models import (
 
 __all__ = [
     "Cluster",
-    "NORMALIZE_MODES",
-    "CocConfig",
-    "VARIANTS",
     "add_position_channels",
     "DropPath",
     "PointReducer",

@@ -1,16 +1,16 @@
 """The context-cluster operation on image feature maps, written plainly (the oracle).
 
-This is the reference formulation of SPEC section 2 on ``[B, C, H, W]`` tensors:
+This is the reference formulation of docs/design.md §5 on ``[B, C, H, W]`` tensors:
 dense centre-by-point similarity, a 0/1 assignment mask, and the full
 ``[b, M, N, c]`` aggregate/dispatch products. It is deliberately not optimised:
 the points-mode implementation is tested against it, and benchmarks compare its
 memory use against this formulation.
 
 Naming: ``*_h`` counts along rows (height, dim 2), ``*_w`` along columns
-(width, dim 3). The feature map is cut into ``fold_h x fold_w`` equal tiles
-(tile index ``row_tile * fold_w + col_tile``); inside each tile the centres are
-the ``proposal_h x proposal_w`` bins of adaptive average pooling, numbered
-row-major (``bin_row * proposal_w + bin_col``); points are numbered row-major.
+(width, dim 3). The feature map is cut into ``regions_h x regions_w`` equal tiles
+(tile index ``row_tile * regions_w + col_tile``); inside each tile the centres are
+the ``centres_h x centres_w`` bins of adaptive average pooling, numbered
+row-major (``bin_row * centres_w + bin_col``); points are numbered row-major.
 """
 from __future__ import annotations
 
@@ -20,12 +20,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_float, check_k, check_tensor
+from ..nn.context_cluster import NORMALIZATIONS
 
-__all__ = ["Cluster", "NORMALIZE_MODES"]
-
-#: ``"similarity"``: divide the aggregate by ``1 + sum of assigned similarities`` (paper, current reference);
-#: ``"count"``: divide by ``1 + number of assigned points`` (the older reference).
-NORMALIZE_MODES = ("similarity", "count")
+__all__ = ["Cluster"]
 
 
 class Cluster(nn.Module):
@@ -41,28 +38,28 @@ class Cluster(nn.Module):
         self,
         dim: int,
         out_dim: int,
-        proposal_w: int = 2,
-        proposal_h: int = 2,
-        fold_w: int = 2,
-        fold_h: int = 2,
+        centres_w: int = 2,
+        centres_h: int = 2,
+        regions_w: int = 2,
+        regions_h: int = 2,
         heads: int = 4,
         head_dim: int = 24,
         normalize: str = "similarity",
     ) -> None:
         super().__init__()
         for value, name in (
-            (dim, "dim"), (out_dim, "out_dim"), (proposal_w, "proposal_w"), (proposal_h, "proposal_h"),
-            (fold_w, "fold_w"), (fold_h, "fold_h"), (heads, "heads"), (head_dim, "head_dim"),
+            (dim, "dim"), (out_dim, "out_dim"), (centres_w, "centres_w"), (centres_h, "centres_h"),
+            (regions_w, "regions_w"), (regions_h, "regions_h"), (heads, "heads"), (head_dim, "head_dim"),
         ):
             check_k(value, name)
-        if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.dim = dim
         self.out_dim = out_dim
-        self.proposal_w = proposal_w
-        self.proposal_h = proposal_h
-        self.fold_w = fold_w
-        self.fold_h = fold_h
+        self.centres_w = centres_w
+        self.centres_h = centres_h
+        self.regions_w = regions_w
+        self.regions_h = regions_h
         self.heads = heads
         self.head_dim = head_dim
         self.normalize = normalize
@@ -75,22 +72,22 @@ class Cluster(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, out_dim={self.out_dim}, proposal_h={self.proposal_h}, proposal_w={self.proposal_w}, "
-            f"fold_h={self.fold_h}, fold_w={self.fold_w}, heads={self.heads}, head_dim={self.head_dim}, "
+            f"dim={self.dim}, out_dim={self.out_dim}, centres_h={self.centres_h}, centres_w={self.centres_w}, "
+            f"regions_h={self.regions_h}, regions_w={self.regions_w}, heads={self.heads}, head_dim={self.head_dim}, "
             f"normalize={self.normalize!r}"
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x: [B, dim, H, W]`` -> ``[B, out_dim, H, W]``; ``H % fold_h == 0`` and ``W % fold_w == 0``."""
+        """``x: [B, dim, H, W]`` -> ``[B, out_dim, H, W]``; ``H % regions_h == 0`` and ``W % regions_w == 0``."""
         check_tensor(x, "x", ndim=4)
         check_float(x, "x")
         if x.size(1) != self.dim:
             raise ValueError(f"x must have {self.dim} channels (dim), got shape {tuple(x.shape)}")
         height, width = x.shape[2], x.shape[3]
-        if height % self.fold_h or width % self.fold_w:
+        if height % self.regions_h or width % self.regions_w:
             raise ValueError(
-                f"feature map size {height}x{width} (HxW) is not divisible by the folds "
-                f"fold_h={self.fold_h} x fold_w={self.fold_w}"
+                f"feature map size {height}x{width} (HxW) is not divisible by the regions "
+                f"regions_h={self.regions_h} x regions_w={self.regions_w}"
             )
 
         value = self.v(x)
@@ -98,14 +95,14 @@ class Cluster(nn.Module):
         # heads: channel ch belongs to head ch // head_dim
         value = rearrange(value, "b (e c) h w -> (b e) c h w", e=self.heads)
         feat = rearrange(feat, "b (e c) h w -> (b e) c h w", e=self.heads)
-        # regions: fold_h x fold_w equal tiles
-        value = rearrange(value, "b c (f1 h) (f2 w) -> (b f1 f2) c h w", f1=self.fold_h, f2=self.fold_w)
-        feat = rearrange(feat, "b c (f1 h) (f2 w) -> (b f1 f2) c h w", f1=self.fold_h, f2=self.fold_w)
+        # regions: regions_h x regions_w equal tiles
+        value = rearrange(value, "b c (f1 h) (f2 w) -> (b f1 f2) c h w", f1=self.regions_h, f2=self.regions_w)
+        feat = rearrange(feat, "b c (f1 h) (f2 w) -> (b f1 f2) c h w", f1=self.regions_h, f2=self.regions_w)
         b, c, h, w = feat.shape
 
         # centres: adaptive average pooling bins, flattened row-major -> [b, M, c]
-        centres = F.adaptive_avg_pool2d(feat, (self.proposal_h, self.proposal_w))
-        value_centres = F.adaptive_avg_pool2d(value, (self.proposal_h, self.proposal_w))
+        centres = F.adaptive_avg_pool2d(feat, (self.centres_h, self.centres_w))
+        value_centres = F.adaptive_avg_pool2d(value, (self.centres_h, self.centres_w))
         centres = rearrange(centres, "b c h w -> b (h w) c")
         value_centres = rearrange(value_centres, "b c h w -> b (h w) c")
         points = rearrange(feat, "b c h w -> b (h w) c")  # [b, N, c]
@@ -129,6 +126,6 @@ class Cluster(nn.Module):
         out = (aggregated.unsqueeze(2) * sim.unsqueeze(-1)).sum(dim=1)
 
         out = rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
-        out = rearrange(out, "(b f1 f2) c h w -> b c (f1 h) (f2 w)", f1=self.fold_h, f2=self.fold_w)
+        out = rearrange(out, "(b f1 f2) c h w -> b c (f1 h) (f2 w)", f1=self.regions_h, f2=self.regions_w)
         out = rearrange(out, "(b e) c h w -> b (e c) h w", e=self.heads)
         return self.proj(out)

@@ -1,24 +1,22 @@
 """Context Cluster (CoC) image classifiers on ``[B, C, H, W]`` grids: the reference models.
 
-``VARIANTS`` holds each variant's architecture (:class:`CocConfig`, SPEC section 3)
-and is the single source of truth for the points-mode models as well. Module and
+The architectures come from :data:`pointcoc.models.configs.VARIANTS` (docs/design.md §8). Module and
 parameter names follow the released checkpoints' "new naming", so an official
 state dict loads into :class:`ContextClusterNet` as is.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import List
 
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_tensor
+from .._checks import check_drop_prob, check_float, check_tensor
+from ..models.configs import VARIANTS, CocConfig
+from ..points import pixel_positions
 from .cluster import Cluster
 
 __all__ = [
-    "CocConfig",
-    "VARIANTS",
     "add_position_channels",
     "DropPath",
     "PointReducer",
@@ -30,49 +28,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class CocConfig:
-    """Architecture of one CoC variant; every tuple has one entry per stage (4 stages).
-
-    ``proposals[s]``: centres per region side in stage ``s`` (``proposals[s]**2`` centres per region);
-    ``folds[s]``: regions per side (``folds[s]**2`` equal tiles of the feature map).
-    ``stem`` / ``downsample``: ``(kernel, stride, padding)`` of the first reducer and of the
-    reducers between stages (SPEC section 3: 4x4 stride 4, and 3x3 stride 2 padding 1).
-    """
-
-    layers: Tuple[int, ...]
-    dims: Tuple[int, ...]
-    mlp_ratios: Tuple[int, ...]
-    heads: Tuple[int, ...]
-    head_dim: int
-    proposals: Tuple[int, ...]
-    folds: Tuple[int, ...]
-    stem: Tuple[int, int, int] = (4, 4, 0)
-    downsample: Tuple[int, int, int] = (3, 2, 1)
-
-
-_TINY = dict(layers=(3, 4, 5, 2), dims=(32, 64, 196, 320), mlp_ratios=(8, 8, 4, 4), heads=(4, 4, 8, 8), head_dim=24)
-
-VARIANTS: Dict[str, CocConfig] = {
-    "coc_tiny": CocConfig(**_TINY, proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1)),
-    "coc_tiny2": CocConfig(**_TINY, proposals=(4, 2, 7, 4), folds=(7, 7, 1, 1)),
-    "coc_tiny_plain": CocConfig(**_TINY, proposals=(4, 4, 2, 2), folds=(1, 1, 1, 1)),
-    "coc_small": CocConfig(
-        layers=(2, 2, 6, 2), dims=(64, 128, 320, 512), mlp_ratios=(8, 8, 4, 4), heads=(4, 4, 8, 8), head_dim=32,
-        proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1),
-    ),
-    "coc_medium": CocConfig(
-        layers=(4, 4, 12, 4), dims=(64, 128, 320, 512), mlp_ratios=(8, 8, 4, 4), heads=(6, 6, 12, 12), head_dim=32,
-        proposals=(2, 2, 2, 2), folds=(8, 4, 2, 1),
-    ),
-    # not in the paper: a small network for small images (16x16 to 64x64), 3x3 stride-2 stem
-    "coc_mini": CocConfig(
-        layers=(2, 2, 2), dims=(32, 64, 128), mlp_ratios=(4, 4, 4), heads=(2, 4, 4), head_dim=16,
-        proposals=(2, 2, 1), folds=(2, 1, 1), stem=(3, 2, 1),
-    ),
-}
-
-
 def add_position_channels(x: Tensor) -> Tensor:
     """Append the two position channels: ``x: [B, C, H, W] -> [B, C + 2, H, W]``.
 
@@ -80,8 +35,8 @@ def add_position_channels(x: Tensor) -> Tensor:
     column position ``j / (W - 1) - 0.5`` (H, W >= 2).
     """
     batch, _, height, width = x.shape
-    rows = torch.arange(height, dtype=x.dtype, device=x.device) / (height - 1) - 0.5
-    cols = torch.arange(width, dtype=x.dtype, device=x.device) / (width - 1) - 0.5
+    rows = pixel_positions(torch.arange(height, device=x.device), torch.tensor(height, device=x.device), x.dtype)
+    cols = pixel_positions(torch.arange(width, device=x.device), torch.tensor(width, device=x.device), x.dtype)
     pos = torch.stack(
         (rows[:, None].expand(height, width), cols[None, :].expand(height, width)), dim=0
     )  # [2, H, W]
@@ -89,22 +44,20 @@ def add_position_channels(x: Tensor) -> Tensor:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a sample's residual branch with probability ``rate``
-    (survivors scaled by ``1 / (1 - rate)``); identity in eval. ``x: [B, ...]``."""
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``drop_prob``
+    (survivors scaled by ``1 / (1 - drop_prob)``); identity in eval. ``x: [B, ...]``."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, drop_prob: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"rate (drop path rate) must be in [0, 1), got {rate}")
-        self.rate = rate
+        self.drop_prob = check_drop_prob(drop_prob)
 
     def extra_repr(self) -> str:
-        return f"rate={self.rate}"
+        return f"drop_prob={self.drop_prob}"
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.rate == 0.0:
+        if not self.training or self.drop_prob == 0.0:
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - self.drop_prob
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         mask = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep)
         return x * mask / keep
@@ -146,8 +99,8 @@ class ClusterBlock(nn.Module):
         mlp_ratio: int,
         heads: int,
         head_dim: int,
-        proposals: int,
-        fold: int,
+        centres: int,
+        regions: int,
         drop_path: float = 0.0,
         layer_scale_init_value: float = 1e-5,
         normalize: str = "similarity",
@@ -155,7 +108,7 @@ class ClusterBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(1, dim)
         self.token_mixer = Cluster(
-            dim, dim, proposal_w=proposals, proposal_h=proposals, fold_w=fold, fold_h=fold,
+            dim, dim, centres_w=centres, centres_h=centres, regions_w=regions, regions_h=regions,
             heads=heads, head_dim=head_dim, normalize=normalize,
         )
         self.norm2 = nn.GroupNorm(1, dim)
@@ -177,7 +130,7 @@ class ContextClusterNet(nn.Module):
     channels), four stages of :class:`ClusterBlock` in ``network`` (even
     indices) separated by 3x3 stride-2 reducers (odd indices), then ``norm``
     (GroupNorm), the mean over H and W, and the ``head`` classifier.
-    Each stage's feature map must be divisible by that stage's fold.
+    Each stage's feature map must be divisible by that stage's regions per side.
     """
 
     def __init__(
@@ -205,7 +158,7 @@ class ContextClusterNet(nn.Module):
             blocks = [
                 ClusterBlock(
                     dims[stage], config.mlp_ratios[stage], config.heads[stage], config.head_dim,
-                    config.proposals[stage], config.folds[stage], drop_path=rates[first + i],
+                    config.centres[stage], config.regions[stage], drop_path=rates[first + i],
                     layer_scale_init_value=layer_scale_init_value, normalize=normalize,
                 )
                 for i in range(depth)
@@ -243,14 +196,22 @@ class ContextClusterNet(nn.Module):
             x = module(x)
         return x
 
+    def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
+        """``norm``, the mean over H and W and (unless ``pre_logits``) the classifier.
+
+        ``features``: :meth:`forward_features`'s map. Returns ``[B, dims[-1]]`` pooled features
+        with ``pre_logits``, else logits ``[B, num_classes]``.
+        """
+        pooled = self.norm(features).mean(dim=(-2, -1))
+        return pooled if pre_logits else self.head(pooled)
+
     def forward(self, x: Tensor) -> Tensor:
         """``x: [B, in_chans, H, W]`` -> logits ``[B, num_classes]``."""
-        x = self.norm(self.forward_features(x))
-        return self.head(x.mean(dim=(-2, -1)))
+        return self.forward_head(self.forward_features(x))
 
 
 def list_models() -> List[str]:
-    """Names of the grid CoC variants, in SPEC table order."""
+    """Names of the CoC variants, in the order of docs/design.md §8."""
     return list(VARIANTS)
 
 
