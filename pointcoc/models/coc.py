@@ -21,6 +21,7 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .._checks import check_batch, check_model_kwargs, check_module_input, check_positions, check_tensor
 from ..grid.models import VARIANTS, CocConfig
@@ -94,8 +95,30 @@ class CocBlock(nn.Module):
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.drop_path = DropPath(drop_path)
+        # Selective activation checkpointing: in training the backward pass recomputes
+        # everything but the outputs of the token mixer's linear layers and of the MLP's
+        # output layer (group norms, the MLP's hidden layer and GELU, the cluster dispatch
+        # and its no-grad assignment): about a third of the activations are stored, for a
+        # little more time. Values and gradients are the same as without.
+        self.grad_checkpointing = True
+
+    def _keep_linear_outputs(self):
+        hidden = self.mlp.fc1.out_features
+
+        def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+            matmul = op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+            if matmul and args[-1].size(-1) != hidden:
+                return CheckpointPolicy.MUST_SAVE
+            return CheckpointPolicy.PREFER_RECOMPUTE
+
+        return create_selective_checkpoint_contexts(policy)
 
     def forward(self, x: Tensor, geo: PointGeometry, plan: ClusterPlan) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, geo, plan, use_reentrant=False, context_fn=self._keep_linear_outputs)
+        return self._forward(x, geo, plan)
+
+    def _forward(self, x: Tensor, geo: PointGeometry, plan: ClusterPlan) -> Tensor:
         b, B, u = geo.batch, geo.num_samples, geo.uniform
         x = x + self.drop_path(self.layer_scale_1 * self.token_mixer(self.norm1(x, b, B, u), plan=plan), b, B)
         return x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x, b, B, u)), b, B)
