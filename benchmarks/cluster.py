@@ -150,12 +150,13 @@ def _spawn(args: argparse.Namespace, case: str, impl: str, name: str) -> Optiona
 def _with_ratios(rows: List[Dict], device: str) -> List[Dict]:
     """Time ratio of each row to the first implementation of its (case, what); memory ratio to the quoted reference."""
     first: Dict = {}
+    keys = [(r["case"], r["what"]) for r in rows]
     out = []
     for r in rows:
         base = first.setdefault((r["case"], r["what"]), r)
-        r = dict(r)
-        alone = len(CASES[r["case"]][0]) == 1  # nothing to compare with
-        r["CPU time / A"] = "" if alone else (f"{r['CPU s/step'] / base['CPU s/step']:.2f}" if base is not r else "A")
+        is_base, r = base is r, dict(r)
+        alone = keys.count((r["case"], r["what"])) == 1  # nothing to compare with
+        r["CPU time / A"] = "" if alone else ("A" if is_base else f"{r['CPU s/step'] / base['CPU s/step']:.2f}")
         key = (r["case"], r["what"])
         ref = REFERENCE_GB.get(key, 0)
         quoted = ref and r["impl"] == "points" and device == "cpu"
