@@ -1,22 +1,29 @@
-"""Context-cluster benchmark: the grid reference vs the points path, side by side.
+"""Context-cluster benchmark: the grid reference vs the points path, side by side, in one table.
 
-Cases (forward + backward, float32):
-  a  CoC-Tiny stage 1: batch 8, 56x56, dim 32, 4 heads x 24, 8x8 regions, 2x2 centres
+Cases (float32, batch 8):
+  a  CoC-Tiny stage 1 op (forward + backward): 56x56, dim 32, 4 heads x 24, 8x8 regions, 2x2 centres
   b  the same without regions, 4x4 centres
   c  the same without regions, 16x16 centres
-  d  whole-model training steps at 224x224, batch 8: coc_tiny and coc_tiny_plain
-     (forward, cross-entropy, backward, SGD step; the points path includes image_to_points)
-  e  point mode beside lattice mode: the coc_tiny training step of d on 224x224 images as
-     points, the full grid and a fixed random 50% of the pixels (``pc.sample_pixels``);
-     the input points are built once, outside the timed step
+  d  whole-model training steps at 224x224: coc_tiny and coc_tiny_plain (forward,
+     cross-entropy, backward, SGD step; the points path includes image_to_points)
+  i  coc_tiny inference at 224x224 (no grad)
+  e  point mode beside lattice mode: the coc_tiny training step of d on the full grid and on
+     a fixed random 50% of the pixels (``pc.sample_pixels``), input points built once
+  t  compiled: ``torch.compile(model)`` of coc_tiny in lattice mode, inference and training
+     (``--compile-backend``; the warm-up step includes the compilation)
 
-Every (case, implementation) runs in a fresh subprocess so that its peak memory
-is its own: on CPU the peak resident set size (and its growth over the RSS just
-before the timed steps), on CUDA ``torch.cuda.max_memory_allocated``.
+Every row runs in a fresh subprocess so that its peak memory is its own: on CPU the peak
+resident set size of the whole process (Python and torch included, what the reference
+figures measure), on CUDA ``torch.cuda.max_memory_allocated``. Times are the wall and CPU
+seconds per step after one warm-up step; on a loaded machine compare CPU seconds.
 
-    python benchmarks/cluster.py                 # all cases
-    python benchmarks/cluster.py --cases a b c --repeats 5
-    python benchmarks/cluster.py --cases e --threads 1   # point mode vs lattice mode
+The reference figures are QUOTED, not measured here: the published reference code run on
+this project's 2-core CPU machine kind (issue 13). Every other figure is measured by the
+run that prints it.
+
+    python benchmarks/cluster.py --quick            # d and i, points path only, 1 timed step (< 2 min)
+    python benchmarks/cluster.py                    # all cases
+    python benchmarks/cluster.py --cases e --repeats 3
 """
 from __future__ import annotations
 
@@ -25,89 +32,84 @@ import json
 import os
 import subprocess
 import sys
-
-import torch
+from typing import Callable, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.harness import current_rss_mib, median_step_times, peak_mib, sync  # noqa: E402
+from benchmarks.harness import markdown_table, peak_cuda_gb, peak_rss_gb, pin_threads, time_steps  # noqa: E402
 
-OP_CASES = {
-    "a": dict(regions=8, centres=2),
-    "b": dict(regions=1, centres=4),
-    "c": dict(regions=1, centres=16),
+__all__ = ["CASES", "REFERENCE_GB", "TARGETS", "run_one", "main"]
+
+OP_CASES = {"a": dict(regions=8, centres=2), "b": dict(regions=1, centres=4), "c": dict(regions=1, centres=16)}
+#: case -> (implementations, names)
+CASES = {
+    "a": (("grid", "points"), ["op"]),
+    "b": (("grid", "points"), ["op"]),
+    "c": (("grid", "points"), ["op"]),
+    "d": (("grid", "points"), ["coc_tiny", "coc_tiny_plain"]),
+    "i": (("grid", "points"), ["coc_tiny"]),
+    "e": (("lattice", "point"), ["full", "discrete50"]),
+    "t": (("compiled",), ["coc_tiny infer", "coc_tiny train"]),
 }
-MODEL_CASES = {"d": ["coc_tiny", "coc_tiny_plain"]}
-POINT_CASES = {"e": ["full", "discrete50"]}
-CASES = ["a", "b", "c", "d", "e"]
+#: QUOTED reference peak RSS in GB (published code, batch 8, 224x224, CPU, issue 13). No inference
+#: figure was recorded: the inference one is DERIVED, the points path's inference peak measured
+#: before issue 13's memory work (0.505 GB, coc_tiny, batch 8, commit 4b26ee1) / issue 13's ratio 0.97.
+INFERENCE_BEFORE_GB, INFERENCE_RATIO = 0.505, 0.97
+REFERENCE_GB = {
+    ("d", "coc_tiny"): 1.37,
+    ("d", "coc_tiny_plain"): 1.79,
+    ("i", "coc_tiny"): round(INFERENCE_BEFORE_GB / INFERENCE_RATIO, 2),
+}
+#: memory targets relative to the reference (issue 13)
+TARGETS = {("d", "coc_tiny"): 0.8, ("d", "coc_tiny_plain"): 0.6, ("i", "coc_tiny"): 0.8}
 
 
-def _timed(step, repeats: int, device: str):
-    """Median seconds per step after one warm-up, peak MiB and the RSS (MiB) before the timed steps."""
-    step()  # warm-up
-    sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    base = current_rss_mib()
-    seconds, _ = median_step_times(step, repeats, device)
-    return seconds, peak_mib(device), base
-
-
-def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
-    import pointcoc as pc
+def _op_step(pc, case: str, impl: str, device: str) -> Callable[[], None]:
+    import torch
     from pointcoc.reference.cluster import Cluster
 
-    torch.manual_seed(0)
-    if case in OP_CASES:
-        cfg = OP_CASES[case]
-        B, C, H, W, heads, hd = 8, 32, 56, 56, 4, 24
-        img = torch.randn(B, C, H, W, device=device)
-        if impl == "grid":
-            layer = Cluster(C, C, cfg["centres"], cfg["centres"], cfg["regions"], cfg["regions"], heads, hd).to(device)
-            inp = img.clone().requires_grad_(True)
+    cfg = OP_CASES[case]
+    B, C, H, W, heads, hd = 8, 32, 56, 56, 4, 24
+    img = torch.randn(B, C, H, W, device=device)
+    if impl == "grid":
+        layer = Cluster(C, C, cfg["centres"], cfg["centres"], cfg["regions"], cfg["regions"], heads, hd).to(device)
+        inp = img.clone().requires_grad_(True)
+        return lambda: layer(inp).sum().backward()
+    layer = pc.nn.ContextCluster(C, C, heads, hd, "grid", cfg["centres"], cfg["regions"]).to(device)
+    pts = pc.image_to_points(img)
+    inp = pts.x.clone().requires_grad_(True)
 
-            def step():
-                layer(inp).sum().backward()
-        else:
-            layer = pc.nn.ContextCluster(C, C, heads, hd, "grid", cfg["centres"], cfg["regions"]).to(device)
-            pts = pc.image_to_points(img)
-            inp = pts.x.clone().requires_grad_(True)
+    def step() -> None:
+        plan = layer.make_plan(pts.pos, pts.batch, pixel=pts.pixel, grid_size=pts.grid_size)
+        layer(inp, plan=plan).sum().backward()
 
-            def step():
-                plan = layer.make_plan(pts.pos, pts.batch, pixel=pts.pixel, grid_size=pts.grid_size)
-                layer(inp, plan=plan).sum().backward()
-    elif case in POINT_CASES:
-        step = _point_case_step(pc, impl, name, device)
-    else:
-        images = torch.rand(8, 3, 224, 224, device=device)
-        target = torch.randint(0, 1000, (8,), device=device)
-        model = (pc.reference.create_model(name) if impl == "grid" else pc.create_model(name)).to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-        def step():
-            inp = images if impl == "grid" else pc.image_to_points(images)
-            loss = torch.nn.functional.cross_entropy(model(inp), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    sec, peak, base = _timed(step, repeats, device)
-    return dict(case=case, impl=impl, name=name, sec=sec, peak_mb=peak, growth_mb=peak - base)
+    return step
 
 
-def _point_case_step(pc, impl: str, name: str, device: str):
-    """Case e: one coc_tiny training step in ``impl`` mode ("lattice" / "point") on image points."""
+def _model_step(pc, case: str, impl: str, name: str, device: str, backend: str) -> Callable[[], None]:
+    import torch
+
     images = torch.rand(8, 3, 224, 224, device=device)
     target = torch.randint(0, 1000, (8,), device=device)
-    points = pc.image_to_points(images)
-    if name == "discrete50":
-        points = pc.sample_pixels(points, ratio=0.5, generator=torch.Generator(device=device).manual_seed(0))
-    model = pc.create_model("coc_tiny", mode=impl).to(device).train()
+    model_name = name.split()[0] if case == "t" else ("coc_tiny" if case == "e" else name)
+    if impl == "grid":
+        model, inputs = pc.reference.create_model(model_name), lambda: images
+    else:
+        mode = impl if case == "e" else "lattice"
+        model, points = pc.create_model(model_name, mode=mode), pc.image_to_points(images)
+        if name == "discrete50":
+            points = pc.sample_pixels(points, ratio=0.5, generator=torch.Generator(device=device).manual_seed(0))
+        inputs = (lambda: points) if case in ("e", "t") else (lambda: pc.image_to_points(images))
+    model = model.to(device)
+    forward = torch.compile(model, backend=backend) if case == "t" else model
+    if case == "i" or name.endswith("infer"):
+        model.eval()
+        return lambda: torch.no_grad()(forward)(inputs())
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(points), target)
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(forward(inputs()), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,50 +117,102 @@ def _point_case_step(pc, impl: str, name: str, device: str):
     return step
 
 
-def run(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
-    cmd = [sys.executable, __file__, "--worker", case, impl, name, "--repeats", str(repeats), "--device", device,
-           "--threads", str(torch.get_num_threads())]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {case}/{impl}/{name} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_one(case: str, impl: str, name: str, repeats: int, device: str, backend: str) -> Dict:
+    """Measure one row in this process."""
+    import torch
+
+    import pointcoc as pc
+
+    torch.manual_seed(0)
+    if case in OP_CASES:
+        step = _op_step(pc, case, impl, device)
+    else:
+        step = _model_step(pc, case, impl, name, device, backend)
+    wall, cpu = time_steps(step, 1, repeats, device)
+    peak = peak_cuda_gb(device) if device.startswith("cuda") else peak_rss_gb()
+    what = "regions={fold} centres={centres}x{centres}".format(**OP_CASES[case]) if case in OP_CASES else name
+    impl = f"{impl} ({backend})" if case == "t" else impl
+    return {"case": case, "what": what, "impl": impl, "s/step": wall, "CPU s/step": cpu, "peak GB": peak,
+            "load": os.getloadavg()[0]}
 
 
-def main() -> None:
+def _spawn(args: argparse.Namespace, case: str, impl: str, name: str) -> Optional[Dict]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, impl, name, "--repeats", str(args.repeats),
+           "--device", args.device, "--threads", str(args.threads), "--compile-backend", args.compile_backend]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        print(f"{case}/{impl}/{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _with_ratios(rows: List[Dict], device: str) -> List[Dict]:
+    """Time ratio of each row to the first implementation of its (case, what); memory ratio to the quoted reference."""
+    first: Dict = {}
+    keys = [(r["case"], r["what"]) for r in rows]
+    out = []
+    for r in rows:
+        base = first.setdefault((r["case"], r["what"]), r)
+        is_base, r = base is r, dict(r)
+        alone = keys.count((r["case"], r["what"])) == 1  # nothing to compare with
+        r["CPU time / A"] = "" if alone else ("A" if is_base else f"{r['CPU s/step'] / base['CPU s/step']:.2f}")
+        key = (r["case"], r["what"])
+        ref = REFERENCE_GB.get(key, 0)
+        quoted = ref and r["impl"] == "points" and device == "cpu"
+        r["ref GB (quoted)"] = ref if quoted else ""
+        r["peak / ref (target)"] = f"{r['peak GB'] / ref:.2f} (<= {TARGETS[key]})" if quoted else ""
+        out.append(r)
+    return out
+
+
+def _footer(device: str, threads: int) -> str:
+    quoted = "; ".join(f"{n}: {g} GB" for (c, n), g in REFERENCE_GB.items() if c == "d")
+    return "\n".join([
+        "A = the first implementation of each case (a-d, i: the grid reference; e: lattice mode); "
+        "CPU time / A = the row's CPU seconds per step over A's.",
+        f"QUOTED reference peak RSS (published code, training, batch 8, 224x224, CPU, issue 13): {quoted}; "
+        f"inference (coc_tiny): DERIVED, {REFERENCE_GB[('i', 'coc_tiny')]} GB = {INFERENCE_BEFORE_GB} GB (the points "
+        f"path before issue 13's memory work, measured at commit 4b26ee1) / {INFERENCE_RATIO} (issue 13's ratio).",
+        f"Measured now: every other figure. device={device}, threads per process: {threads}; "
+        "peak GB = " + ("peak CUDA memory allocated" if device.startswith("cuda") else "whole-process peak RSS")
+        + "; load = 1-min load average at the end of each run.",
+    ])  # fmt: skip
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
-    ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (median reported)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES))
+    ap.add_argument("--repeats", type=int, default=2, help="timed steps per row after one warm-up step")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per process (default 1)")
+    ap.add_argument("--quick", action="store_true", help="cases d and i, points path only, 1 timed step")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend of case t")
+    ap.add_argument("--out", help="also write the table to this file")
     ap.add_argument("--worker", nargs=3, metavar=("CASE", "IMPL", "NAME"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
+    pin_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.repeats, args.device)))
+        print(json.dumps(run_one(*args.worker, args.repeats, args.device, args.compile_backend)))
         return
-    print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats}")
-    mem = "peak MB (CUDA alloc)" if args.device == "cuda" else "peak RSS MB (growth)"
-    header = f"{'case':<4} {'what':<22} {'A s':>9} {'B s':>9} {'time ratio':>10}   {mem:<24} {'mem ratio':>9}"
-    print(header + "\n(a-d: A = grid reference, B = points path; e: A = lattice mode, B = point mode)")
-    for case in args.cases:
-        names = MODEL_CASES.get(case) or POINT_CASES.get(case) or ["op"]
-        impls = ("lattice", "point") if case in POINT_CASES else ("grid", "points")
+    if args.quick:
+        args.repeats = 1
+    cases = args.cases or (["d", "i"] if args.quick else list(CASES))
+    rows = []
+    for case in cases:
+        impls, names = CASES[case]
+        impls = ("points",) if args.quick and case in ("d", "i") else impls
         for name in names:
-            g = run(case, impls[0], name, args.repeats, args.device)
-            p = run(case, impls[1], name, args.repeats, args.device)
-            key = "peak_mb" if args.device == "cuda" else "growth_mb"
-            if case in OP_CASES:
-                what = "regions={regions} centres={centres}x{centres}".format(**OP_CASES[case])
-            else:
-                what = name if case in MODEL_CASES else f"coc_tiny {name}"
-            gm, pm = g[key], p[key]
-            print(
-                f"{case:<4} {what:<22} {g['sec']:>9.3f} {p['sec']:>9.3f} {p['sec'] / g['sec']:>9.2f}x   "
-                f"{g['peak_mb']:>7.0f} ({gm:>6.0f}) -> {p['peak_mb']:>5.0f} ({pm:>5.0f}) {pm / max(gm, 1e-9):>8.2f}x"
-            )
-    print("time ratio = B / A (lower is better); mem ratio = B / A memory "
-          + ("allocated" if args.device == "cuda" else "growth during the timed steps"))
+            for impl in impls:
+                print(f"[{case}] {name} {impl}", file=sys.stderr)
+                row = _spawn(args, case, impl, name)
+                if row is not None:
+                    rows.append(row)
+    table = markdown_table(_with_ratios(rows, args.device)) + "\n\n" + _footer(args.device, args.threads)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(table + "\n")
 
 
 if __name__ == "__main__":

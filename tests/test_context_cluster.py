@@ -116,3 +116,34 @@ def test_index_proposal_matches_brute_force():
             d = ((pos[pts] - pos[p]) ** 2).sum(1)
             members[g].append(pts[torch.argsort(d, stable=True)[:3]])
     torch.testing.assert_close(out, _brute_force(f, v, batch, members, 2.0, -0.5), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("proposal", ["grid", "fps"])
+def test_block_checkpointing_keeps_values_and_gradients(device, proposal):
+    """A CoC block with selective activation checkpointing (the default in training) equals the
+    block without it bit for bit: output, input and parameter gradients, with stochastic depth."""
+    from pointcoc.models.coc import CocBlock
+    from pointcoc.nn.geometry import point_lattice
+
+    torch.manual_seed(0)
+    pts = pc.sample_pixels(pc.image_to_points(torch.rand(3, 1, 12, 10, dtype=torch.float64, device=device)), 0.7,
+                           generator=torch.Generator(device=device).manual_seed(1))
+    geo = point_lattice(pc.models.coc.as_point_batch(pts)[1])
+    block = CocBlock(6, 2.0, 2, 3, 2, 2, drop_path=0.5).double().to(device).train()
+    with torch.no_grad():
+        block.layer_scale_1.fill_(0.7), block.layer_scale_2.fill_(-0.4), block.token_mixer.sim_alpha.fill_(1.9)
+    plan = block.token_mixer.make_plan(geo.pos, geo.batch, pixel=geo.pixel, grid_size=geo.grid_size,
+                                       proposal=proposal)
+    x = torch.randn(geo.pos.size(0), 6, dtype=torch.float64, device=device)
+    results = []
+    for checkpointing in (True, False):
+        block.grad_checkpointing = checkpointing
+        block.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(5)  # the same stochastic-depth draws
+        out = block(xi, geo, plan)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=device).view_as(out))
+        results.append([out, xi.grad] + [p.grad for p in block.parameters()])
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)

@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_batch, check_model_kwargs, check_module_input, check_positions, check_tensor
 from ..nn.anchors import ANCHORS
@@ -103,11 +104,23 @@ class CocBlock(nn.Module):
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.drop_path = DropPath(drop_path)
+        # Activation checkpointing: in training only the block input is stored and the backward
+        # pass recomputes the block (its no-grad assignment included, with the same stochastic
+        # depth draws). Values and gradients are the same; a coc_tiny stage-1 block stores
+        # 0.13 KB per point instead of 6.7 KB, for one more forward pass of the block.
+        self.grad_checkpointing = True
 
     def forward(
         self, x: Tensor, geo: PointGeometry, plan: ClusterPlan, return_assignment: bool = False
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """``x: [N, dim]`` -> ``[N, dim]``; with ``return_assignment`` also the ``[N, heads]`` centre ids."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, geo, plan, return_assignment, use_reentrant=False)
+        return self._forward(x, geo, plan, return_assignment)
+
+    def _forward(
+        self, x: Tensor, geo: PointGeometry, plan: ClusterPlan, return_assignment: bool
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         b, B, u = geo.batch, geo.num_samples, geo.uniform
         mixed, assignment = self.token_mixer(self.norm1(x, b, B, u), plan=plan, return_assignment=True)
         x = x + self.drop_path(self.layer_scale_1 * mixed, b, B)

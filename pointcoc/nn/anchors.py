@@ -89,6 +89,9 @@ def fps_from_centre(pos: Tensor, group: Tensor, num_groups: int, ratio: Optional
     return order[fps(pos[order], group[order], ratio=ratio, num_points=num_points, random_start=False)]
 
 
+# Eager under torch.compile: anchors are position-only integer work (cell ids, FPS) with
+# data-dependent sizes; the reducer's float maths around them stays compiled.
+@torch.compiler.disable
 def reduce_anchors(geo: PointGeometry, kernel, stride, padding, anchors: str = "grid", random_start: bool = False,
                    generator: Optional[torch.Generator] = None) -> PointGeometry:
     """Anchors of a point-mode reducer as the next stage's geometry (see the module docstring)."""

@@ -195,6 +195,10 @@ class _Request:
 _Proposal = Tuple[int, Tensor, Optional[Tensor], Optional[Tensor]]
 
 
+# Eager under torch.compile: plan building is position-only integer work (region ids, FPS,
+# bincounts) with data-dependent loops and sizes read on the host, which dynamo would unroll
+# or recompile on; nothing in it is differentiated or fused. The float maths stays compiled.
+@torch.compiler.disable
 def make_plan(
     pos: Optional[Tensor] = None,
     batch: Optional[Tensor] = None,
