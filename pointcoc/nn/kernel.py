@@ -10,8 +10,9 @@ lattice node reaches one tap with influence 1, so on a lattice this is the convo
 :func:`kernel_taps` returns, for every anchor, the influence-weighted sum of the features
 at every tap ``[M, K, C]`` (``K = prod k``, taps row-major as the convolution weight) and
 the anchor's coverage, the share of its kernel the present points reach (1 on a full
-lattice); the reducer multiplies the taps with the weight and divides by the coverage. Only points within ``(k + 1) / 2`` pitches of
-an anchor (per axis) can reach a tap: they are found by hashing the points' lattice cells.
+lattice); the reducer multiplies the taps with the weight and divides by the coverage.
+Only points within ``(k + 1) / 2`` pitches of an anchor (per axis) can reach a tap: they
+are found by hashing the points' lattice cells.
 """
 from __future__ import annotations
 

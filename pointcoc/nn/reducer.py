@@ -69,8 +69,9 @@ def lattice_windows(
     """Window neighbours of every anchor of a strided pixel grid.
 
     Returns ``index [M, kh*kw]`` (point index; ``-1`` for an absent pixel of the grid, ``-2``
-    for padding outside it; window in row-major order) and the anchors' geometry (row-major per sample): the convolution's
-    output positions whose cell ``[o * s, (o + 1) * s)`` holds a point (all of them on full grids).
+    for padding outside it; window in row-major order) and the anchors' geometry (row-major
+    per sample): the convolution's output positions whose cell ``[o * s, (o + 1) * s)`` holds
+    a point (all of them on full grids).
     """
     device = geo.batch.device
     size = geo.grid_size
