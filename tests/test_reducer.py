@@ -140,17 +140,18 @@ def test_tap_coverage_hand_built():
     """Lattice 3x3 (pitch 1, origin 0), 3x3 kernel: inside taps are those whose node rounds into the extent."""
     nodes = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij"), -1).reshape(-1, 2)
     geo = _cloud(nodes.double(), pitch=1.0)
-    anchors = PointGeometry(pos=torch.tensor([[0.0, 0.0], [1.0, 0.5]], dtype=torch.float64),
+    anchors = PointGeometry(pos=torch.tensor([[0.0, 0.0], [1.0, 1.5]], dtype=torch.float64),
                             batch=torch.zeros(2, dtype=torch.long), num_samples=1)
     influence = torch.zeros(2, 9, dtype=torch.float64)
     # anchor 0: taps at nodes -1..1 per axis, inside: rows 1-2 x cols 1-2 = taps 4, 5, 7, 8;
     # tap 0 (outside) is ignored, tap 4 counts at most 1: (1 + 0.5 + 0.25) / 4
     influence[0, [0, 4, 5, 8]] = torch.tensor([1.0, 2.0, 0.5, 0.25], dtype=torch.float64)
-    # anchor 1: column nodes -0.5, 0.5, 1.5 round half up to 0, 1, 2: all nine taps inside
+    # anchor 1: column nodes 0.5, 1.5, 2.5 round half up to 1, 2, 3: kernel columns 0-1 inside
+    # (taps 0, 1, 3, 4, 6, 7; half to even would keep all nine)
     influence[1] = 0.5
     influence[1, 0] = 0.0
     coverage = tap_coverage(influence, geo, anchors, (3, 3))
-    torch.testing.assert_close(coverage, torch.tensor([1.75 / 4, 4.0 / 9], dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(coverage, torch.tensor([1.75 / 4, 2.5 / 6], dtype=torch.float64), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("device", DEVICES)
