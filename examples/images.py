@@ -26,9 +26,10 @@ Each format is trained and tested three ways (``--feeds``), the same network ``c
 
 * ``point``: ``pc.create_model("coc_mini", num_classes=10, in_chans=1, mode="point")``, the
   path for any point set: reducers with one anchor per occupied lattice cell and the
-  convolution kernel as rigid kernel points, FPS cluster centres inside each region;
-* ``lattice``: ``mode="lattice"``, the pixel-grid fast path: reducers as sparse convolutions
-  on the pixel lattice, clusters with the grid-bin proposal over the points present;
+  convolution kernel as rigid kernel points (a partial convolution: divided by the share of
+  the kernel the present points cover), FPS cluster centres inside each region;
+* ``lattice``: ``mode="lattice"``, the pixel-grid fast path: reducers as sparse partial
+  convolutions on the pixel lattice, clusters with the grid-bin proposal over the points present;
 * ``zeros``: the ConvNet way, lattice mode on the full grid with the missing pixels set to
   zero (the test masks are the same). For (a) it is the ``lattice`` run.
 

@@ -77,7 +77,8 @@ def test_masked_ragged_batch_equals_each_alone_in_lattice_mode():
 # ----------------------------------------------------------------------------------------------
 def test_stem_on_masked_image_is_a_sparse_convolution():
     """Anchors whose 4x4 window holds no point are absent; the others equal a convolution of the
-    [pixels, positions] image in which absent pixels are zero in every channel."""
+    [pixels, positions] image in which absent pixels are zero in every channel, divided by the
+    share of the window's pixels present (partial convolution), plus the bias."""
     torch.manual_seed(2)
     model = pc.create_model("coc_tiny", num_classes=3, mode="lattice").double()
     image = torch.rand(3, 24, 28, dtype=torch.float64)
@@ -87,8 +88,11 @@ def test_stem_on_masked_image_is_a_sparse_convolution():
     x, geo = as_point_batch(points)
     out, anchors = model.patch_embed(torch.cat([x, geo.pos], 1), geo, "lattice")
     dense = pc.reference.models.add_position_channels(image[None]) * mask  # [1, 5, 24, 28], zero where absent
-    conv = F.conv2d(dense, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=4)[0]  # [32, 6, 7]
-    occupied = F.max_pool2d(mask[None, None].double(), 4, 4)[0, 0] > 0
+    coverage = F.avg_pool2d(mask[None, None].double(), 4, 4)[0]  # [1, 6, 7]
+    conv = F.conv2d(dense, model.patch_embed.proj.weight, stride=4)[0] / coverage.clamp(min=1 / 16)
+    conv = conv + model.patch_embed.proj.bias[:, None, None]  # [32, 6, 7]
+    occupied = coverage[0] > 0
+    assert coverage[0, 0, 1] == 0.625 and coverage[0, 3, 2] == 0.25  # windows cut by the hole
     expected_pixels = occupied.nonzero()
     assert torch.equal(anchors.pixel, expected_pixels)
     assert not occupied[1:3, 2:5].any() and int(occupied.sum()) == 6 * 7 - 6

@@ -11,7 +11,7 @@ import pointcoc as pc
 from pointcoc.models.coc import as_point_batch
 from pointcoc.nn.anchors import fps_from_centre, grid_subsample
 from pointcoc.nn.geometry import PointGeometry, canonical_order, estimate_pitch, lattice_coordinates, point_lattice
-from pointcoc.nn.kernel import tap_influence
+from pointcoc.nn.kernel import tap_coverage, tap_influence
 from pointcoc.nn.reducer import PointReducer
 from tests.helpers import DEVICES
 
@@ -23,19 +23,30 @@ def _cloud(pos, batch=None, pitch=None):
 
 
 def _brute_force(reducer, x, geo, anchors):
-    """Float64 oracle: every (anchor, point, tap) triple, influence prod max(0, 1 - |offset - tap|)."""
+    """Float64 oracle: every (anchor, point, tap) triple, influence prod max(0, 1 - |offset - tap|),
+    the weighted sum divided by the coverage: sum over the taps whose node rounds into the
+    extent of min(1, their influence), over the number of those taps."""
     k = torch.tensor(reducer.kernel, dtype=torch.float64)
     w = reducer.proj.weight.detach().double()
-    out = reducer.proj.bias.detach().double().repeat(anchors.pos.size(0), 1)
+    out = torch.zeros(anchors.pos.size(0), w.size(0), dtype=torch.float64)
     for a in range(anchors.pos.size(0)):
         b = int(anchors.batch[a])
-        for i in (geo.batch == b).nonzero().flatten().tolist():
-            u = (geo.pos[i] - anchors.pos[a]) / geo.pitch[b] + (k - 1) / 2
-            for tap in itertools.product(*(range(n) for n in reducer.kernel)):
-                h = torch.clamp(1 - (u - torch.tensor(tap, dtype=torch.float64)).abs(), min=0).prod()
+        covered, inside = 0.0, 0
+        for tap in itertools.product(*(range(n) for n in reducer.kernel)):
+            t = torch.tensor(tap, dtype=torch.float64)
+            node = torch.floor((anchors.pos[a] - geo.origin[b]) / geo.pitch[b] + t - (k - 1) / 2 + 0.5)
+            influence = 0.0
+            for i in (geo.batch == b).nonzero().flatten().tolist():
+                u = (geo.pos[i] - anchors.pos[a]) / geo.pitch[b] + (k - 1) / 2
+                h = torch.clamp(1 - (u - t).abs(), min=0).prod()
                 if h > 0:
                     out[a] += h * (w[(slice(None), slice(None)) + tap] @ x[i])
-    return out
+                    influence += float(h)
+            if bool(((node >= 0) & (node < geo.grid_size[b])).all()):
+                covered, inside = covered + min(1.0, influence), inside + 1
+        if covered > 0:
+            out[a] *= inside / covered
+    return out + reducer.proj.bias.detach().double()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,6 +134,44 @@ def test_tap_influence_hand_built():
     got = sorted(zip(pair.tolist(), tap.tolist(), weight.tolist()))
     # row-major taps: t = t_row * 4 + t_col; taps outside the kernel and zero influence dropped
     assert got == [(0, 1, 0.75), (0, 5, 0.25), (1, 2, 0.25), (1, 3, 0.25), (2, 10, 1.0)]
+
+
+def test_tap_coverage_hand_built():
+    """Lattice 3x3 (pitch 1, origin 0), 3x3 kernel: inside taps are those whose node rounds into the extent."""
+    nodes = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij"), -1).reshape(-1, 2)
+    geo = _cloud(nodes.double(), pitch=1.0)
+    anchors = PointGeometry(pos=torch.tensor([[0.0, 0.0], [1.0, 1.5]], dtype=torch.float64),
+                            batch=torch.zeros(2, dtype=torch.long), num_samples=1)
+    influence = torch.zeros(2, 9, dtype=torch.float64)
+    # anchor 0: taps at nodes -1..1 per axis, inside: rows 1-2 x cols 1-2 = taps 4, 5, 7, 8;
+    # tap 0 (outside) is ignored, tap 4 counts at most 1: (1 + 0.5 + 0.25) / 4
+    influence[0, [0, 4, 5, 8]] = torch.tensor([1.0, 2.0, 0.5, 0.25], dtype=torch.float64)
+    # anchor 1: column nodes 0.5, 1.5, 2.5 round half up to 1, 2, 3: kernel columns 0-1 inside
+    # (taps 0, 1, 3, 4, 6, 7; half to even would keep all nine)
+    influence[1] = 0.5
+    influence[1, 0] = 0.0
+    coverage = tap_coverage(influence, geo, anchors, (3, 3))
+    torch.testing.assert_close(coverage, torch.tensor([1.75 / 4, 2.5 / 6], dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_partial_convolution_on_a_lattice_with_holes_hand_built(device):
+    """4x4 image, 3x3 stride 2 padding 1: each anchor's output is the zero-filled convolution
+    scaled by (window pixels inside the image) / (of those, present), in point and lattice mode."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 2, 4, 4, dtype=torch.float64, device=device)
+    mask = torch.ones(4, 4, dtype=torch.bool, device=device)
+    mask[0, 0] = mask[1, 1] = mask[2, 3] = mask[3, 2] = mask[3, 3] = False
+    x, geo = as_point_batch(pc.image_to_points(image, mask=mask))
+    reducer = PointReducer(2, 3, 3, 2, 1).double().to(device)
+    zero_filled = F.conv2d(image * mask, reducer.proj.weight, stride=2, padding=1)[0].permute(1, 2, 0).reshape(4, 3)
+    # windows rows/cols {-1, 0, 1} or {1, 2, 3}: inside 4, 6, 6, 9 pixels; present 2, 5, 5, 5
+    scale = torch.tensor([4 / 2, 6 / 5, 6 / 5, 9 / 5], dtype=torch.float64, device=device)
+    expected = zero_filled * scale[:, None] + reducer.proj.bias
+    for mode, g in (("point", point_lattice(geo)), ("lattice", geo)):
+        out, new = reducer(x, g, mode)
+        assert new.pixel.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("anchors", ["grid", "fps", "random"])

@@ -8,9 +8,11 @@ influence ``prod_axis max(0, 1 - |u - (t - (k - 1) / 2)|)`` (bilinear in 2-D, tr
 lattice node reaches one tap with influence 1, so on a lattice this is the convolution.
 
 :func:`kernel_taps` returns, for every anchor, the influence-weighted sum of the features
-at every tap ``[M, K, C]`` (``K = prod k``, taps row-major as the convolution weight);
-the reducer multiplies it with the weight. Only points within ``(k + 1) / 2`` pitches of
-an anchor (per axis) can reach a tap: they are found by hashing the points' lattice cells.
+at every tap ``[M, K, C]`` (``K = prod k``, taps row-major as the convolution weight) and
+the anchor's coverage, the share of its kernel the present points reach (1 on a full
+lattice); the reducer multiplies the taps with the weight and divides by the coverage.
+Only points within ``(k + 1) / 2`` pitches of an anchor (per axis) can reach a tap: they
+are found by hashing the points' lattice cells.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torch import Tensor
 from .anchors import cell_ids
 from .geometry import PointGeometry
 
-__all__ = ["kernel_taps", "kernel_pairs", "tap_influence"]
+__all__ = ["kernel_taps", "kernel_pairs", "tap_coverage", "tap_influence"]
 
 
 def kernel_pairs(geo: PointGeometry, anchors: PointGeometry, kernel: Sequence[int]) -> Tuple[Tensor, Tensor]:
@@ -84,11 +86,14 @@ def tap_influence(u: Tensor, kernel: Sequence[int]) -> Tuple[Tensor, Tensor, Ten
     return torch.cat(pairs), torch.cat(taps), torch.cat(weights)
 
 
-def kernel_taps(x: Tensor, geo: PointGeometry, anchors: PointGeometry, kernel: Sequence[int]) -> Tensor:
-    """Influence-weighted tap features of every anchor: ``x [N, C]`` -> ``[M, K, C]``.
+def kernel_taps(x: Tensor, geo: PointGeometry, anchors: PointGeometry, kernel: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    """Influence-weighted tap features of every anchor and its kernel coverage.
 
-    ``geo``: the input's lattice (``pitch``, ``origin``, ``pixel`` coordinates, ``grid_size``);
-    ``anchors``: anchor positions and samples (any positions: grid, FPS or random anchors).
+    ``x [N, C]`` -> ``taps [M, K, C]`` and ``coverage [M]``: the influence the present points
+    give the taps inside the lattice's extent (per tap at most 1), over the number of those
+    taps (:func:`tap_coverage`). ``geo``: the input's lattice (``pitch``, ``origin``, ``pixel``
+    coordinates, ``grid_size``); ``anchors``: anchor positions and samples (any positions:
+    grid, FPS or random anchors).
     """
     anchor, point = kernel_pairs(geo, anchors, kernel)
     b = anchors.batch[anchor]
@@ -100,6 +105,26 @@ def kernel_taps(x: Tensor, geo: PointGeometry, anchors: PointGeometry, kernel: S
     K = 1
     for v in kernel:
         K *= int(v)
+    slot = anchor[pair] * K + tap
     taps = x.new_zeros(anchors.pos.size(0) * K, x.size(1))
-    src = x[point[pair]] * weight.to(x.dtype).unsqueeze(1)
-    return taps.index_add_(0, anchor[pair] * K + tap, src).view(-1, K, x.size(1))
+    taps.index_add_(0, slot, x[point[pair]] * weight.to(x.dtype).unsqueeze(1))
+    influence = weight.new_zeros(anchors.pos.size(0) * K).index_add_(0, slot, weight).view(-1, K)
+    return taps.view(-1, K, x.size(1)), tap_coverage(influence, geo, anchors, kernel)
+
+
+def tap_coverage(influence: Tensor, geo: PointGeometry, anchors: PointGeometry, kernel: Sequence[int]) -> Tensor:
+    """Share of each anchor's kernel that present points cover, ``influence [M, K]`` -> ``[M]``.
+
+    A tap is inside when its lattice position ``a + t - (k - 1) / 2`` rounds to a node of the
+    input's extent (taps outside are the convolution's zero padding). Coverage: the sum over
+    the inside taps of ``min(1, influence)``, over their number; 1 on a full lattice, the
+    share of present pixels in the window on a lattice with holes (0 when nothing is inside).
+    """
+    b = anchors.batch
+    a = (anchors.pos - geo.origin[b]) / geo.pitch[b] - anchors.pos.new_tensor(kernel).sub(1).div(2)
+    grids = torch.meshgrid(*(torch.arange(v, device=a.device) for v in kernel), indexing="ij")
+    t = torch.stack([g.reshape(-1) for g in grids], 1).to(a.dtype)  # [K, P] row-major taps
+    node = torch.floor(a[:, None, :] + t[None] + 0.5)
+    inside = ((node >= 0) & (node < geo.grid_size[b][:, None, :])).all(-1)
+    covered = torch.where(inside, influence.clamp(max=1), torch.zeros_like(influence)).sum(1)
+    return covered / inside.sum(1).clamp(min=1).to(covered.dtype)

@@ -7,11 +7,15 @@ layout; ``Conv3d`` layout for 3-D positions), two ways to apply it:
   (:mod:`pointcoc.nn.anchors`; FPS or random anchors as options), and every point within
   reach weighted into the kernel's taps by linear influence at its offset in pitches
   (:mod:`pointcoc.nn.kernel`). On a full lattice this is the strided convolution exactly;
-  on a lattice with holes it is a sparse convolution with one anchor per occupied cell.
+  on a lattice with holes it is a sparse *partial* convolution with one anchor per occupied
+  cell: the weighted taps are divided by the share of the kernel (taps inside the lattice)
+  that the present points cover, then the bias is added, so an anchor's output does not
+  shrink with the points missing around it.
 * ``"lattice"`` (image points, 2-D): the same computation as integer window lookups on
   the pixel grid, the fast path. Anchors are the convolution's output positions whose cell
   (``stride`` pixels per axis from ``anchor * stride``) holds a point, neighbours the
-  ``kh x kw`` window with zero padding. It equals point mode with grid anchors wherever the
+  ``kh x kw`` window with zero padding, the coverage the share of the window's pixels inside
+  the grid that are present. It equals point mode with grid anchors wherever the
   convolution's output grid covers every cell; at sizes where the convolution leaves
   trailing rows or columns out of every window (``(L + 2p - k) % s != 0`` with ``p`` too
   small, e.g. the 4x4 stride-4 stem on a side that is not a multiple of 4), point mode
@@ -56,9 +60,10 @@ def lattice_windows(
 ) -> Tuple[Tensor, PointGeometry]:
     """Window neighbours of every anchor of a strided pixel grid.
 
-    Returns ``index [M, kh*kw]`` (point index, ``-1`` for padding/absent pixels; window in
-    row-major order) and the anchors' geometry (row-major per sample): the convolution's
-    output positions whose cell ``[o * s, (o + 1) * s)`` holds a point (all of them on full grids).
+    Returns ``index [M, kh*kw]`` (point index; ``-1`` for an absent pixel of the grid, ``-2``
+    for padding outside it; window in row-major order) and the anchors' geometry (row-major
+    per sample): the convolution's output positions whose cell ``[o * s, (o + 1) * s)`` holds
+    a point (all of them on full grids).
     """
     device = geo.batch.device
     size = geo.grid_size
@@ -85,7 +90,7 @@ def lattice_windows(
     bsz = size[ob]
     valid = (rows >= 0) & (rows < bsz[:, :1]) & (cols >= 0) & (cols < bsz[:, 1:])
     lin = offset[ob, None] + rows.clamp(min=0) * bsz[:, 1:] + cols.clamp(min=0)
-    index = torch.where(valid, table[torch.where(valid, lin, torch.zeros_like(lin))], torch.full_like(lin, -1))
+    index = torch.where(valid, table[torch.where(valid, lin, torch.zeros_like(lin))], torch.full_like(lin, -2))
     new = PointGeometry(pos=pixel_positions(anchor, osz, geo.pos.dtype), batch=ob, num_samples=geo.num_samples,
                         pixel=anchor, grid_size=out_size)
     return index, new
@@ -129,10 +134,16 @@ class PointReducer(nn.Module):
     def extra_repr(self) -> str:
         return f"anchors={self.anchors!r}"
 
-    def _fuse(self, taps: Tensor) -> Tensor:
-        """``taps: [M, K, C]`` (tap-major, as the weight) -> ``[M, out]``."""
+    def _fuse(self, taps: Tensor, coverage: Tensor) -> Tensor:
+        """``taps: [M, K, C]`` (tap-major, as the weight), ``coverage: [M]`` -> ``[M, out]``.
+
+        Partial convolution: the weighted taps are divided by the share of the kernel that
+        present points cover (1 on a full lattice: the convolution), then the bias is added.
+        """
         w = self.proj.weight.movedim(1, -1).reshape(self.proj.out_channels, -1)
-        return F.linear(taps.reshape(taps.size(0), -1), w, self.proj.bias)
+        scale = torch.where(coverage > 0, 1 / coverage.clamp(min=1e-12), torch.ones_like(coverage))
+        out = F.linear(taps.reshape(taps.size(0), -1), w) * scale.to(taps.dtype).unsqueeze(1)
+        return out if self.proj.bias is None else out + self.proj.bias
 
     def forward(
         self,
@@ -151,7 +162,9 @@ class PointReducer(nn.Module):
                 raise ValueError(f"points of sample(s) {empty} lie outside every {self.kernel} window "
                                  f"(stride {self.stride}, padding {self.padding}): nothing is left to reduce")
             padded = torch.cat([x, x.new_zeros(1, x.size(1))])
-            return self._fuse(padded[torch.where(index < 0, torch.full_like(index, x.size(0)), index)]), new
+            taps = padded[torch.where(index < 0, torch.full_like(index, x.size(0)), index)]
+            coverage = (index >= 0).sum(1).to(x.dtype) / (index > -2).sum(1).clamp(min=1).to(x.dtype)
+            return self._fuse(taps, coverage), new
         if mode != "point":
             raise ValueError(f"mode must be one of {REDUCE_MODES}, got {mode!r}")
         if geo.pitch is None:
@@ -160,4 +173,4 @@ class PointReducer(nn.Module):
             raise ValueError(f"positions have {geo.pos.size(1)} coordinates but the kernel {self.kernel} has "
                              f"{len(self.kernel)} axes")
         new = reduce_anchors(geo, self.kernel, self.stride, self.padding, self.anchors, random_start, generator)
-        return self._fuse(kernel_taps(x, geo, new, self.kernel)), new
+        return self._fuse(*kernel_taps(x, geo, new, self.kernel)), new
