@@ -11,7 +11,7 @@ CoC backbone (``pos_dim=3``, point mode: FPS anchors, kNN reducers, FPS centres)
 the cloud; the stage-``--stage`` clustering is drawn.
 
 Without ``--rgb``/``--depth`` the example renders a synthetic frame by ray casting in
-numpy: a box, a sphere and a cylinder standing on a checkered floor, seen by a camera
+numpy (``pointcoc.data.rgbd_frames``): a box, a sphere and a cylinder standing on a checkered floor, seen by a camera
 tilted down; rays that leave the floor's extent hit nothing and get depth 0 (invalid),
 so the cloud has holes like a real sensor's.
 
@@ -45,6 +45,8 @@ except ModuleNotFoundError:  # run from a clone without `pip install -e .`
 
 import pointcoc as pc
 from pointcoc import viz
+from pointcoc.data import rgbd_frames as frames
+from pointcoc.data.demo_objects import Shape
 
 __all__ = ["synthetic_frame", "build_parser", "main"]
 
@@ -53,53 +55,8 @@ SYNTHETIC_DEPTH_SCALE = 1000.0
 
 
 # ----------------------------------------------------------------------------------------------
-# the synthetic frame: ray casting in numpy (world frame: y up, floor y = 0)
+# the synthetic frame: ray casting in numpy with pointcoc.data.rgbd_frames (world frame: y up, floor y = 0)
 # ----------------------------------------------------------------------------------------------
-def _sphere(o: np.ndarray, d: np.ndarray, centre, radius) -> Tuple[np.ndarray, np.ndarray]:
-    oc = o - np.asarray(centre)
-    b = (d @ oc)
-    a = np.einsum("ij,ij->i", d, d)
-    disc = b * b - a * (oc @ oc - radius**2)
-    t = np.where(disc >= 0, (-b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
-    t = np.where(t > 0, t, np.inf)
-    normal = (o + t[:, None] * d - centre) / radius
-    return t, normal
-
-
-def _box(o: np.ndarray, d: np.ndarray, lo, hi) -> Tuple[np.ndarray, np.ndarray]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1, t2 = (np.asarray(lo) - o) / d, (np.asarray(hi) - o) / d
-    near, far = np.minimum(t1, t2), np.maximum(t1, t2)
-    near = np.where(np.isnan(near), -np.inf, near)
-    far = np.where(np.isnan(far), np.inf, far)
-    t_near, t_far = near.max(1), far.min(1)
-    hit = (t_near <= t_far) & (t_near > 0)
-    axis = near.argmax(1)
-    normal = np.zeros_like(d)
-    normal[np.arange(d.shape[0]), axis] = -np.sign(d[np.arange(d.shape[0]), axis])
-    return np.where(hit, t_near, np.inf), normal
-
-
-def _cylinder(o: np.ndarray, d: np.ndarray, base, radius, height) -> Tuple[np.ndarray, np.ndarray]:
-    """Vertical cylinder standing at ``base`` (x, z) on the floor, with a top cap."""
-    ox, oz = o[0] - base[0], o[2] - base[1]
-    a = d[:, 0] ** 2 + d[:, 2] ** 2
-    b = ox * d[:, 0] + oz * d[:, 2]
-    disc = b * b - a * (ox * ox + oz * oz - radius**2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        side = np.where(disc >= 0, (-b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
-        y = o[1] + side * d[:, 1]
-        side = np.where((side > 0) & (y >= 0) & (y <= height), side, np.inf)
-        cap = (height - o[1]) / d[:, 1]
-    px, pz = ox + cap * d[:, 0], oz + cap * d[:, 2]
-    cap = np.where((cap > 0) & (px * px + pz * pz <= radius**2), cap, np.inf)
-    t = np.minimum(side, cap)
-    p = o + np.where(np.isfinite(t), t, 0)[:, None] * d
-    side_normal = np.stack([p[:, 0] - base[0], np.zeros_like(t), p[:, 2] - base[1]], 1) / radius
-    normal = np.where((cap <= side)[:, None], np.array([0.0, 1.0, 0.0]), side_normal)
-    return t, normal
-
-
 def synthetic_frame(
     height: int = 120, width: int = 160
 ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, float, float], float]:
@@ -110,35 +67,26 @@ def synthetic_frame(
     """
     fx = fy = 0.9 * width
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    v, u = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
-    ray_cam = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones_like(u)], -1).reshape(-1, 3)  # camera: x right, y down
     pitch = np.deg2rad(24.0)
     # columns: the camera's x (right), y (down), z (forward) axes in world coordinates (y up)
     cam_to_world = np.array([[1.0, 0.0, 0.0],
                              [0.0, -np.cos(pitch), -np.sin(pitch)],
                              [0.0, -np.sin(pitch), np.cos(pitch)]]).T
-    d = ray_cam @ cam_to_world.T  # t along d is the camera-frame depth z (ray_cam has z = 1)
-    o = np.array([0.0, 1.5, 0.0])
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_floor = -o[1] / d[:, 1]
-    hit_floor = o + np.where(np.isfinite(t_floor), t_floor, 0)[:, None] * d
-    t_floor = np.where((t_floor > 0) & (np.abs(hit_floor[:, 0]) < 2.2) & (hit_floor[:, 2] < 6.5), t_floor, np.inf)
-    objects = [
-        (t_floor, np.tile([0.0, 1.0, 0.0], (d.shape[0], 1)), None),
-        (*_box(o, d, (-1.25, 0.0, 2.9), (-0.35, 0.8, 3.8)), (0.85, 0.25, 0.20)),
-        (*_sphere(o, d, np.array([0.55, 0.45, 2.9]), 0.45), (0.20, 0.40, 0.90)),
-        (*_cylinder(o, d, (0.35, 4.6), 0.4, 1.3), (0.25, 0.75, 0.30)),
+    camera = frames.Camera(fx, fy, cx, cy, height, width, cam_to_world, np.array([0.0, 1.5, 0.0]))
+    shapes = [
+        Shape("cuboid", dict(center=np.array([-0.8, 0.4, 3.35]), size=np.array([0.9, 0.8, 0.9]), open_faces=())),
+        Shape("ellipsoid", dict(center=np.array([0.55, 0.45, 2.9]), radii=np.full(3, 0.45), lower_half=False)),
+        Shape("cylinder", dict(center=np.array([0.35, 0.0, 4.6]), radius=0.4, height=1.3, bottom=False, top=True)),
     ]
-    ts = np.stack([obj[0] for obj in objects])  # [objects, pixels]
-    which = ts.argmin(0)
-    t = ts.min(0)
-    normal = np.stack([obj[1] for obj in objects])[which, np.arange(d.shape[0])]
-    point = o + np.where(np.isfinite(t), t, 0)[:, None] * d
+    colours = np.array([(0.85, 0.25, 0.20), (0.20, 0.40, 0.90), (0.25, 0.75, 0.30)])
+    d = camera.rays()  # t along d is the camera-frame depth z (the rays have camera z = 1)
+    t, normal, which = frames.cast_rays(camera.origin, d, shapes)
+    point = camera.origin + np.where(np.isfinite(t), t, 0)[:, None] * d
+    off_floor = (which == 0) & ((np.abs(point[:, 0]) >= 2.2) | (point[:, 2] >= 6.5))  # the floor ends there
+    t = np.where(off_floor, np.inf, t)
     checker = ((np.floor(point[:, 0] * 2) + np.floor(point[:, 2] * 2)) % 2)[:, None]
     albedo = np.where(checker > 0, 0.80, 0.55) * np.ones((1, 3))
-    for index, (_, _, colour) in enumerate(objects[1:], start=1):
-        albedo[which == index] = colour
+    albedo = np.where((which >= 1)[:, None], colours[np.maximum(which - 1, 0)], albedo)
     light = np.array([0.5, 1.0, -0.6]) / np.linalg.norm([0.5, 1.0, -0.6])
     shade = 0.35 + 0.65 * np.clip(normal @ light, 0.0, 1.0)
     sky = np.array([0.75, 0.85, 0.95])
