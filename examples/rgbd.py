@@ -64,9 +64,10 @@ except ModuleNotFoundError:  # run from a clone without `pip install -e .`
 
 import pointcoc as pc
 from pointcoc import viz
+from pointcoc._files import atomic_write
 from pointcoc.data import CLASS_NAMES, rgbd_frames
 from pointcoc.data.demo_objects import Shape
-from pointcoc.training import atomic_save, atomic_write_text
+from pointcoc.points import _open_image_file
 
 __all__ = ["synthetic_frame", "build_parser", "main"]
 
@@ -288,8 +289,9 @@ def run_training(args: argparse.Namespace) -> Dict[str, object]:
         results[kind] = dict(**evaluate(model, test, intrinsics, kind), seconds=seconds,
                              train_oa=evaluate(model, train, intrinsics, kind)["oa"])
         spec = INPUTS[kind]
-        atomic_save({"model": TRAIN_MODEL, "input": kind, "in_chans": spec.in_chans, "pos_dim": spec.pos_dim,
-                     "mode": spec.mode, "state_dict": model.state_dict()}, out / f"{kind}.pt")
+        saved = {"model": TRAIN_MODEL, "input": kind, "in_chans": spec.in_chans, "pos_dim": spec.pos_dim,
+                 "mode": spec.mode, "state_dict": model.state_dict()}
+        atomic_write(out / f"{kind}.pt", lambda tmp, saved=saved: torch.save(saved, tmp))
         print(f"{spec.title}: test OA {100 * results[kind]['oa']:.1f}%, mAcc {100 * results[kind]['macc']:.1f}% "
               f"({seconds:.0f} s)", flush=True)
         if kind == "xyz_rgb":
@@ -301,7 +303,7 @@ def run_training(args: argparse.Namespace) -> Dict[str, object]:
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s; models and results.json in {out}")
     summary = dict(results=results, seconds=seconds, frame_size=size, train_frames=len(train_frames),
                    test_frames=len(test_frames), epochs=epochs, seed=args.seed, model=TRAIN_MODEL)
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "results.json")
+    atomic_write(out / "results.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -344,30 +346,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ExampleError(Exception):
+    """A bad file or argument, reported as one ``error:`` line (exit code 2)."""
+
+
+def _read_checkpoint(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True``; unreadable files raise :class:`ExampleError` naming the file."""
+    if not path.is_file():
+        raise ExampleError(f"checkpoint {path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt / foreign files
+        raise ExampleError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     if args.checkpoint is None:
         return pc.create_model(args.model, num_classes=0, in_chans=3, pos_dim=3, mode="point").eval()
-    state = pc.convert_official_state_dict(args.model, torch.load(args.checkpoint, map_location="cpu",
-                                                                  weights_only=True))
-    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-    model = pc.create_model(args.model, num_classes=num_classes, in_chans=3, pos_dim=3, mode="point")
-    model.load_state_dict(state)
+    raw = _read_checkpoint(args.checkpoint)
+    try:
+        state = pc.convert_official_state_dict(args.model, raw)
+        num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+        model = pc.create_model(args.model, num_classes=num_classes, in_chans=3, pos_dim=3, mode="point")
+        model.load_state_dict(state)
+    except (ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: missing / unexpected keys, shapes
+        raise ExampleError(f"checkpoint {args.checkpoint} does not fit {args.model} (in_chans=3, pos_dim=3): "
+                           f"{exc}") from None
     return model.eval()
 
 
 def _save_depth_png(depth: np.ndarray, path: Path) -> Path:
     """Write a ``uint16 [H, W]`` depth map as a 16-bit gray PNG, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(depth.astype(np.uint16)).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(depth.astype(np.uint16)).save(tmp, format="PNG"))
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
-    """Run the example; returns a summary (point count, feature shape, written files)."""
+    """Run the example; returns a summary (point count, feature shape, written files).
+
+    Bad files and arguments end the run with one ``error:`` line on stderr and exit code 2.
+    """
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (ExampleError, ValueError, TypeError, OSError, IndexError) as exc:
+        print("error: " + (" ".join(str(exc).split()) or type(exc).__name__), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run(args: argparse.Namespace) -> Dict[str, object]:
     torch.set_num_threads(args.threads)
     if args.output is None:
         args.output = Path("outputs/rgbd_train" if args.train else "outputs/rgbd")
@@ -387,8 +414,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     else:
         missing = [n for n in ("rgb", "depth", "fx", "fy", "cx", "cy") if getattr(args, n) is None]
         if missing:
-            raise SystemExit(f"error: with real files give --{' --'.join(missing)}")
-        rgb_in, depth_in = np.array(Image.open(args.rgb).convert("RGB")), args.depth  # gray / RGBA -> RGB
+            raise ExampleError(f"with real files give --{' --'.join(missing)}")
+        rgb_in, depth_in = np.array(_open_image_file(args.rgb, "--rgb").convert("RGB")), args.depth  # gray -> RGB
         intrinsics, depth_scale = (args.fx, args.fy, args.cx, args.cy), args.depth_scale or 1000.0
     points = pc.rgbd_to_points(rgb_in, depth_in, intrinsics=intrinsics, depth_scale=depth_scale, mode="xyz")
     height, width = points.grid_size[0].tolist()

@@ -9,7 +9,7 @@ Without the real files (``datasets/scanobjectnn/h5_files/...``, see
 ``datasets/README.md``) it says so and runs a demo: a procedurally generated
 stand-in set in the same HDF5 format (written once under
 ``datasets/scanobjectnn_demo/``) with a lighter setting that finishes in
-minutes on a laptop CPU.
+about 20 minutes on a 2-core CPU (the banner states it; the epoch lines show the time left).
 
     python examples/scanobjectnn.py                         # demo, or real data if present
     python examples/scanobjectnn.py --data-dir /data/scanobjectnn --variant OBJ_BG
@@ -43,14 +43,18 @@ except ModuleNotFoundError:  # run from a clone without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pointcoc.models.pointmlp  # noqa: F401  (registers the PointMLP family)
+from pointcoc._files import WriteError, atomic_write
 from pointcoc.data import CLASS_NAMES, VARIANTS, ScanObjectNN, dataset_file, ensure_demo_dataset
+from pointcoc.data.scanobjectnn import DEFAULT_MAX_BYTES
 from pointcoc.models import create_model, list_models
 from pointcoc.training import (
+    BatchAdapter,
     DistributedContext,
     Trainer,
-    atomic_write_text,
+    channels_first,
     cleanup_distributed,
     load_checkpoint,
+    repair_best_checkpoint,
     seed_everything,
     setup_distributed,
     summary_lines,
@@ -66,8 +70,8 @@ RECIPE: Dict[str, Any] = dict(model="pointmlp_coc", num_points=1024, epochs=250,
 
 DEMO: Dict[str, Any] = dict(model="pointmlp_elite_coc", num_points=128, epochs=12, optimizer="adamw", batch_size=16,
                             lr=0.002, weight_decay=1e-4, model_kwargs={"k_neighbors": 16, "recompute": False})
-"""The lighter demo setting: a few minutes on a 2-core CPU. 128 points leave 16 per cloud in the
-third stage, hence 16 neighbours (24 in the paper); AdamW reaches in ~1100 steps what SGD needs
+"""The lighter demo setting: about 20 minutes on a 2-core CPU (:data:`DEMO_MINUTES`). 128 points leave 16
+per cloud in the third stage, hence 16 neighbours (24 in the paper); AdamW reaches in ~1100 steps what SGD needs
 thousands for; no activation recomputation (memory is no concern at this size)."""
 DEMO_TRAIN_PER_CLASS = 100
 DEMO_TEST_PER_CLASS = 20
@@ -78,8 +82,26 @@ RUN_KEYS = ("model", "variant", "epochs", "optimizer", "batch_size", "lr", "weig
 """Settings that define a run: taken from the checkpoint on ``--resume`` and ``--eval-only``."""
 
 
+DEMO_MINUTES = 20.4
+"""Measured wall time of the whole demo run (data generation included) on a 2-core CPU shared with other
+work: ``python examples/scanobjectnn.py --demo`` with OMP_NUM_THREADS=2."""
+
+
 class RunError(Exception):
     """A problem to report in one line (bad data, bad checkpoint, bad setting); exit code 2."""
+
+
+def _fps_random_start(value: bool) -> Callable[[torch.nn.Module], None]:
+    """Hook: PointMLP starts FPS at a random point while training, at index 0 (the reference kernel) in evaluation."""
+
+    def hook(model: torch.nn.Module) -> None:
+        model.fps_random_start = value
+
+    return hook
+
+
+POINTMLP_ADAPTER = BatchAdapter(channels_first, on_train=_fps_random_start(True), on_eval=_fps_random_start(False))
+"""How the PointMLP family sees a batch: ``[B, 3, n]`` clouds, random FPS start while training."""
 
 
 def _positive_int(text: str) -> int:
@@ -163,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint for --eval-only (default <output>/best.pt) or --resume (default <output>/last.pt)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="use the generated demo set even when real files are present")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars, one line per epoch only (bars are shown only on a terminal anyway)")
+    p.add_argument("--max-data-bytes", type=_positive_int, default=DEFAULT_MAX_BYTES,
+                   help=f"refuse data files whose points would take more memory than this (default "
+                   f"{DEFAULT_MAX_BYTES} = 1 GiB; the largest ScanObjectNN split needs 280 MB)")
     return p
 
 
@@ -212,20 +239,22 @@ def _resolve(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], say: Call
     return settings
 
 
-def _load_data(settings: Dict[str, Any], ctx: DistributedContext, say: Callable[[str], None]):
-    """Train and test sets (generating the demo set first when needed)."""
+def _load_data(settings: Dict[str, Any], ctx: DistributedContext, say: Callable[[str], None], max_bytes: int,
+               bars: bool):
+    """Train and test sets (generating the demo set first when needed; ``bars``: show its progress bar)."""
     if settings["demo"]:
         root = DEMO_ROOT
         if ctx.local_rank == 0:  # one writer per node (atomic writes make a shared disk safe too)
             made = ensure_demo_dataset(root, DEMO_TRAIN_PER_CLASS, DEMO_TEST_PER_CLASS, seed=DEMO_DATA_SEED,
-                                       progress=ctx.is_main)
+                                       progress=ctx.is_main and bars)
             say(f"demo set {'written to' if made else 'reused from'} {_rel(root)}")
         ctx.barrier()
     else:
         root = Path(settings["data_dir"]) if settings["data_dir"] else REAL_ROOT
     try:
-        train = ScanObjectNN(root, "train", settings["variant"], settings["num_points"], seed=settings["seed"])
-        test = ScanObjectNN(root, "test", settings["variant"], settings["num_points"])
+        train = ScanObjectNN(root, "train", settings["variant"], settings["num_points"], seed=settings["seed"],
+                             max_bytes=max_bytes)
+        test = ScanObjectNN(root, "test", settings["variant"], settings["num_points"], max_bytes=max_bytes)
     except ValueError as exc:
         raise RunError(str(exc)) from None
     return train, test
@@ -249,24 +278,56 @@ def _banner(settings: Dict[str, Any], train: ScanObjectNN, test: ScanObjectNN, m
         f"scale/shift/shuffle augmentation, seed {settings['seed']}")
     say(f"device {ctx.device} x {ctx.world_size} process(es), AMP {'on' if settings['amp'] else 'off'}, "
         f"{workers} loader worker(s), output {_rel(output)}")
+    if settings["demo"]:
+        say(f"expected duration: about {DEMO_MINUTES:.0f} min on a 2-core CPU (measured {DEMO_MINUTES} min with the "
+            f"cores shared), less on a faster machine; every epoch line shows the time left (eta)")
+    else:
+        say(f"expected duration: {settings['epochs']} epochs of {len(train)} objects take hours on a GPU and far "
+            f"longer on a CPU; every epoch line shows the time left (eta) measured on this machine")
     say("=" * 100)
 
 
-def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str], None], start: float) -> int:
-    output_given = args.output is not None
-    ckpt = None
-    if args.resume or args.eval_only:
-        if args.resume and args.eval_only:
-            raise RunError("use either --resume or --eval-only, not both")
-        default_name = "best.pt" if args.eval_only else "last.pt"
-        path = Path(args.checkpoint) if args.checkpoint else None
-        if path is None:
-            path = Path(args.output) / default_name if output_given else _default_output(args) / default_name
-        try:
-            ckpt = load_checkpoint(path)
-        except ValueError as exc:
-            raise RunError(f"{exc}" + ("; nothing to resume (run without --resume to start)" if args.resume else "")) from None
-        say(f"{'resuming from' if args.resume else 'evaluating'} {_rel(path)} (after epoch {ckpt['epoch']})")
+def _load_checkpoint_arg(args: argparse.Namespace, say: Callable[[str], None]) -> Optional[tuple]:
+    """``(path, checkpoint)`` for --resume / --eval-only (best.pt repaired from last.pt first), else None."""
+    if not (args.resume or args.eval_only):
+        return None
+    if args.resume and args.eval_only:
+        raise RunError("use either --resume or --eval-only, not both")
+    default_name = "best.pt" if args.eval_only else "last.pt"
+    path = Path(args.checkpoint) if args.checkpoint else None
+    if path is None:
+        path = (Path(args.output) if args.output is not None else _default_output(args)) / default_name
+    try:
+        if path.name in ("best.pt", "last.pt"):  # every rank, so that an error stops all alike (no hang)
+            note = repair_best_checkpoint(path.parent)  # a kill between last.pt and best.pt; same bytes on any rank
+            if note:
+                say(f"note: {note}")
+        ckpt = load_checkpoint(path)
+    except ValueError as exc:
+        raise RunError(f"{exc}" + ("; nothing to resume (run without --resume to start)" if args.resume else "")) from None
+    say(f"{'resuming from' if args.resume else 'evaluating'} {_rel(path)} (after epoch {ckpt['epoch']})")
+    return path, ckpt
+
+
+def _evaluate(trainer: Trainer, ckpt: Dict[str, Any], output: Path, ctx: DistributedContext,
+              say: Callable[[str], None]) -> int:
+    metrics = trainer.evaluate()
+    stored = ckpt.get("test_metrics", {})
+    say(f"test (evaluated now): loss {metrics['loss']:.4f}  OA {metrics['oa']:.2f}%  mAcc {metrics['macc']:.2f}%")
+    if stored:
+        say(f"test (stored with the checkpoint, epoch {stored['epoch']}): loss {stored['test_loss']:.4f}  "
+            f"OA {stored['test_oa']:.2f}%  mAcc {stored['test_macc']:.2f}%")
+    if ctx.is_main:
+        result = {"checkpoint_epoch": ckpt["epoch"], "test_loss": metrics["loss"], "test_oa": metrics["oa"],
+                  "test_macc": metrics["macc"], "stored": stored}
+        atomic_write(output / "eval.json", json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str], None], start: float,
+         state: Dict[str, Any]) -> int:
+    loaded = _load_checkpoint_arg(args, say)
+    path, ckpt = loaded if loaded is not None else (None, None)
     settings = _resolve(args, ckpt, say)
     if args.output is not None:
         output = Path(args.output)
@@ -276,41 +337,29 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
         output = _default_output(args, settings)
     workers = args.workers if args.workers is not None else (0 if settings["demo"] else min(4, os.cpu_count() or 1))
 
-    train, test = _load_data(settings, ctx, say)
+    train, test = _load_data(settings, ctx, say, args.max_data_bytes, not args.no_progress and sys.stderr.isatty())
     seed_everything(settings["seed"] + ctx.rank)
     try:
         model = create_model(settings["model"], num_classes=len(CLASS_NAMES), points=settings["num_points"],
                              **settings["model_kwargs"])
-        trainer = Trainer(model, train, test, num_classes=len(CLASS_NAMES), epochs=settings["epochs"],
-                          optimizer=settings["optimizer"], batch_size=settings["batch_size"], lr=settings["lr"],
-                          weight_decay=settings["weight_decay"],
+        trainer = Trainer(model, train, test, adapter=POINTMLP_ADAPTER, num_classes=len(CLASS_NAMES),
+                          epochs=settings["epochs"], optimizer=settings["optimizer"],
+                          batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
                           seed=settings["seed"], workers=workers, ctx=ctx, amp=settings["amp"],
-                          output_dir=output if not args.eval_only else None, run_args=settings)
-    except ValueError as exc:
-        raise RunError(str(exc)) from None
-    if ckpt is not None:
-        try:
-            if args.resume:
-                trainer.load_state_dict(ckpt)
-            else:
-                model.load_state_dict(ckpt["model"])
-        except (ValueError, RuntimeError, KeyError) as exc:  # another architecture or process count
-            raise RunError(f"checkpoint does not fit this run: {str(exc).splitlines()[0]}") from None
+                          output_dir=output if not args.eval_only else None, run_args=settings,
+                          progress=False if args.no_progress else None)
+        state["trainer"] = trainer
+        if ckpt is not None and args.resume:
+            trainer.resume(path)
+        elif ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:  # bad setting, or another architecture
+        prefix = "checkpoint does not fit this run: " if ckpt is not None and "state_dict" in str(exc) else ""
+        raise RunError(prefix + str(exc)) from None
     _banner(settings, train, test, model, ctx, workers, output, say)
 
     if args.eval_only:
-        metrics = trainer.evaluate()
-        stored = ckpt.get("test_metrics", {})
-        say(f"test (evaluated now): loss {metrics['loss']:.4f}  OA {metrics['oa']:.2f}%  mAcc {metrics['macc']:.2f}%")
-        if stored:
-            say(f"test (stored with the checkpoint, epoch {stored['epoch']}): loss {stored['test_loss']:.4f}  "
-                f"OA {stored['test_oa']:.2f}%  mAcc {stored['test_macc']:.2f}%")
-        if ctx.is_main:
-            result = {"checkpoint_epoch": ckpt["epoch"], "test_loss": metrics["loss"], "test_oa": metrics["oa"],
-                      "test_macc": metrics["macc"], "stored": stored}
-            atomic_write_text(json.dumps(result, indent=2) + "\n", output / "eval.json")
-        return 0
-
+        return _evaluate(trainer, ckpt, output, ctx, say)
     if not args.resume and ctx.is_main and (output / "last.pt").exists():
         say(f"note: {_rel(output)} holds an earlier run; starting afresh over it (use --resume to continue it)")
     if trainer.epoch >= trainer.epochs:
@@ -322,6 +371,17 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
         say(line)
     say(f"time: {elapsed:.1f} s ({elapsed / 60:.1f} min) | metrics and checkpoints in {_rel(output)}")
     return 0
+
+
+def _interrupted_message(trainer: Optional[Trainer]) -> str:
+    """What an interrupted run left behind, truthfully."""
+    if trainer is None or trainer.output_dir is None:
+        return "interrupted before training started: nothing was saved"
+    last = _rel(trainer.output_dir / "last.pt")
+    if trainer.saved_epoch is None:
+        return "interrupted before the first epoch of this run finished: this run saved no checkpoint"
+    return (f"interrupted: {last} holds epoch {trainer.saved_epoch} of {trainer.epochs}; re-run with --resume "
+            f"to continue")
 
 
 def _default_output(args: argparse.Namespace, settings: Optional[Dict[str, Any]] = None) -> Path:
@@ -344,16 +404,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     say: Callable[[str], None] = (lambda msg: print(msg, flush=True)) if ctx.is_main else (lambda msg: None)
+    state: Dict[str, Any] = {}
     try:
-        return _run(args, ctx, say, start)
-    except RunError as exc:
+        return _run(args, ctx, say, start, state)
+    except (RunError, WriteError, FloatingPointError) as exc:
         if ctx.is_main:
             print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if ctx.is_main:
-            print("interrupted: last.pt holds the last completed epoch; re-run with --resume to continue",
-                  file=sys.stderr)
+            print(_interrupted_message(state.get("trainer")), file=sys.stderr)
         return 130
     finally:
         cleanup_distributed()

@@ -2,6 +2,7 @@
 
     python examples/visualize_clusters.py --image photo.jpg --model coc_tiny --stage 0 --block 0 --head 0 --out map.png
     python examples/visualize_clusters.py --image photo.jpg --all-heads --alpha 0.6 --out heads.png
+    python examples/visualize_clusters.py --image photo.jpg --all-heads --with-input --out heads.png
     python examples/visualize_clusters.py --image photo.jpg --keep 0.3 --out discrete.png   # 30% of the pixels
     python examples/visualize_clusters.py --image photo.jpg --mask mask.png --out masked.png
     python examples/visualize_clusters.py --points outputs/rgbd/cloud.ply --stage 1 --out cloud.png
@@ -11,21 +12,27 @@
 For an image the map has the image's own size (no resizing, any H x W): every pixel takes
 the colour of its cluster (the cluster of the nearest point of the chosen stage, by
 position), optionally blended over the image (``--alpha`` < 1); pixels that are not points
-(``--keep`` / ``--mask``) are black. ``--all-heads`` tiles one map per head, ``--with-input``
-puts the input (as the model sees it, absent pixels black) first. For a point
+(``--keep`` / ``--mask``) are black. ``--all-heads`` tiles one map per head (a layout with
+few empty tiles, :func:`pointcoc.viz.tile_columns`); ``--with-input`` puts the input (as the
+model sees it, absent pixels black) first. For a point
 cloud (``--points``: ASCII PLY, ``.npy`` or text with columns ``x y z [r g b]``) the output
 is a 3-D scatter coloured by cluster.
 
 The model is untrained (seeded) unless ``--checkpoint`` is given: a released CoC checkpoint
 or a state dict of the same variant, loaded through ``pc.convert_official_state_dict``
 (input channels and classes are read from it).
+
+Mistakes (a missing or unreadable file, an out-of-range ``--stage`` / ``--block`` /
+``--head``, a checkpoint that is not one of the variant) print one ``error:`` line and exit
+with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,20 +47,54 @@ except ModuleNotFoundError:  # run from a clone without `pip install -e .`
 import pointcoc as pc
 from pointcoc import viz
 
-__all__ = ["load_model", "image_points", "cloud_points", "build_parser", "main"]
+__all__ = ["fail", "open_image", "read_checkpoint", "load_model", "image_points", "cloud_points", "read_input", "draw",
+           "build_parser", "main"]
+
+
+def fail(message: str) -> NoReturn:
+    """A user mistake: print one ``error:`` line (no traceback) and exit with status 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def open_image(path: Path, flag: str) -> Image.Image:
+    """The decoded image at ``path``; a missing or unreadable file is a one-line error."""
+    if not path.is_file():
+        fail(f"{flag} {path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        fail(f"{flag} {path}: not a readable image ({type(err).__name__}: {err})")
+
+
+def read_checkpoint(name: str, checkpoint: Path) -> dict:
+    """The checkpoint's state dict converted for ``name``; a bad file is a one-line error."""
+    if not checkpoint.is_file():
+        fail(f"--checkpoint {checkpoint}: no such file")
+    try:
+        return pc.convert_official_state_dict(name, torch.load(checkpoint, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as err:
+        fail(f"--checkpoint {checkpoint}: not a {name} checkpoint ({type(err).__name__}: {err})")
 
 
 def load_model(name: str, checkpoint: Optional[Path], in_chans: int, pos_dim: int, mode: str) -> torch.nn.Module:
     """An untrained model, or one with a checkpoint's weights (its ``in_chans`` and classes win)."""
+    if name not in pc.list_models("coc*"):
+        fail(f"--model {name!r} is not a CoC variant; choose one of {', '.join(pc.list_models('coc*'))}")
     num_classes = 1000
     if checkpoint is not None:
-        state = pc.convert_official_state_dict(name, torch.load(checkpoint, map_location="cpu", weights_only=True))
+        state = read_checkpoint(name, checkpoint)
         if "patch_embed.proj.weight" in state:
             in_chans = state["patch_embed.proj.weight"].shape[1] - pos_dim
         num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     model = pc.create_model(name, num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim, mode=mode)
     if checkpoint is not None:
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            fail(f"--checkpoint {checkpoint}: its weights do not fit {name} ({err})")
     return model.eval()
 
 
@@ -63,27 +104,35 @@ def image_points(image: Image.Image, channels: int, keep: Optional[float], mask_
     array = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy
     mask = None
     if mask_path is not None:
-        mask = np.asarray(Image.open(mask_path).convert("L")) > 0
+        mask = np.asarray(open_image(mask_path, "--mask").convert("L")) > 0
         if mask.shape != array.shape[:2]:
-            raise SystemExit(f"error: --mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                             f"{array.shape[1]}x{array.shape[0]}")
+            fail(f"--mask is {mask.shape[1]}x{mask.shape[0]} but the image is {array.shape[1]}x{array.shape[0]}")
+        if not mask.any():
+            fail(f"--mask {mask_path} keeps no pixel (every pixel is 0)")
     points = pc.image_to_points(array, mask=mask)
     if keep is not None:
+        if not 0.0 < keep <= 1.0:
+            fail(f"--keep must be a fraction in (0, 1], got {keep}")
         points = pc.sample_pixels(points, ratio=keep, generator=torch.Generator().manual_seed(seed))
     return points
 
 
 def cloud_points(path: Path) -> Batch:
     """A point-cloud file as a one-sample point batch; ``x`` = colours in [0, 1] (or ones)."""
-    if path.suffix.lower() == ".ply":
-        pos, colours = viz.read_ply(path)
-        table = pos if colours is None else np.concatenate([pos, colours / 255.0], 1)
-    elif path.suffix.lower() == ".npy":
-        table = np.load(path)
-    else:
-        table = np.loadtxt(path, ndmin=2, delimiter="," if path.suffix.lower() == ".csv" else None)
-    if table.ndim != 2 or table.shape[1] not in (3, 6):
-        raise SystemExit(f"error: --points must hold columns x y z [r g b], got an array of shape {table.shape}")
+    if not path.is_file():
+        fail(f"--points {path}: no such file")
+    try:
+        if path.suffix.lower() == ".ply":
+            pos, colours = viz.read_ply(path)
+            table = pos if colours is None else np.concatenate([pos, colours / 255.0], 1)
+        elif path.suffix.lower() == ".npy":
+            table = np.load(path)
+        else:
+            table = np.loadtxt(path, ndmin=2, delimiter="," if path.suffix.lower() == ".csv" else None)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        fail(f"--points {path}: not a readable point cloud ({type(err).__name__}: {err})")
+    if table.ndim != 2 or table.shape[1] not in (3, 6) or len(table) == 0 or not np.isfinite(table).all():
+        fail(f"--points {path} must hold finite columns x y z [r g b] (at least one row), got shape {table.shape}")
     if table.shape[1] == 6:  # colours as 0..255 or 0..1
         features = table[:, 3:] / (255.0 if table[:, 3:].max() > 1 else 1.0)
     else:
@@ -120,28 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> Path:
-    """Write the map; returns its path."""
-    args = build_parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+def read_input(args: argparse.Namespace) -> Tuple[torch.nn.Module, Batch]:
+    """The model and its input points from the command line."""
     if args.points is not None:
         points = cloud_points(args.points)
         model = load_model(args.model, args.checkpoint, points.x.size(1), 3, "point")
         if model.in_chans != points.x.size(1):
-            raise SystemExit(f"error: the checkpoint expects {model.in_chans} feature channels, the cloud has "
-                             f"{points.x.size(1)}")
-    else:
-        if args.image is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            from rgbd import synthetic_frame
+            fail(f"the checkpoint expects {model.in_chans} feature channels, the cloud has {points.x.size(1)}")
+        return model, points
+    if args.image is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from rgbd import synthetic_frame
 
-            image = Image.fromarray(synthetic_frame(240, 320)[0])
-        else:
-            image = Image.open(args.image)
-        model = load_model(args.model, args.checkpoint, 1 if args.gray else 3, 2, args.mode)
-        points = image_points(image, model.in_chans, args.keep, args.mask, args.seed)
-    record = viz.record_assignments(model, points, args.stage, args.block)
+        image = Image.fromarray(synthetic_frame(240, 320)[0])
+    else:
+        image = open_image(args.image, "--image")
+    model = load_model(args.model, args.checkpoint, 1 if args.gray else 3, 2, args.mode)
+    return model, image_points(image, model.in_chans, args.keep, args.mask, args.seed)
+
+
+def draw(args: argparse.Namespace, record: viz.StageAssignment, points: Batch) -> np.ndarray:
+    """The picture: one map (or 3-D view) per chosen head, tiled, with the input first if asked."""
+    if not args.all_heads and not 0 <= args.head < record.heads:
+        fail(f"--head must be in [0, {record.heads}) ({record.heads} heads in stage {args.stage}), got {args.head}")
     heads = list(range(record.heads)) if args.all_heads else [args.head]
     if args.points is not None:
         pos = points.pos.numpy()
@@ -151,9 +201,30 @@ def main(argv: Optional[List[str]] = None) -> Path:
         pictures = [viz.cluster_map(record, points, head=h, alpha=args.alpha) for h in heads]
         if args.with_input:
             pictures.insert(0, viz.input_image(points))
-    picture = viz.head_grid(pictures, columns=min(4, len(pictures))) if len(pictures) > 1 else pictures[0]
+    return viz.head_grid(pictures) if len(pictures) > 1 else pictures[0]
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    """Write the map; returns its path. User mistakes exit with status 2 and one ``error:`` line."""
+    args = build_parser().parse_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        fail(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.threads < 1:
+        fail(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, points = read_input(args)
+    stages = len(model.config.layers)
+    if not 0 <= args.stage < stages:
+        fail(f"--stage must be in [0, {stages}) ({stages} stages in {args.model}), got {args.stage}")
+    try:
+        record = viz.record_assignments(model, points, args.stage, args.block)
+    except ValueError as err:  # --block out of range, or an input too small for the model
+        fail(str(err))
+    picture = draw(args, record, points)
     viz.save_png(picture, args.out)
     height, width = picture.shape[:2]
+    heads = "all" if args.all_heads else args.head
     print(f"{args.model} stage {args.stage} block {args.block} head(s) {heads}: {record.pos.size(0)} stage points, "
           f"{record.clusters_per_sample} cluster ids per sample; wrote {args.out} ({width}x{height})")
     return args.out

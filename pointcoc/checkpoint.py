@@ -41,15 +41,26 @@ _POINTMLP_RENAME = re.compile(r"(^|\.)(pre_blocks_list\.\d+\.operation\.\d+)\.(f
 _CLUSTER_NAMES = {"fc1": "f", "fc_v": "v", "fc2": "proj"}
 
 
+_MAX_WRAPPING = 8
+"""Most checkpoint dicts a state dict is nested in (``{'model': {'state_dict': ...}}`` is 2)."""
+
+
 def _unwrap(state_dict: object) -> Mapping:
-    """Return the mapping of names to tensors inside a raw state dict or a checkpoint dict."""
-    current = state_dict
-    while True:
+    """Return the mapping of names to tensors inside a raw state dict or a checkpoint dict.
+
+    Refuses (``ValueError``) dicts that contain themselves or nest deeper than
+    :data:`_MAX_WRAPPING` levels, instead of following them forever.
+    """
+    current, seen = state_dict, set()
+    for _ in range(_MAX_WRAPPING + 1):
         if not isinstance(current, Mapping):
             raise TypeError(
                 "state_dict must be a mapping of parameter names to tensors (or a checkpoint dict holding one "
                 f"under {_WRAPPER_KEYS}), got {type(current).__name__}"
             )
+        if id(current) in seen:
+            raise ValueError("state_dict contains itself (a checkpoint dict that refers back to itself)")
+        seen.add(id(current))
         bad = next((key for key, value in current.items() if not isinstance(value, Tensor)), None)
         if bad is None:
             return current
@@ -60,6 +71,7 @@ def _unwrap(state_dict: object) -> Mapping:
                 f"{type(current[bad]).__name__} and no {_WRAPPER_KEYS} entry holds a state dict"
             )
         current = current[wrapper]
+    raise ValueError(f"state_dict is nested more than {_MAX_WRAPPING} checkpoint dicts deep")
 
 
 def _strip_module(key: str) -> str:
@@ -101,8 +113,9 @@ def convert_official_state_dict(name: str, state_dict: Mapping) -> Dict[str, Ten
     are stripped; old and new naming are accepted. Returns a new dict (the
     input is not modified; tensors may be views of the input's). Idempotent.
 
-    Raises ``ValueError`` for an unknown ``name`` and ``TypeError`` when
-    ``state_dict`` is not a mapping of names to tensors.
+    Raises ``ValueError`` for an unknown ``name`` or a self-referential or absurdly
+    nested checkpoint dict, and ``TypeError`` when ``state_dict`` is not a mapping
+    of names to tensors.
     """
     if name in COC_MODELS:
         convert = _convert_coc

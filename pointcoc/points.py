@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 from torch_geometric.data.data import BaseData
 
-from ._checks import check_batch, check_finite, check_k, check_ratio, check_tensor
+from ._checks import check_batch, check_finite, check_k, check_ratio, check_tensor, limit
 from .ops.batch import batch_counts, batch_ptr
 from .ops.sampling import random_sample
 
@@ -54,16 +55,35 @@ _PIL_DIRECT = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I",
 # decoding
 # ----------------------------------------------------------------------------------------------
 def _open_image_file(path: PathLike, name: str) -> Image.Image:
-    """Open and fully decode an image file; missing or corrupt files raise ``ValueError``."""
+    """Open and fully decode an image file; missing, corrupt or oversized files raise ``ValueError``.
+
+    The pixel count is read from the header and checked against the limit
+    ``POINTCOC_MAX_IMAGE_PIXELS`` (environment variable, default 2**24) before
+    anything is decoded, so a small file that expands to gigabytes is refused.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{name}: image file not found: {path!r}")
+    allowed = limit("POINTCOC_MAX_IMAGE_PIXELS")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        with warnings.catch_warnings():  # our own limit replaces PIL's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                pixels = img.width * img.height
+                if pixels <= allowed:
+                    img.load()
+                    return img.copy()
+    except Image.DecompressionBombError as err:
+        pixels, reason = None, " ".join(str(err).split())
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{name}: cannot read image file {path!r} ({err})") from err
+        raise ValueError(f"{name}: cannot read image file {path!r} ({' '.join(str(err).split())})") from None
+    else:
+        reason = f"{pixels} pixels"
+    raise ValueError(
+        f"{name}: image file {path!r} is too large to decode ({reason}); the limit is "
+        f"POINTCOC_MAX_IMAGE_PIXELS={allowed} pixels (raise it with that environment variable"
+        f"{'' if pixels is not None else ' and PIL.Image.MAX_IMAGE_PIXELS'})"
+    )
 
 
 def _pil_to_array(img: Image.Image, name: str) -> np.ndarray:
@@ -417,6 +437,32 @@ def _depth_item(item: object) -> Tensor:
     return item
 
 
+def _depth_sources(depth: object) -> List[Optional[str]]:
+    """The file of every depth map (None for in-memory inputs), in sample order."""
+    sources: List[Optional[str]] = []
+    for item in _items(depth):
+        is_file = isinstance(item, (str, os.PathLike))
+        count = 1 if is_file or isinstance(item, Image.Image) or getattr(item, "ndim", 2) == 2 else len(item)
+        sources += [os.fspath(item) if is_file else None] * count
+    return sources
+
+
+def _check_positions_finite(pos: Tensor, z: Tensor, batch: Tensor, pixel: Tensor, depth: object) -> None:
+    """Refuse back-projected positions that overflow the dtype, naming the sample, pixel and file."""
+    bad = ~torch.isfinite(pos).all(dim=1)
+    if not bool(bad.any()):
+        return
+    i = int(bad.nonzero()[0])
+    b, (row, col) = int(batch[i]), pixel[i].tolist()
+    sources = _depth_sources(depth)
+    source = f" (file {sources[b]!r})" if b < len(sources) and sources[b] else ""
+    raise ValueError(
+        f"depth of sample {b}{source} at pixel ({row}, {col}) is {float(z[i]):.3g} m after depth_scale: its "
+        f"back-projected position is not finite in {pos.dtype} ({int(bad.sum())} such pixels); check the "
+        f"depth values and depth_scale"
+    )
+
+
 def _flat_depth(depth: object, sizes: Sequence[Tuple[int, int]], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Depth inputs -> flat ``[sum H_b * W_b]`` raw values in point order, checked against the RGB sizes."""
     parts = [_depth_item(item) for item in _items(depth)]
@@ -479,7 +525,8 @@ def rgbd_to_points(
         depth: ``[H, W]``, ``[B, H, W]`` or ``[B, 1, H, W]`` tensor / numpy array, a depth
             image path (16-bit PNG: raw uint16 values), or a list of these (one per rgb image).
             Metres are ``value / depth_scale``. Pixels whose depth is 0, negative, NaN or inf
-            are dropped.
+            are dropped; a depth so large that its back-projected position overflows the
+            dtype raises ``ValueError`` naming the sample, the pixel and the file.
         intrinsics: pinhole camera, a 3x3 matrix or ``(fx, fy, cx, cy)`` (or per sample
             ``[B, 3, 3]`` / ``[B, 4]``), in pixels. Required for ``mode="xyz"``.
         depth_scale: raw depth units per metre (e.g. 1000 for millimetre PNGs), > 0.
@@ -515,6 +562,7 @@ def rgbd_to_points(
     u = attrs["pixel"][:, 1].to(dtype)
     v = attrs["pixel"][:, 0].to(dtype)
     attrs["pos"] = torch.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], dim=1)
+    _check_positions_finite(attrs["pos"], z, attrs["batch"], attrs["pixel"], depth)
     return Batch(**attrs)
 
 

@@ -8,16 +8,20 @@ The pieces:
 * :func:`confusion_matrix`, :func:`overall_accuracy` (OA) and
   :func:`mean_class_accuracy` (mAcc: mean per-class recall over the classes
   present).
-* :func:`atomic_save` / :func:`atomic_write_text` (temporary file + ``os.replace``)
-  and :func:`load_checkpoint`.
+* :func:`checkpoint_digest`, :func:`load_checkpoint` (refuses a file whose
+  content does not match its digest) and :func:`repair_best_checkpoint`; files
+  are written with :func:`pointcoc._files.atomic_write` (temporary file, fsync, rename).
+* :class:`BatchAdapter` with :func:`channels_first` (``[B, 3, n]``) and
+  :func:`point_batch` (PyG ``Batch``): how a model sees a batch of clouds.
 * :func:`capture_rng_state` / :func:`restore_rng_state` for torch (CPU and CUDA),
   numpy and Python.
 * :class:`DistributedContext`, :func:`setup_distributed`,
   :func:`cleanup_distributed`: ``torchrun`` support (DistributedDataParallel,
   gloo on CPU, NCCL on CUDA).
-* :class:`Trainer`: SGD (or AdamW) + cosine schedule + label smoothing, per-epoch train and
-  test metrics reduced across ranks, ``metrics.csv`` / ``metrics.json``, and
-  ``last.pt`` / ``best.pt`` written by rank 0 only.
+* :class:`Trainer`: any model plus a :class:`BatchAdapter`; SGD (or AdamW) +
+  cosine schedule + label smoothing, per-epoch train and test metrics reduced
+  across ranks, ``metrics.csv`` / ``metrics.json``, and ``last.pt`` / ``best.pt``
+  written by rank 0 only, consistent with each other after a kill at any instant.
 
 Determinism: the training order of epoch ``e`` is a permutation seeded with
 ``seed + e`` (``DistributedSampler``), the dataset's augmentation is seeded per
@@ -28,15 +32,17 @@ every rank, so training ``2k`` epochs straight or ``k`` epochs then resuming for
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,7 +51,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch_geometric.data import Batch
 from tqdm.auto import tqdm
+
+from ._checks import check_batch_norm_batch
+from ._files import atomic_write, check_writable_dir, remove_stray_temporaries
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -57,9 +67,14 @@ __all__ = [
     "seed_everything",
     "capture_rng_state",
     "restore_rng_state",
-    "atomic_save",
-    "atomic_write_text",
+    "atomic_write",
+    "checkpoint_digest",
+    "serialize_checkpoint",
     "load_checkpoint",
+    "repair_best_checkpoint",
+    "BatchAdapter",
+    "channels_first",
+    "point_batch",
     "DistributedContext",
     "setup_distributed",
     "cleanup_distributed",
@@ -68,7 +83,7 @@ __all__ = [
     "summary_lines",
 ]
 
-CHECKPOINT_FORMAT = "pointcoc-classification-v1"
+CHECKPOINT_FORMAT = "pointcoc-classification-v2"
 """Value of the ``format`` key of every checkpoint this module writes."""
 
 METRIC_FIELDS = (
@@ -161,46 +176,111 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def _atomic_replace(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+_DIGEST_EXCLUDED = ("digest", "best_digest")
+_MAX_DEPTH = 32
 
 
-def atomic_save(obj: Any, path: Union[str, Path]) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
-    _atomic_replace(Path(path), lambda tmp: torch.save(obj, tmp))
+def _digest_update(h: "hashlib._Hash", obj: Any, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            h.update(f"K{type(key).__name__}:{key!r}".encode())
+            _digest_update(h, obj[key], depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}".encode())
+        for item in obj:
+            _digest_update(h, item, depth + 1)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        h.update(f"V{type(obj).__name__}:{obj!r}".encode())
+    else:
+        raise TypeError(f"cannot digest a {type(obj).__name__}")
 
 
-def atomic_write_text(text: str, path: Union[str, Path]) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    _atomic_replace(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def checkpoint_digest(state: Dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's whole content (every tensor's bytes, every value), except its digests."""
+    h = hashlib.sha256()
+    _digest_update(h, {k: v for k, v in state.items() if k not in _DIGEST_EXCLUDED}, 0)
+    return h.hexdigest()
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "best", "rng", "args")
+def serialize_checkpoint(state: Dict[str, Any]) -> bytes:
+    """``torch.save`` bytes of ``state`` (the same bytes whatever file they go to)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "best", "rng", "args", "digest",
+                    "best_digest")
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by :class:`Trainer`; ``ValueError`` naming the file if it is unusable."""
+    """Load a checkpoint written by :class:`Trainer` and verify its content digest.
+
+    Loads with ``weights_only=True`` (no code from the file runs). Raises a one-line
+    ``ValueError`` naming the file when it is missing, unreadable, of another kind,
+    incomplete, or when its content does not match the digest stored in it
+    (a flipped bit, a partial overwrite).
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path}: file not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
-        reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {reason})") from None
+        raise ValueError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {_one_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {path}: not a {CHECKPOINT_FORMAT} checkpoint written by pointcoc.training")
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path}: missing entries {', '.join(missing)}")
+    try:
+        digest = checkpoint_digest(ckpt)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path}: unexpected content ({_one_line(exc)})") from None
+    if digest != ckpt["digest"]:
+        raise ValueError(f"checkpoint {path}: content does not match its digest (the file is corrupted: "
+                         f"stored {str(ckpt['digest'])[:12]}..., computed {digest[:12]}...)")
     return ckpt
+
+
+def repair_best_checkpoint(folder: Union[str, Path]) -> Optional[str]:
+    """Make ``best.pt`` in ``folder`` the best checkpoint that ``last.pt`` expects.
+
+    A run writes ``last.pt`` and then, when the epoch improved, the same bytes to
+    ``best.pt``; a kill in between leaves ``best.pt`` one best behind. Then the best
+    *is* the last state, and ``last.pt`` is copied over ``best.pt``. Returns a note
+    when a repair was made, None when the pair was consistent (or there is no
+    ``last.pt``). Raises ``ValueError`` when ``best.pt`` is damaged in a way no kill
+    produces (the expected best epoch is not the last one).
+    """
+    folder = Path(folder)
+    last_path, best_path = folder / "last.pt", folder / "best.pt"
+    if not last_path.is_file():
+        return None
+    last = load_checkpoint(last_path)
+    try:
+        best = load_checkpoint(best_path)
+        if best["digest"] == last["best_digest"]:
+            return None
+        found = f"it holds epoch {best['epoch']}"
+    except ValueError as exc:
+        found = str(exc)
+    if last["best_digest"] != last["digest"]:
+        raise ValueError(f"checkpoint {best_path}: does not hold the best epoch ({last['best'].get('epoch')}) that "
+                         f"{last_path} expects ({found}) and cannot be rebuilt from {last_path}")
+    atomic_write(best_path, last_path.read_bytes())
+    return f"repaired {best_path}: restored epoch {last['epoch']} from {last_path} ({found})"
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -301,32 +381,70 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
+# ----------------------------------------------------------------------------- batch adapters
+def channels_first(points: Tensor) -> Tensor:
+    """``[B, n, 3]`` clouds -> the ``[B, 3, n]`` tensor form (PointMLP-style models)."""
+    return points.transpose(1, 2).contiguous()
+
+
+def point_batch(points: Tensor) -> Batch:
+    """``[B, n, 3]`` clouds -> a PyG ``Batch`` with ``pos = x = xyz`` (point-set models such as CoC, ``pos_dim=3``)."""
+    b, n, dim = points.shape
+    flat = points.reshape(b * n, dim)
+    batch = torch.arange(b, device=points.device).repeat_interleave(n)
+    return Batch(x=flat, pos=flat, batch=batch, ptr=torch.arange(0, (b + 1) * n, n, device=points.device))
+
+
+def _no_hook(model: nn.Module) -> None:
+    return None
+
+
+@dataclass
+class BatchAdapter:
+    """How a model sees a batch, and what it needs switched between training and evaluation.
+
+    Args:
+        to_input: maps the loader's ``points: [B, n, 3]`` (on the device) to the model's
+            input, e.g. :func:`channels_first` or :func:`point_batch`.
+        on_train, on_eval: called with the model before every training epoch / evaluation
+            (e.g. to start FPS at a random point while training only).
+    """
+
+    to_input: Callable[[Tensor], Any]
+    on_train: Callable[[nn.Module], None] = _no_hook
+    on_eval: Callable[[nn.Module], None] = _no_hook
+
+
 # ----------------------------------------------------------------------------- trainer
 def _set_epoch(dataset: Dataset, epoch: int) -> None:
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
 
 
-def _set_fps_random_start(model: nn.Module, value: bool) -> None:
-    """Models with an ``fps_random_start`` switch (PointMLP family) start FPS at a random point
-    while training and at index 0 (the reference kernel) while evaluating."""
-    if hasattr(model, "fps_random_start"):
-        model.fps_random_start = value
-
-
-def _format_row(row: Dict[str, float]) -> str:
+def _format_row(row: Dict[str, float], eta: float) -> str:
     return (f"epoch {row['epoch']:>3d} | train loss {row['train_loss']:.4f} OA {row['train_oa']:6.2f} "
             f"mAcc {row['train_macc']:6.2f} | test loss {row['test_loss']:.4f} OA {row['test_oa']:6.2f} "
-            f"mAcc {row['test_macc']:6.2f} | lr {row['lr']:.2e} | {row['epoch_seconds']:.1f}s")
+            f"mAcc {row['test_macc']:6.2f} | lr {row['lr']:.2e} | {row['epoch_seconds']:.1f}s | "
+            f"eta {eta / 60:.1f} min")
+
+
+def _checkpoint_bytes_estimate(model: nn.Module, optimizer: str) -> int:
+    """Rough size of one checkpoint: the weights and buffers plus the optimiser's per-weight state."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return weights * (2 if optimizer == "sgd" else 3) + buffers + (1 << 20)
 
 
 class Trainer:
     """Train and evaluate a point-cloud classifier (by default with the PointMLP ScanObjectNN recipe).
 
+    Model-agnostic: ``adapter`` turns each batch of clouds into the model's input.
+
     Args:
-        model: maps ``points: [B, 3, n]`` to ``logits: [B, num_classes]``.
+        model: any classifier; ``model(adapter.to_input(points))`` gives ``logits: [B, num_classes]``.
         train_set, test_set: datasets of ``(points [n, 3], label)`` items;
             ``set_epoch(e)`` is called on them before each epoch when they have it.
+        adapter: a :class:`BatchAdapter` (input form and train/eval hooks).
         num_classes: number of classes ``K``.
         epochs: total epochs; the cosine schedule spans them.
         batch_size: global batch size (split evenly over the processes); the
@@ -342,9 +460,13 @@ class Trainer:
             and wrapped in ``DistributedDataParallel`` when distributed.
         amp: mixed precision (float16 with loss scaling on CUDA, bfloat16 on CPU).
         output_dir: where rank 0 writes ``metrics.csv``, ``metrics.json``,
-            ``last.pt`` and ``best.pt``; None writes nothing.
+            ``last.pt`` and ``best.pt``; None writes nothing. It is checked up front
+            (writable, room for the checkpoints); stray temporaries of killed writes
+            are removed.
         run_args: settings stored in checkpoints and ``metrics.json`` (plain values).
-        progress: show tqdm bars and per-epoch lines (rank 0 only).
+        progress: tqdm bars (rank 0); None (default) shows them only when stderr is a
+            terminal, so logs get one line per epoch and no bar residue.
+        log: print one metrics line per epoch (rank 0).
     """
 
     def __init__(
@@ -353,6 +475,7 @@ class Trainer:
         train_set: Dataset,
         test_set: Dataset,
         *,
+        adapter: BatchAdapter,
         num_classes: int,
         epochs: int,
         batch_size: int = 32,
@@ -368,18 +491,21 @@ class Trainer:
         amp: bool = False,
         output_dir: Optional[Union[str, Path]] = None,
         run_args: Optional[Dict[str, Any]] = None,
-        progress: bool = True,
+        progress: Optional[bool] = None,
+        log: bool = True,
     ) -> None:
         self.ctx = ctx if ctx is not None else DistributedContext()
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if batch_size < 1 or batch_size % self.ctx.world_size:
-            raise ValueError(f"batch_size must be a positive multiple of the {self.ctx.world_size} processes, got {batch_size}")
+        self._check_settings(model, adapter, epochs, batch_size, optimizer)
+        self.adapter = adapter
         self.num_classes, self.epochs, self.seed = num_classes, epochs, seed
         self.label_smoothing = label_smoothing
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.run_args = dict(run_args or {})
-        self.progress = progress and self.ctx.is_main
+        self.progress = (progress if progress is not None else sys.stderr.isatty()) and self.ctx.is_main
+        self.log = log and self.ctx.is_main
+        if self.output_dir is not None and self.ctx.is_main:
+            check_writable_dir(self.output_dir, 3 * _checkpoint_bytes_estimate(model, optimizer))
+            remove_stray_temporaries(self.output_dir, ("last.pt", "best.pt", "metrics.csv", "metrics.json"))
         device = self.ctx.device
 
         self.model = model.to(device)
@@ -387,38 +513,50 @@ class Trainer:
             DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             if self.ctx.distributed else self.model
         )
-        if optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        elif optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
-        else:
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+            if optimizer == "sgd" else torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs, eta_min=lr * min_lr_ratio)
         self.amp = amp
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
+        self._make_loaders(train_set, test_set, batch_size, workers)
+        self.epoch = 0  # completed epochs
+        self.saved_epoch: Optional[int] = None  # epoch held by last.pt in output_dir (None: no last.pt of this run)
+        self.history: List[Dict[str, float]] = []
+        self.best: Dict[str, Any] = {}
+        self.best_digest = ""
+
+    def _check_settings(self, model: nn.Module, adapter: object, epochs: int, batch_size: int, optimizer: str) -> None:
+        if not isinstance(adapter, BatchAdapter):
+            raise TypeError(f"adapter must be a pointcoc.training.BatchAdapter, got {type(adapter).__name__}")
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        if batch_size < 1 or batch_size % self.ctx.world_size:
+            raise ValueError(f"batch_size must be a positive multiple of the {self.ctx.world_size} processes, got {batch_size}")
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+        check_batch_norm_batch(model, batch_size // self.ctx.world_size, "batch_size per process")
+
+    def _make_loaders(self, train_set: Dataset, test_set: Dataset, batch_size: int, workers: int) -> None:
         per_rank = batch_size // self.ctx.world_size
-        self.train_sampler = DistributedSampler(
-            train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True, seed=seed, drop_last=True)
+        self.train_sampler = DistributedSampler(train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                                shuffle=True, seed=self.seed, drop_last=True)
         self._loader_generator = torch.Generator()
-        pin = device.type == "cuda"
+        pin = self.ctx.device.type == "cuda"
         self.train_loader = DataLoader(train_set, batch_size=per_rank, sampler=self.train_sampler, drop_last=True,
                                        num_workers=workers, pin_memory=pin, generator=self._loader_generator)
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set ({len(train_set)} items) is smaller than one batch of {batch_size}")
         self.test_loader = DataLoader(test_set, batch_size=per_rank, shuffle=False, num_workers=workers, pin_memory=pin,
                                       sampler=ShardSampler(len(test_set), self.ctx.rank, self.ctx.world_size))
-        self.epoch = 0  # completed epochs
-        self.history: List[Dict[str, float]] = []
-        self.best: Dict[str, Any] = {}
 
     # -- one pass ------------------------------------------------------------------------------
     def _forward(self, net: nn.Module, points: Tensor) -> Tensor:
-        points = points.to(self.ctx.device, non_blocking=True).transpose(1, 2).contiguous()  # [B, 3, n]
+        inputs = self.adapter.to_input(points.to(self.ctx.device, non_blocking=True))
         with torch.autocast(self.ctx.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            return net(points)
+            return net(inputs)
 
     def _reduce(self, loss_sum: Tensor, count: Tensor, conf: Tensor) -> Dict[str, float]:
         self.ctx.all_reduce_sum(loss_sum)
@@ -434,7 +572,7 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> Dict[str, float]:
         """Train epoch ``epoch`` (0-based); returns loss, OA and mAcc (percent) over all ranks."""
         self.net.train()
-        _set_fps_random_start(self.model, True)
+        self.adapter.on_train(self.model)
         self.train_sampler.set_epoch(epoch)
         _set_epoch(self.train_loader.dataset, epoch)
         self._loader_generator.manual_seed(self.seed + epoch)
@@ -472,7 +610,7 @@ class Trainer:
         """
         self.ctx.broadcast_buffers(self.model)
         self.model.eval()
-        _set_fps_random_start(self.model, False)
+        self.adapter.on_eval(self.model)
         device = self.ctx.device
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.int64, device=device)
@@ -488,9 +626,13 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to continue the run exactly (collective: call on every rank)."""
+        """Everything needed to continue the run exactly, with its content digest (collective: call on every rank).
+
+        ``best_digest`` is the digest of the ``best.pt`` this state expects (its own
+        digest when this epoch is the best so far).
+        """
         rng = self.ctx.all_gather_object(capture_rng_state())
-        return {
+        state = {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -503,6 +645,10 @@ class Trainer:
             "rng": rng,
             "args": dict(self.run_args),
         }
+        state["digest"] = checkpoint_digest(state)
+        is_best = bool(self.best) and self.best.get("epoch") == self.epoch
+        state["best_digest"] = state["digest"] if is_best else self.best_digest
+        return state
 
     def load_state_dict(self, ckpt: Dict[str, Any]) -> None:
         """Continue from a checkpoint of :meth:`state_dict` (same number of processes)."""
@@ -516,7 +662,30 @@ class Trainer:
         self.epoch = int(ckpt["epoch"])
         self.history = [dict(r) for r in ckpt["history"]][: self.epoch]
         self.best = dict(ckpt["best"])
+        self.best_digest = str(ckpt["best_digest"])
         restore_rng_state(ckpt["rng"][self.ctx.rank])
+
+    def resume(self, path: Optional[Union[str, Path]] = None) -> List[str]:
+        """Continue the run from ``path`` (default ``output_dir/last.pt``); returns notes on repairs made.
+
+        ``best.pt`` in the output folder is first made consistent with ``last.pt``
+        (:func:`repair_best_checkpoint`), and rank 0 rewrites the metrics files from
+        the checkpoint's history.
+        """
+        if path is None:
+            if self.output_dir is None:
+                raise ValueError("resume needs a checkpoint path or an output_dir holding last.pt")
+            path = self.output_dir / "last.pt"
+        notes: List[str] = []
+        if self.output_dir is not None and Path(path).parent == self.output_dir:
+            # on every rank, so that an error stops all of them alike; a repair writes the same bytes on any rank
+            note = repair_best_checkpoint(self.output_dir)
+            notes += [note] if note else []
+        self.load_state_dict(load_checkpoint(path))
+        if self.ctx.is_main and self.output_dir is not None:
+            self._write_metrics()
+            self.saved_epoch = self.epoch if Path(path).parent == self.output_dir else None
+        return notes
 
     def _write_metrics(self) -> None:
         assert self.output_dir is not None
@@ -524,18 +693,34 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_text(buf.getvalue(), self.output_dir / "metrics.csv")
+        atomic_write(self.output_dir / "metrics.csv", buf.getvalue())
         summary = {"args": self.run_args, "epochs": self.history, "best": self.best,
                    "last": self.history[-1] if self.history else {}}
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", self.output_dir / "metrics.json")
+        atomic_write(self.output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+
+    def _save(self, state: Dict[str, Any]) -> None:
+        """Write ``last.pt``, then (when this epoch is the best) the same bytes to ``best.pt``, then the metrics.
+
+        Every state a kill can leave is consistent or repaired by :meth:`resume`:
+        ``last.pt`` names the best it expects, and when ``best.pt`` lags behind,
+        that best is ``last.pt`` itself.
+        """
+        assert self.output_dir is not None
+        data = serialize_checkpoint(state)
+        atomic_write(self.output_dir / "last.pt", data)
+        self.saved_epoch = state["epoch"]
+        if state["best_digest"] == state["digest"]:
+            atomic_write(self.output_dir / "best.pt", data)
+        self._write_metrics()
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         """Train from the current epoch to ``epochs``; returns ``{'last': row, 'best': row}``.
 
-        After each epoch: metrics line, ``metrics.csv``/``metrics.json``,
-        ``last.pt`` and (when the test OA improves) ``best.pt``.
+        After each epoch: metrics line, ``last.pt``, ``best.pt`` (when the test OA
+        improves) and ``metrics.csv``/``metrics.json``.
         """
+        run_start, first_epoch = time.perf_counter(), self.epoch
         for epoch in range(self.epoch, self.epochs):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -547,18 +732,16 @@ class Trainer:
                    "epoch_seconds": time.perf_counter() - start}
             self.history.append(row)
             self.epoch = epoch + 1
-            improved = not self.best or row["test_oa"] > self.best["test_oa"]
-            if improved:
+            if not self.best or row["test_oa"] > self.best["test_oa"]:
                 self.best = dict(row)
             state = self.state_dict()  # collective (RNG states of every rank)
+            self.best_digest = state["best_digest"]
             if self.ctx.is_main:
-                if self.progress:
-                    tqdm.write(_format_row(row))
+                if self.log:
+                    per_epoch = (time.perf_counter() - run_start) / (self.epoch - first_epoch)
+                    tqdm.write(_format_row(row, per_epoch * (self.epochs - self.epoch)))
                 if self.output_dir is not None:
-                    self._write_metrics()
-                    atomic_save(state, self.output_dir / "last.pt")
-                    if improved:
-                        atomic_save(state, self.output_dir / "best.pt")
+                    self._save(state)
         return {"last": self.history[-1], "best": self.best}
 
 

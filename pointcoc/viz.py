@@ -1,7 +1,7 @@
 """Seeing the clusters: record which centre every point joins and draw it.
 
 A context-cluster layer assigns each point of its stage to one centre per head
-(SPEC section 2). :func:`record_assignments` runs a CoC model once and returns
+(docs/design.md §5). :func:`record_assignments` runs a CoC model once and returns
 that assignment for a chosen stage / block together with the stage's point
 positions. :func:`point_clusters` carries it back to the *input* points (every
 input point takes the cluster of its nearest stage point, by position, within
@@ -10,7 +10,10 @@ its own sample), and then
 * :func:`cluster_map` paints an image at the input's own size (each pixel in
   its cluster's :func:`palette` colour, optionally blended over the input;
   pixels that are not points - masked or dropped - in the background colour),
-* :func:`head_grid` tiles the maps of several heads into one picture,
+* :func:`head_grid` tiles the maps of several heads into one picture
+  (:func:`tile_columns` picks a layout with few empty tiles),
+* :func:`depth_preview` turns a raw depth map (e.g. a 16-bit millimetre PNG, which
+  looks black in a viewer) into a viewable colour picture,
 * :func:`point_cloud_image` / :func:`render_point_cloud` draw 3-D points
   (matplotlib's 3-D scatter when matplotlib is installed, otherwise an
   orthographic z-buffered projection with PIL),
@@ -48,7 +51,9 @@ __all__ = [
     "cluster_colors",
     "input_image",
     "cluster_map",
+    "tile_columns",
     "head_grid",
+    "depth_preview",
     "save_png",
     "point_cloud_image",
     "render_point_cloud",
@@ -290,12 +295,26 @@ def cluster_map(
     return _paint(pixel.cpu()[keep].numpy(), colours, height, width, background)
 
 
+def tile_columns(n: int) -> int:
+    """Columns of a tidy layout for ``n`` equal tiles.
+
+    Among ``c = ceil(sqrt(n)) .. 2 * ceil(sqrt(n))`` (at most ``n``) columns, the one that
+    leaves the fewest empty tiles in the last row, then the fewest columns: 4 tiles give
+    2 x 2, 5 one row of 5, 9 give 3 x 3, 13 give 2 rows of 7.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n (number of tiles) must be a positive int, got {n!r}")
+    low = int(np.ceil(np.sqrt(n)))
+    candidates = range(low, min(int(n), 2 * low) + 1)
+    return min(candidates, key=lambda c: (-(-n // c) * c - n, c))
+
+
 def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: int = 2,
               gap_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
     """Tile equally sized ``uint8 [H, W, 3]`` maps row by row into one ``uint8`` picture.
 
-    ``columns`` defaults to ``ceil(sqrt(len(maps)))``; tiles are separated by ``gap`` pixels of
-    ``gap_colour``.
+    ``columns`` defaults to :func:`tile_columns` of the number of maps; tiles are separated
+    by ``gap`` pixels of ``gap_colour``.
     """
     if len(maps) == 0:
         raise ValueError("maps must hold at least one map")
@@ -303,7 +322,7 @@ def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: in
     if any(m.shape != shape for m in maps) or len(shape) != 3 or shape[2] != 3:
         raise ValueError(f"maps must all be [H, W, 3] of one size, got {[m.shape for m in maps]}")
     n = len(maps)
-    columns = columns or int(np.ceil(np.sqrt(n)))
+    columns = columns or tile_columns(n)
     rows = -(-n // columns)
     height, width = shape[0], shape[1]
     out = np.empty((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), dtype=np.uint8)
@@ -311,6 +330,48 @@ def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: in
     for i, m in enumerate(maps):
         r, c = divmod(i, columns)
         out[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = m
+    return out
+
+
+# depth colour ramp, far -> near (none of them black: black marks pixels without depth)
+_DEPTH_RAMP = np.array([[25, 30, 95], [30, 110, 160], [60, 175, 120], [200, 215, 70], [255, 245, 190]], np.float64)
+
+
+def depth_preview(depth: Union[Tensor, np.ndarray, PathLike], low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """A viewable colour picture of a depth map, ``uint8 [H, W, 3]``.
+
+    A raw depth PNG (16-bit millimetres, as ``examples/rgbd.py`` writes) looks black in an
+    image viewer. Here valid depths (finite, > 0) are stretched between their ``low`` and
+    ``high`` percentiles (values outside clip) and coloured along a ramp from dark blue
+    (far) to pale yellow (near); pixels without depth are :data:`BACKGROUND` (black), which
+    no depth colour is. One valid value, or all equal, gives the nearest colour.
+
+    Args:
+        depth: ``[H, W]`` (or ``[1, H, W]``) array / tensor of any numeric dtype, or the path
+            of a depth image (read as raw values).
+        low, high: percentiles mapped to the far and near ends, ``0 <= low < high <= 100``.
+    """
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 <= low < high <= 100):
+        raise ValueError(f"low and high must be percentiles with 0 <= low < high <= 100, got {low!r}, {high!r}")
+    if isinstance(depth, (str, os.PathLike)):
+        with Image.open(depth) as image:
+            depth = np.array(image)
+    array = depth.detach().cpu().numpy() if isinstance(depth, Tensor) else np.asarray(depth)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or not (np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)):
+        raise ValueError(f"depth must be a real [H, W] array, got {array.dtype} {array.shape}")
+    z = array.astype(np.float64)
+    valid = np.isfinite(z) & (z > 0)
+    out = np.empty(z.shape + (3,), dtype=np.uint8)
+    out[:] = np.asarray(BACKGROUND, dtype=np.uint8)
+    if valid.any():
+        far, near = np.percentile(z[valid], [high, low])
+        span = far - near
+        t = np.ones(int(valid.sum())) if span <= 0 else np.clip((far - z[valid]) / span, 0.0, 1.0)
+        stops = np.linspace(0.0, 1.0, len(_DEPTH_RAMP))
+        ramp = np.stack([np.interp(t, stops, _DEPTH_RAMP[:, ch]) for ch in range(3)], axis=1)
+        out[valid] = np.rint(ramp).astype(np.uint8)
     return out
 
 

@@ -152,7 +152,7 @@ def _data_is_group(path, data, label):
     (_int_data, "'data' must hold floats, got dtype int32"),
     (_label_matrix, r"'label' must have shape \[S\] or \[S, 1\], got \[6, 2\]"),
     (_count_mismatch, "'data' holds 6 objects but 'label' holds 5"),
-    (_label_out_of_range, r"labels must be in \[0, 15\), found range \[15, 15\]"),
+    (_label_out_of_range, r"labels must be in \[0, 15\), found 15 at object 0 \(range \[15, 15\]\)"),
     (_nan, "NaN or inf"),
     (_empty, "holds no objects"),
     (_too_few_points, "objects have 10 points, fewer than the 32 requested"),

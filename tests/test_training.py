@@ -22,10 +22,11 @@ from pointcoc.data import ScanObjectNN, dataset_file, generate_split
 from pointcoc.training import (
     METRIC_FIELDS,
     ShardSampler,
+    BatchAdapter,
     Trainer,
-    atomic_save,
-    atomic_write_text,
+    atomic_write,
     capture_rng_state,
+    channels_first,
     confusion_matrix,
     load_checkpoint,
     mean_class_accuracy,
@@ -48,7 +49,9 @@ def single_thread():
 
 
 def one_thread_env():
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+    """One thread, and this checkout's pointcoc first (not an installed copy)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
 def load_example():
@@ -71,6 +74,15 @@ class TinyNet(nn.Module):
     def forward(self, x):  # x: [B, 3, n]
         self.seen_modes.append((self.training, self.fps_random_start))
         return self.head(self.point_mlp(x).amax(dim=2))
+
+
+def _set_flag(value):
+    def hook(model):
+        model.fps_random_start = value
+    return hook
+
+
+ADAPTER = BatchAdapter(channels_first, on_train=_set_flag(True), on_eval=_set_flag(False))
 
 
 class AxisClouds(Dataset):
@@ -146,9 +158,9 @@ def test_metrics_match_sklearn():
 
 # ----------------------------------------------------------------------------- files and RNG
 def test_atomic_writes_and_checkpoint_errors(tmp_path):
-    atomic_write_text("hello\n", tmp_path / "a" / "b.txt")
+    atomic_write(tmp_path / "a" / "b.txt", "hello\n")
     assert (tmp_path / "a" / "b.txt").read_text() == "hello\n"
-    atomic_save({"x": torch.arange(3)}, tmp_path / "c.pt")
+    atomic_write(tmp_path / "c.pt", lambda tmp: torch.save({"x": torch.arange(3)}, tmp))
     assert torch.equal(torch.load(tmp_path / "c.pt")["x"], torch.arange(3))
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -157,7 +169,7 @@ def test_atomic_writes_and_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="junk.pt: cannot be loaded"):
         load_checkpoint(tmp_path / "junk.pt")
-    with pytest.raises(ValueError, match="c.pt: not a pointcoc-classification-v1 checkpoint"):
+    with pytest.raises(ValueError, match="c.pt: not a pointcoc-classification-v2 checkpoint"):
         load_checkpoint(tmp_path / "c.pt")
 
 
@@ -181,7 +193,7 @@ def test_shard_sampler_covers_every_item_once():
 def test_model_learns_separable_data(tmp_path):
     torch.manual_seed(0)
     model = TinyNet(classes=3)
-    trainer = Trainer(model, AxisClouds(16, seed=1), AxisClouds(8, seed=2), num_classes=3, epochs=6,
+    trainer = Trainer(model, AxisClouds(16, seed=1), AxisClouds(8, seed=2), adapter=ADAPTER, num_classes=3, epochs=6,
                       batch_size=8, lr=0.05, seed=0, output_dir=tmp_path, progress=False, run_args={"note": "t"})
     result = trainer.fit()
     history = trainer.history
@@ -209,7 +221,7 @@ def test_model_learns_separable_data(tmp_path):
 
 
 def test_learning_rate_follows_cosine_to_one_hundredth(tmp_path):
-    trainer = Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), num_classes=3, epochs=4, batch_size=4,
+    trainer = Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=4, batch_size=4,
                       lr=0.1, progress=False)
     trainer.fit()
     lrs = [r["lr"] for r in trainer.history]
@@ -220,7 +232,7 @@ def test_learning_rate_follows_cosine_to_one_hundredth(tmp_path):
 
 def test_adamw_option_learns_too():
     torch.manual_seed(0)
-    trainer = Trainer(TinyNet(3), AxisClouds(16, 1), AxisClouds(8, 2), num_classes=3, epochs=6, batch_size=8,
+    trainer = Trainer(TinyNet(3), AxisClouds(16, 1), AxisClouds(8, 2), adapter=ADAPTER, num_classes=3, epochs=6, batch_size=8,
                       optimizer="adamw", lr=0.01, progress=False)
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert trainer.fit()["last"]["test_oa"] == 100.0
@@ -228,11 +240,11 @@ def test_adamw_option_learns_too():
 
 def test_trainer_rejects_bad_settings():
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'"):
-        Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), num_classes=3, epochs=1, optimizer="adam")
+        Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=1, optimizer="adam")
     with pytest.raises(ValueError, match="epochs"):
-        Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), num_classes=3, epochs=0)
+        Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=0)
     with pytest.raises(ValueError, match="smaller than one batch"):
-        Trainer(TinyNet(3), AxisClouds(2, 0), AxisClouds(1, 1), num_classes=3, epochs=1, batch_size=32)
+        Trainer(TinyNet(3), AxisClouds(2, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=1, batch_size=32)
 
 
 def _scan_sets(root: Path):
@@ -244,7 +256,7 @@ def _scan_sets(root: Path):
 def _make_trainer(root: Path, out: Path) -> Trainer:
     torch.manual_seed(1)  # initialisation; overwritten by the checkpoint on resume
     train, test = _scan_sets(root)
-    return Trainer(TinyNet(), train, test, num_classes=15, epochs=2, batch_size=8, seed=3, workers=0,
+    return Trainer(TinyNet(), train, test, adapter=ADAPTER, num_classes=15, epochs=2, batch_size=8, seed=3, workers=0,
                    output_dir=out, progress=False)
 
 

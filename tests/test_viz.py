@@ -164,7 +164,7 @@ def test_cluster_map_alpha_blends_over_input():
 
 
 def test_cli_all_heads_and_checkpoint(tmp_path):
-    """--all-heads tiles one map per head; --checkpoint loads weights through convert_official_state_dict."""
+    """--all-heads tiles one map per head (2 x 2); --checkpoint loads weights through convert_official_state_dict."""
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 256, (21, 13, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     torch.manual_seed(7)
@@ -174,13 +174,131 @@ def test_cli_all_heads_and_checkpoint(tmp_path):
     out = cli.main(["--model", "coc_mini", "--image", str(tmp_path / "in.png"), "--checkpoint",
                     str(tmp_path / "ckpt.pth"), "--stage", "1", "--all-heads", "--out", str(tmp_path / "heads.png")])
     tiled = np.array(Image.open(out))
-    assert tiled.shape == (21, 4 * 13 + 3 * 2, 3)  # 4 heads in a row, 2-pixel gaps
+    assert tiled.shape == (2 * 21 + 2, 2 * 13 + 2, 3)  # 4 heads as 2 x 2, 2-pixel gaps
     points = pc.image_to_points(np.array(Image.open(tmp_path / "in.png")))
     record = viz.record_assignments(model, points, stage=1)
     maps = [viz.cluster_map(record, points, head=h) for h in range(4)]
     for h in range(4):
-        np.testing.assert_array_equal(tiled[:, 15 * h:15 * h + 13], maps[h])
+        r, c = divmod(h, 2)
+        np.testing.assert_array_equal(tiled[23 * r:23 * r + 21, 15 * c:15 * c + 13], maps[h])
     assert any(not np.array_equal(maps[0], m) for m in maps[1:])
+
+
+def test_cli_with_input_all_heads_fills_the_canvas(tmp_path):
+    """--with-input --all-heads: the input then 4 heads, in one row of 5 tiles (no empty tile)."""
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 256, (15, 11, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    cli = load_example("visualize_clusters")
+    out = cli.main(["--model", "coc_mini", "--image", str(tmp_path / "in.png"), "--stage", "1", "--all-heads",
+                    "--with-input", "--out", str(tmp_path / "heads.png")])
+    tiled = np.array(Image.open(out))
+    assert tiled.shape == (15, 5 * 11 + 4 * 2, 3)
+    np.testing.assert_array_equal(tiled[:, :11], np.array(Image.open(tmp_path / "in.png")))
+    torch.manual_seed(0)  # the CLI's default seed
+    model = pc.create_model("coc_mini", num_classes=1000).eval()
+    points = pc.image_to_points(np.array(Image.open(tmp_path / "in.png")))
+    record = viz.record_assignments(model, points, stage=1)
+    for h in range(4):
+        np.testing.assert_array_equal(tiled[:, 13 * (h + 1):13 * (h + 1) + 11], viz.cluster_map(record, points, h))
+
+
+@pytest.mark.parametrize("n, columns", [(1, 1), (2, 2), (3, 3), (4, 2), (5, 5), (6, 3), (7, 4), (8, 4), (9, 3),
+                                        (12, 4), (13, 7), (16, 4), (17, 6)])
+def test_tile_columns(n, columns):
+    assert viz.tile_columns(n) == columns
+    assert viz.head_grid([np.zeros((1, 1, 3), np.uint8)] * n, gap=0).shape[1] == columns
+
+
+def test_tile_columns_rejects_non_positive():
+    with pytest.raises(ValueError, match="n"):
+        viz.tile_columns(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the CLI's one-line errors (exit status 2)
+# ----------------------------------------------------------------------------------------------
+def _cli_error(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        load_example("visualize_clusters").main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def small_image(tmp_path):
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    return tmp_path / "in.png"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--stage", "3"], "--stage must be in [0, 3)"),
+    (["--stage", "-1"], "--stage must be in [0, 3)"),
+    (["--block", "2"], "block must be in [0, 2)"),
+    (["--head", "2"], "--head must be in [0, 2)"),
+    (["--alpha", "2"], "--alpha"),
+    (["--keep", "0"], "--keep"),
+    (["--model", "resnet"], "--model 'resnet'"),
+])
+def test_cli_out_of_range_arguments(capsys, tmp_path, small_image, args, expected):
+    err = _cli_error(capsys, ["--model", "coc_mini", "--image", str(small_image), "--out", str(tmp_path / "m.png")]
+                     + args)
+    assert expected in err
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_cli_bad_files(capsys, tmp_path, small_image):
+    out = ["--out", str(tmp_path / "m.png"), "--model", "coc_mini"]
+    assert "--image" in _cli_error(capsys, ["--image", str(tmp_path / "missing.png")] + out)
+    (tmp_path / "notes.png").write_text("not an image")
+    assert "not a readable image" in _cli_error(capsys, ["--image", str(tmp_path / "notes.png")] + out)
+    assert "--mask" in _cli_error(capsys, ["--image", str(small_image), "--mask", str(tmp_path / "notes.png")] + out)
+    assert "--points" in _cli_error(capsys, ["--points", str(tmp_path / "missing.ply")] + out)
+    (tmp_path / "bad.txt").write_text("1 2\n3 4\n")
+    assert "x y z" in _cli_error(capsys, ["--points", str(tmp_path / "bad.txt")] + out)
+
+
+def test_cli_bad_checkpoints(capsys, tmp_path, small_image):
+    out = ["--image", str(small_image), "--out", str(tmp_path / "m.png"), "--model", "coc_mini"]
+    assert "no such file" in _cli_error(capsys, ["--checkpoint", str(tmp_path / "missing.pth")] + out)
+    (tmp_path / "junk.pth").write_bytes(b"\x00junk" * 10)
+    assert "not a coc_mini checkpoint" in _cli_error(capsys, ["--checkpoint", str(tmp_path / "junk.pth")] + out)
+    torch.save({"state_dict": [1, 2]}, tmp_path / "list.pth")
+    assert "not a coc_mini checkpoint" in _cli_error(capsys, ["--checkpoint", str(tmp_path / "list.pth")] + out)
+    torch.save(pc.create_model("coc_tiny", num_classes=3).state_dict(), tmp_path / "tiny.pth")
+    assert "do not fit coc_mini" in _cli_error(capsys, ["--checkpoint", str(tmp_path / "tiny.pth")] + out)
+    assert not (tmp_path / "m.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# depth preview
+# ----------------------------------------------------------------------------------------------
+def test_depth_preview_colours_valid_depth_and_blacks_out_the_rest(tmp_path):
+    depth = np.array([[0, 1000, 2000], [3000, 4000, 65535]], dtype=np.uint16)
+    preview = viz.depth_preview(depth, low=0, high=75)  # the 75th percentile of the valid values is 4000
+    assert preview.dtype == np.uint8 and preview.shape == (2, 3, 3)
+    assert tuple(preview[0, 0]) == viz.BACKGROUND
+    valid = preview.reshape(-1, 3)[1:]
+    assert (valid.max(1) > 0).all()  # no valid depth is drawn black
+    brightness = valid.astype(int).sum(1)
+    assert (np.diff(brightness[:4]) < 0).all()  # nearer is brighter, monotone
+    assert tuple(preview[1, 2]) == tuple(preview[1, 1])  # beyond the high percentile: clipped to the far end
+    Image.fromarray(depth).save(tmp_path / "depth.png")
+    np.testing.assert_array_equal(viz.depth_preview(tmp_path / "depth.png", low=0, high=75), preview)
+    np.testing.assert_array_equal(viz.depth_preview(torch.tensor(depth.astype(np.float32))[None], low=0, high=75),
+                                  preview)
+
+
+def test_depth_preview_edge_cases():
+    flat = viz.depth_preview(np.full((2, 2), 1.5))
+    assert (flat == flat[0, 0]).all() and flat[0, 0].max() > 0  # one depth: the nearest colour
+    holes = viz.depth_preview(np.array([[np.nan, np.inf], [-1.0, 0.0]]))
+    assert (holes == 0).all()
+    with pytest.raises(ValueError, match="depth"):
+        viz.depth_preview(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="low and high"):
+        viz.depth_preview(np.ones((2, 2)), low=50, high=10)
 
 
 # ----------------------------------------------------------------------------------------------

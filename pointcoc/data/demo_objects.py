@@ -25,7 +25,6 @@ unchanged.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -33,6 +32,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._files import atomic_write, remove_stray_temporaries
 from .scanobjectnn import CLASS_NAMES, dataset_file
 
 __all__ = [
@@ -517,19 +517,16 @@ def generate_split(per_class: int, seed: int, split: str, progress: bool = False
 
 
 def _write_h5(path: Path, data: np.ndarray, label: np.ndarray, mask: np.ndarray, attrs: dict) -> None:
-    """Write one split atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write one split atomically (:func:`pointcoc._files.atomic_write`)."""
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("data", data=data)
             f.create_dataset("label", data=label)
             f.create_dataset("mask", data=mask)
             f.attrs.update(attrs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
 
 
 def _demo_attrs(per_class: int, seed: int) -> dict:
@@ -564,6 +561,8 @@ def ensure_demo_dataset(root: Union[str, Path], train_per_class: int, test_per_c
         "train": _demo_attrs(train_per_class, seed),
         "test": _demo_attrs(test_per_class, seed),
     }
+    for split in wanted:
+        remove_stray_temporaries(dataset_file(root, "PB_T50_RS", split).parent)
     if all(_matches(dataset_file(root, "PB_T50_RS", s), a) for s, a in wanted.items()):
         return False
     write_demo_dataset(root, train_per_class, test_per_class, seed, progress)

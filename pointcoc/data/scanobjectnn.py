@@ -65,6 +65,12 @@ DATA_SOURCE_HINT = (
 
 _SPLIT_PREFIX = {"train": "training_", "test": "test_"}
 
+DEFAULT_MAX_BYTES = 1 << 30
+"""Default ``max_bytes`` of :func:`load_h5_split`: 1 GiB (the largest real split, first 2048 points, is 280 MB)."""
+
+DEFAULT_MAX_ABS_COORDINATE = 1e4
+"""Default ``max_abs_coordinate`` of :func:`load_h5_split` (ScanObjectNN coordinates lie within a few units)."""
+
 
 def dataset_file(root: Union[str, Path], variant: str = "PB_T50_RS", split: str = "train") -> Path:
     """Path of the HDF5 file holding ``split`` ('train' or 'test') of ``variant`` under ``root``."""
@@ -80,51 +86,81 @@ def _bad(path: Path, what: str) -> ValueError:
     return ValueError(f"ScanObjectNN file {path}: {what}; {DATA_SOURCE_HINT}")
 
 
-def load_h5_split(path: Union[str, Path], num_points: Optional[int] = None, num_classes: int = len(CLASS_NAMES)) -> Tuple[np.ndarray, np.ndarray]:
+def _check_values(path: Path, data: np.ndarray, max_abs_coordinate: float) -> None:
+    """Refuse NaN / inf and coordinates above ``max_abs_coordinate``, naming the first bad object."""
+    finite = np.isfinite(data).all(axis=(1, 2))
+    if not finite.all():
+        raise _bad(path, f"'data' of object {int(np.argmin(finite))} contains NaN or inf values")
+    large = (np.abs(data) > max_abs_coordinate).any(axis=(1, 2))
+    if large.any():
+        index = int(np.argmax(large))
+        raise _bad(path, f"'data' of object {index} has a coordinate of {float(np.abs(data[index]).max()):.3g}, "
+                   f"beyond max_abs_coordinate={max_abs_coordinate:g} (raise it if the values are meant)")
+
+
+def _check_layout(path: Path, f: "h5py.File", num_points: Optional[int], max_bytes: int) -> None:
+    """Check the declared shapes and dtypes of 'data' and 'label' (nothing is read yet)."""
+    for key in ("data", "label"):
+        if key not in f:
+            raise _bad(path, f"missing dataset {key!r} (keys present: {', '.join(sorted(f.keys())) or 'none'})")
+        if not isinstance(f[key], h5py.Dataset):
+            raise _bad(path, f"{key!r} is a group, expected an array")
+    data_ds, label_ds = f["data"], f["label"]
+    if data_ds.ndim != 3 or data_ds.shape[2] != 3:
+        raise _bad(path, f"'data' must have shape [S, P, 3], got {list(data_ds.shape)}")
+    if data_ds.dtype.kind != "f":
+        raise _bad(path, f"'data' must hold floats, got dtype {data_ds.dtype}")
+    if not (label_ds.ndim == 1 or (label_ds.ndim == 2 and label_ds.shape[1] == 1)):
+        raise _bad(path, f"'label' must have shape [S] or [S, 1], got {list(label_ds.shape)}")
+    if label_ds.dtype.kind not in "iu":
+        raise _bad(path, f"'label' must hold integers, got dtype {label_ds.dtype}")
+    if label_ds.shape[0] != data_ds.shape[0]:
+        raise _bad(path, f"'data' holds {data_ds.shape[0]} objects but 'label' holds {label_ds.shape[0]}")
+    if data_ds.shape[0] == 0:
+        raise _bad(path, "it holds no objects")
+    if num_points is not None and data_ds.shape[1] < num_points:
+        raise _bad(path, f"objects have {data_ds.shape[1]} points, fewer than the {num_points} requested")
+    kept = data_ds.shape[1] if num_points is None else num_points
+    size = data_ds.shape[0] * kept * 3 * max(data_ds.dtype.itemsize, 4) + label_ds.shape[0] * 8
+    if size > max_bytes:
+        raise _bad(path, f"'data' declares shape {list(data_ds.shape)}: reading {kept} points per object needs "
+                   f"{size / 2**30:.2f} GiB, above max_bytes={max_bytes} ({max_bytes / 2**30:.2f} GiB); raise "
+                   f"max_bytes if the file is meant to be that large")
+
+
+def load_h5_split(
+    path: Union[str, Path],
+    num_points: Optional[int] = None,
+    num_classes: int = len(CLASS_NAMES),
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_abs_coordinate: float = DEFAULT_MAX_ABS_COORDINATE,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Read and validate one ScanObjectNN HDF5 file.
 
     Returns ``points: [S, num_points, 3]`` float32 (the first ``num_points`` of
     each object; all of them when None) and ``labels: [S]`` int64. Raises
     ``ValueError`` naming the file and the problem (missing or unreadable file,
-    missing ``data``/``label``, wrong shape or dtype, labels out of range, values
-    not finite) and saying where to get the data.
+    missing ``data``/``label``, wrong shape or dtype, a declared size above
+    ``max_bytes`` (checked before reading), labels out of range, an object with
+    NaN / inf values or coordinates beyond ``max_abs_coordinate``) and saying
+    where to get the data.
     """
     path = Path(path)
     if not path.is_file():
         raise _bad(path, "file not found" if not path.exists() else "not a regular file")
     try:
         with h5py.File(path, "r") as f:
-            for key in ("data", "label"):
-                if key not in f:
-                    raise _bad(path, f"missing dataset {key!r} (keys present: {', '.join(sorted(f.keys())) or 'none'})")
-                if not isinstance(f[key], h5py.Dataset):
-                    raise _bad(path, f"{key!r} is a group, expected an array")
-            data_ds, label_ds = f["data"], f["label"]
-            if data_ds.ndim != 3 or data_ds.shape[2] != 3:
-                raise _bad(path, f"'data' must have shape [S, P, 3], got {list(data_ds.shape)}")
-            if data_ds.dtype.kind != "f":
-                raise _bad(path, f"'data' must hold floats, got dtype {data_ds.dtype}")
-            if not (label_ds.ndim == 1 or (label_ds.ndim == 2 and label_ds.shape[1] == 1)):
-                raise _bad(path, f"'label' must have shape [S] or [S, 1], got {list(label_ds.shape)}")
-            if label_ds.dtype.kind not in "iu":
-                raise _bad(path, f"'label' must hold integers, got dtype {label_ds.dtype}")
-            if label_ds.shape[0] != data_ds.shape[0]:
-                raise _bad(path, f"'data' holds {data_ds.shape[0]} objects but 'label' holds {label_ds.shape[0]}")
-            if data_ds.shape[0] == 0:
-                raise _bad(path, "it holds no objects")
-            if num_points is not None and data_ds.shape[1] < num_points:
-                raise _bad(path, f"objects have {data_ds.shape[1]} points, fewer than the {num_points} requested")
-            data = data_ds[()]
-            labels = label_ds[()].reshape(-1).astype(np.int64)
+            _check_layout(path, f, num_points, max_bytes)
+            data = f["data"][:, :num_points] if num_points is not None else f["data"][()]
+            labels = f["label"][()].reshape(-1).astype(np.int64)
     except OSError as exc:  # h5py's error for truncated / corrupt / non-HDF5 files
-        raise _bad(path, f"cannot be read as HDF5 ({exc})") from None
-    if num_points is not None:
-        data = data[:, :num_points]
+        raise _bad(path, f"cannot be read as HDF5 ({' '.join(str(exc).split())})") from None
     data = np.ascontiguousarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
-        raise _bad(path, "'data' contains NaN or inf values")
+    _check_values(path, data, max_abs_coordinate)
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise _bad(path, f"labels must be in [0, {num_classes}), found range [{labels.min()}, {labels.max()}]")
+        bad = int(np.argmax((labels < 0) | (labels >= num_classes)))
+        raise _bad(path, f"labels must be in [0, {num_classes}), found {labels[bad]} at object {bad} "
+                   f"(range [{labels.min()}, {labels.max()}])")
     return data, labels
 
 
@@ -151,6 +187,7 @@ class ScanObjectNN(Dataset):
             reference recipe).
         augment: apply :func:`scale_shift_shuffle`; default True for the train split.
         seed: base seed of the augmentation (see :meth:`set_epoch`).
+        max_bytes, max_abs_coordinate: limits of :func:`load_h5_split`.
 
     Items are ``(points [num_points, 3] float32, label int64 scalar)`` tensors.
     ``points`` is ``[S, num_points, 3]`` and ``labels`` ``[S]`` for the whole split.
@@ -166,6 +203,8 @@ class ScanObjectNN(Dataset):
         num_points: int = 1024,
         augment: Optional[bool] = None,
         seed: int = 0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_abs_coordinate: float = DEFAULT_MAX_ABS_COORDINATE,
     ) -> None:
         if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
             raise ValueError(f"num_points must be a positive int, got {num_points!r}")
@@ -179,7 +218,8 @@ class ScanObjectNN(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.path = dataset_file(root, variant, split)
-        self.points, self.labels = load_h5_split(self.path, num_points)
+        self.points, self.labels = load_h5_split(self.path, num_points, max_bytes=max_bytes,
+                                                 max_abs_coordinate=max_abs_coordinate)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before iterating each epoch)."""

@@ -15,7 +15,7 @@ from typing import Any, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_batch, check_positions, check_tensor
+from .._checks import check_batch, check_model_kwargs, check_module_input, check_positions, check_tensor
 from ..grid.models import VARIANTS, CocConfig
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
@@ -123,6 +123,8 @@ class ContextClusterNet(nn.Module):
         point_regions: bool = True,
     ) -> None:
         super().__init__()
+        check_model_kwargs(dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim,
+                                drop_path_rate=drop_path_rate))
         if mode not in ("auto", "grid", "point"):
             raise ValueError(f"mode must be 'auto', 'grid' or 'point', got {mode!r}")
         if point_proposal not in ("fps", "random"):
@@ -176,6 +178,7 @@ class ContextClusterNet(nn.Module):
     def forward_features(self, points: PointsInput) -> Tuple[Tensor, PointGeometry]:
         """Last-stage point features ``[M, dims[-1]]`` (normalised) and their geometry."""
         x, geo = as_point_batch(points)
+        check_module_input(self, x, "points.x")
         if x.size(1) != self.in_chans:
             raise ValueError(f"points.x must have in_chans={self.in_chans} channels, got {x.size(1)}")
         if geo.pos.size(1) != self.pos_dim:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
-from .._checks import check_float, check_tensor
+from .._checks import check_batch_norm_batch, check_float, check_model_kwargs, check_module_input, check_tensor
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
 from ..ops.fps import fps
@@ -343,6 +343,8 @@ class PointMLP(nn.Module):
         pos_blocks = _four(pos_blocks, "pos_blocks")
         k_neighbors = _four(k_neighbors, "k_neighbors")
         reducers = _four(reducers, "reducers")
+        check_model_kwargs(dict(num_classes=num_classes, points=points, embed_dim=embed_dim, dropout=dropout,
+                                reducers=reducers, k_neighbors=k_neighbors))
         if isinstance(recompute, bool):
             recompute = DEFAULT_RECOMPUTE if recompute else "none"
         recompute = _four(recompute, "recompute")
@@ -384,6 +386,8 @@ class PointMLP(nn.Module):
         """``x: [B, 3, n]`` xyz (``[B, n, 3]`` with ``channels_last_input``) -> logits ``[B, num_classes]``."""
         check_tensor(x, "x", ndim=3)
         check_float(x, "x")
+        check_module_input(self, x, "x")
+        check_batch_norm_batch(self, x.size(0), "x")
         xyz = x if self.channels_last_input else x.transpose(1, 2)
         if xyz.size(2) != 3:
             layout = "[B, n, 3]" if self.channels_last_input else "[B, 3, n]"

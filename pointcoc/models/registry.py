@@ -6,6 +6,8 @@ from typing import Callable, Dict, List
 
 from torch import nn
 
+from .._checks import check_model_kwargs
+
 __all__ = ["register_model", "create_model", "list_models"]
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -26,9 +28,15 @@ def list_models(pattern: str = "*") -> List[str]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model: ``create_model("coc_tiny", num_classes=10)``."""
+    """Build a registered model: ``create_model("coc_tiny", num_classes=10)``.
+
+    The settings models share are checked first (``TypeError``/``ValueError`` naming
+    the argument): ``num_classes`` an int >= 0, ``in_chans``/``pos_dim``/``points``
+    ints >= 1, ``drop_path_rate``/``drop_rate``/``dropout`` in [0, 1).
+    """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if name not in _MODELS:
         raise ValueError(f"unknown model name {name!r}; available: {', '.join(list_models())}")
+    check_model_kwargs(kwargs)
     return _MODELS[name](**kwargs)

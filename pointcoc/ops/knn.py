@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._checks import check_batch, check_finite, check_float, check_k, check_tensor
+from .._checks import check_batch, check_finite, check_float, check_k, check_padded_width, check_tensor
 from .backend import torch_cluster_module
 from .batch import batch_counts, batch_ptr, slot_in_sample
 
@@ -128,6 +128,7 @@ def knn_padded(
         ``dist: [M, k]`` squared distances (dtype of ``x``, no gradient), ``inf`` at the ``-1`` slots.
     """
     x, y, k, batch_x, batch_y, counts_x, counts_y = _validate(x, y, k, batch_x, batch_y, allow_empty=True)
+    check_padded_width(k, y.size(0), counts_x)
     check_chunk_entries(max_chunk_entries)
     return _knn_pure(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
 

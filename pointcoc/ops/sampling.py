@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._checks import check_batch, check_k, check_ratio, check_tensor
+from .._checks import check_batch, check_generator, check_k, check_ratio, check_tensor
 from .batch import batch_counts, batch_ptr
 
 __all__ = ["per_sample_count", "random_sample"]
@@ -53,6 +53,7 @@ def random_sample(
     """
     batch = check_tensor(batch, "batch", ndim=1)
     batch, num_samples = check_batch(batch, batch.numel(), batch.device)
+    check_generator(generator, batch.device)
     counts = batch_counts(batch, num_samples)
     picks = per_sample_count(counts, ratio, num_points)
     keys = torch.rand(batch.numel(), generator=generator, device=batch.device, dtype=torch.float64)
