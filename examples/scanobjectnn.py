@@ -52,6 +52,7 @@ from pointcoc.training import (
     DistributedContext,
     Trainer,
     channels_first,
+    point_batch,
     cleanup_distributed,
     load_checkpoint,
     repair_best_checkpoint,
@@ -103,6 +104,29 @@ def _fps_random_start(value: bool) -> Callable[[torch.nn.Module], None]:
 POINTMLP_ADAPTER = BatchAdapter(channels_first, on_train=_fps_random_start(True), on_eval=_fps_random_start(False))
 """How the PointMLP family sees a batch: ``[B, 3, n]`` clouds, random FPS start while training."""
 
+COC_ADAPTER = BatchAdapter(point_batch)
+"""How a CoC backbone sees a batch: a point set with xyz as positions and as features (``pos_dim=3``, point
+mode); its FPS centres start at a random point in training mode by themselves."""
+
+
+def _is_pointmlp(name: str) -> bool:
+    return name.startswith("pointmlp")
+
+
+def _model_kwargs(name: str, base: Dict[str, Any]) -> Dict[str, Any]:
+    """The setting's extra model arguments for ``name`` (the PointMLP ones do not apply to CoC backbones)."""
+    return dict(base["model_kwargs"]) if _is_pointmlp(name) else {}
+
+
+def build_model(settings: Dict[str, Any]) -> tuple:
+    """The run's model and its :class:`BatchAdapter`: a PointMLP on ``[B, 3, n]``, or a CoC backbone in point mode."""
+    name, classes = settings["model"], len(CLASS_NAMES)
+    if _is_pointmlp(name):
+        return create_model(name, num_classes=classes, points=settings["num_points"],
+                            **settings["model_kwargs"]), POINTMLP_ADAPTER
+    return create_model(name, num_classes=classes, in_chans=3, pos_dim=3, mode="point",
+                        **settings["model_kwargs"]), COC_ADAPTER
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -134,14 +158,15 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (defaults of None are resolved to the recipe or the demo setting)."""
-    models = list_models("pointmlp*")
+    models = list_models("pointmlp*") + list_models("coc*")
     p = argparse.ArgumentParser(
         description="Train PointMLP / PointMLP-CoC on ScanObjectNN (or on a generated demo set when the real "
         "files are absent). Real-data defaults follow the reference recipe: " + _setting_text(RECIPE)
         + "; demo defaults: " + _setting_text(DEMO) + ".",
     )
     p.add_argument("--model", choices=models, default=None,
-                   help=f"network (real data: {RECIPE['model']}; demo: {DEMO['model']})")
+                   help=f"network (real data: {RECIPE['model']}; demo: {DEMO['model']}); a coc_* variant is a "
+                   "context-cluster backbone in point mode (xyz as positions and features)")
     p.add_argument("--data-dir", default=None,
                    help=f"folder holding h5_files/ of ScanObjectNN (default {_rel(REAL_ROOT)}; when it is absent the "
                    "demo set is used)")
@@ -234,7 +259,7 @@ def _resolve(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], say: Call
     base = DEMO if demo else RECIPE
     settings = {k: (cli.get(k) if cli.get(k) is not None else base.get(k)) for k in RUN_KEYS}
     settings.update(demo=demo, variant=cli["variant"] or "PB_T50_RS", seed=cli["seed"] or 0, amp=bool(cli["amp"]),
-                    model_kwargs=dict(base["model_kwargs"]))
+                    model_kwargs=_model_kwargs(cli["model"] or base["model"], base))
     settings["data_dir"] = args.data_dir
     return settings
 
@@ -340,9 +365,8 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
     train, test = _load_data(settings, ctx, say, args.max_data_bytes, not args.no_progress and sys.stderr.isatty())
     seed_everything(settings["seed"] + ctx.rank)
     try:
-        model = create_model(settings["model"], num_classes=len(CLASS_NAMES), points=settings["num_points"],
-                             **settings["model_kwargs"])
-        trainer = Trainer(model, train, test, adapter=POINTMLP_ADAPTER, num_classes=len(CLASS_NAMES),
+        model, adapter = build_model(settings)
+        trainer = Trainer(model, train, test, adapter=adapter, num_classes=len(CLASS_NAMES),
                           epochs=settings["epochs"], optimizer=settings["optimizer"],
                           batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
                           seed=settings["seed"], workers=workers, ctx=ctx, amp=settings["amp"],
