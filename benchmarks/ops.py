@@ -1,23 +1,30 @@
-"""Sampling / neighbour benchmark: fps and knn, pure path vs torch-cluster vs plain baselines.
+"""Sampling / neighbour benchmark: fps, knn, knn_graph, radius; pure path vs torch-cluster vs baselines.
 
 Cases (float32 positions):
   clouds  32 point clouds x 1024 random xyz points (PointMLP's setting):
-          FPS ratio 0.5; kNN k=24 of the 512 sampled anchors against all points; kNN all-to-all
+          FPS ratio 0.5; kNN k=24 of the 512 sampled anchors against all points ("knn anchors");
+          kNN all-to-all; knn_graph k=24; radius r=0.15 around the anchors (max 32 neighbours)
   image   one 224x224 image as points (50,176 pixel positions, SPEC section 1):
-          FPS ratio 0.5 (25,088 iterations); kNN k=24 all-to-all
+          FPS ratio 0.5 (25,088 iterations); kNN k=24 all-to-all; radius 2.5 pixel spacings
+          all-to-all (max 32 neighbours)
 
 Rows per operation: the pure path (``use_backend("torch")``); torch-cluster raw and pointcoc's
 "auto" backend (when installed: kNN goes to torch-cluster, CPU FPS stays pure); straightforward
 baselines: FPS as a Python loop over samples, kNN as ``torch.cdist`` + ``topk`` per sample
-(chunked over 1024 queries; not tie-exact).
+(chunked over 1024 queries; not tie-exact). When torch-cluster is not installed, the two kNN
+rows it was measured on elsewhere (one thread, CPU) are printed as QUOTED figures, not measured
+here: 53.6 ms (clouds, knn anchors) and 101 ms (image, knn all).
 
 Every (operation, method) runs in a fresh subprocess so its peak memory is its own: on CPU the
 growth of the peak resident set size over the RSS before the first call (warm-up included), on
 CUDA ``torch.cuda.max_memory_allocated`` minus the memory held by the inputs. Times: median of
-``--repeats`` runs after a warm-up call.
+``--repeats`` runs after a warm-up call (rows slower than 10 s, or 2 s with ``--quick``: the
+warm-up run alone), as wall-clock time and as the process's CPU time (on a
+machine shared with other jobs the CPU time is the steadier figure; with one thread and an idle
+machine the two agree). The table is printed once, at the end.
 
-    python benchmarks/ops.py                      # all cases, CPU
-    python benchmarks/ops.py --quick              # one timed run, a short warm-up
+    python benchmarks/ops.py                      # all rows, CPU, one thread
+    python benchmarks/ops.py --quick              # one timed run, no baselines (about 1-2 minutes)
     python benchmarks/ops.py --device cuda --threads 8
 """
 from __future__ import annotations
@@ -42,19 +49,28 @@ sys.path.insert(0, ROOT)
 K = 24
 RATIO = 0.5
 CLOUDS, CLOUD_POINTS = 32, 1024
+CLOUD_RADIUS = 0.15
 IMAGE_SIDE = 224
+IMAGE_RADIUS = 2.5 / (IMAGE_SIDE - 1)
+MAX_NEIGHBOURS = 32
 BASELINE_QUERY_CHUNK = 1024
+SLOW_ROW_S = 10.0  # rows whose warm-up takes longer are timed once (the warm-up itself)
 
-# (case, operation, method) in table order; "pure" first in every operation (the ratio reference)
+# (case, operation) in table order; "pure" first in every operation (the ratio reference)
 OPERATIONS = [
     ("clouds", "fps"),
     ("clouds", "knn anchors"),
     ("clouds", "knn all"),
+    ("clouds", "knn_graph"),
+    ("clouds", "radius anchors"),
     ("image", "fps"),
     ("image", "knn all"),
+    ("image", "radius all"),
 ]
 METHODS = ["pure", "torch-cluster", "auto", "baseline"]
 BASELINE_NAMES = {"fps": "python loop over samples", "knn": "cdist + topk per sample"}
+QUOTED_TORCH_CLUSTER_MS = {("clouds", "knn anchors"): 53.6, ("image", "knn all"): 101.0}
+"""torch-cluster CPU times (one thread) measured in an earlier session, quoted when it is not installed."""
 
 
 def has_torch_cluster() -> bool:
@@ -117,34 +133,52 @@ def knn_cdist(x: torch.Tensor, y: torch.Tensor, k: int, batch_x: torch.Tensor, b
 
 def build_call(case: str, operation: str, method: str, device: str) -> Callable[[], object]:
     """The zero-argument callable timed for one table row."""
-    from pointcoc.ops import fps, knn, use_backend
+    from pointcoc.ops import fps, knn, knn_graph, radius, use_backend
 
     pos, batch = make_inputs(case, device)
-    if operation == "knn anchors":
+    if operation.endswith("anchors"):
         with use_backend("torch"):
             anchors = fps(pos, batch, ratio=RATIO, random_start=False)
         y, batch_y = pos[anchors], batch[anchors]
     else:
         y, batch_y = pos, batch
+    r = CLOUD_RADIUS if case == "clouds" else IMAGE_RADIUS
+    kind = operation.split()[0]
     if method == "torch-cluster":
         import torch_cluster
 
-        if operation == "fps":
-            return lambda: torch_cluster.fps(pos, batch, RATIO, False)
-        return lambda: torch_cluster.knn(pos, y, K, batch, batch_y)
+        calls = {
+            "fps": lambda: torch_cluster.fps(pos, batch, RATIO, False),
+            "knn": lambda: torch_cluster.knn(pos, y, K, batch, batch_y),
+            "knn_graph": lambda: torch_cluster.knn_graph(pos, K, batch),
+            "radius": lambda: torch_cluster.radius(pos, y, r, batch, batch_y, MAX_NEIGHBOURS),
+        }
+        return calls[kind]
     if method == "baseline":
-        if operation == "fps":
+        if kind == "fps":
             return lambda: fps_python_loop(pos, batch, RATIO)
         return lambda: knn_cdist(pos, y, K, batch, batch_y)
     backend = "torch" if method == "pure" else "auto"
+    calls = {
+        "fps": lambda: fps(pos, batch, ratio=RATIO, random_start=False),
+        "knn": lambda: knn(pos, y, K, batch, batch_y),
+        "knn_graph": lambda: knn_graph(pos, K, batch),
+        "radius": lambda: radius(pos, y, r, batch, batch_y, MAX_NEIGHBOURS),
+    }
 
     def call():
         with use_backend(backend):
-            if operation == "fps":
-                return fps(pos, batch, ratio=RATIO, random_start=False)
-            return knn(pos, y, K, batch, batch_y)
+            return calls[kind]()
 
     return call
+
+
+def methods_for(operation: str, cluster: bool, quick: bool) -> List[str]:
+    """Methods measured for one operation (baselines exist for fps and knn; none in quick mode)."""
+    methods = [m for m in METHODS if cluster or m not in ("torch-cluster", "auto")]
+    if quick or operation.split()[0] not in BASELINE_NAMES:
+        methods.remove("baseline")
+    return methods
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,23 +205,25 @@ def measure(case: str, operation: str, method: str, device: str, repeats: int, q
     else:
         rss_before = _rss_mib()
     warm = time.perf_counter()
+    warm_cpu = time.process_time()
     call()  # warm-up (also the memory peak)
     _sync(device)
-    warm = time.perf_counter() - warm
+    warm, warm_cpu = time.perf_counter() - warm, time.process_time() - warm_cpu
     if device.startswith("cuda"):
         peak = (torch.cuda.max_memory_allocated() - held) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
-    if quick and warm > 2.0:  # slow rows: the warm-up run is the measurement
-        times = [warm]
+    if warm > (2.0 if quick else SLOW_ROW_S):  # slow rows: the warm-up run is the measurement
+        times, cpu_times = [warm], [warm_cpu]
     else:
-        times = []
+        times, cpu_times = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             call()
             _sync(device)
             times.append(time.perf_counter() - start)
-    return {"ms": statistics.median(times) * 1e3, "peak_mib": peak}
+            cpu_times.append(time.process_time() - start_cpu)
+    return {"ms": statistics.median(times) * 1e3, "cpu_ms": statistics.median(cpu_times) * 1e3, "peak_mib": peak}
 
 
 def run_child(case: str, operation: str, method: str, args: argparse.Namespace) -> Optional[Dict[str, float]]:
@@ -195,8 +231,7 @@ def run_child(case: str, operation: str, method: str, args: argparse.Namespace) 
         sys.executable, os.path.abspath(__file__), "--child", case, operation, method,
         "--device", args.device, "--repeats", str(args.repeats),
     ]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
+    command += ["--threads", str(args.threads)]
     if args.quick:
         command.append("--quick")
     done = subprocess.run(command, capture_output=True, text=True)
@@ -214,22 +249,67 @@ def run_child(case: str, operation: str, method: str, args: argparse.Namespace) 
 def method_label(operation: str, method: str) -> str:
     if method == "baseline":
         return "baseline: " + BASELINE_NAMES[operation.split()[0]]
-    labels = {"pure": "pointcoc pure torch", "torch-cluster": "torch-cluster", "auto": "pointcoc auto backend"}
+    labels = {
+        "pure": "pointcoc pure torch",
+        "torch-cluster": "torch-cluster",
+        "auto": "pointcoc auto backend",
+        "quoted": "torch-cluster QUOTED (not measured)",
+    }
     return labels[method]
+
+
+def collect(args: argparse.Namespace, cluster: bool) -> List[Dict[str, object]]:
+    """Measure every row (one subprocess each); quoted torch-cluster rows where it is missing."""
+    rows = []
+    for case, operation in OPERATIONS:
+        for method in methods_for(operation, cluster, args.quick):
+            print(f"  measuring {case} {operation} {method} ...", file=sys.stderr, flush=True)
+            result = run_child(case, operation, method, args)
+            if result is not None:
+                rows.append({"case": case, "operation": operation, "method": method, **result})
+        quoted = QUOTED_TORCH_CLUSTER_MS.get((case, operation))
+        if quoted is not None and not cluster and args.device == "cpu":
+            rows.append({"case": case, "operation": operation, "method": "quoted", "ms": quoted,
+                         "cpu_ms": None, "peak_mib": None})
+    return rows
+
+
+def print_table(rows: List[Dict[str, object]]) -> None:
+    """One table: times, ratio to the pure path, ratio of the pure path to torch-cluster."""
+    header = (f"{'case':<7} {'operation':<15} {'method':<37} {'wall ms':>9} {'cpu ms':>9} "
+              f"{'vs pure':>8} {'pure/tc (cpu)':>19} {'peak MiB':>9}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        same = [r for r in rows if (r["case"], r["operation"]) == (row["case"], row["operation"])]
+        pure = next((r for r in same if r["method"] == "pure"), None)
+        reference = next((r for r in same if r["method"] in ("torch-cluster", "quoted")), None)
+        versus = f"{row['ms'] / pure['ms']:.2f}x" if pure and row["method"] != "quoted" else "-"
+        against = "-"
+        if row["method"] == "pure" and reference is not None:
+            against = f"{row['ms'] / reference['ms']:.2f}x"
+            if row["cpu_ms"] is not None and reference["method"] == "quoted":
+                against += f" ({row['cpu_ms'] / reference['ms']:.2f}x cpu)"
+        cpu = "-" if row["cpu_ms"] is None else f"{row['cpu_ms']:.1f}"
+        peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.1f}"
+        print(f"{row['case']:<7} {row['operation']:<15} {method_label(row['operation'], row['method']):<37} "
+              f"{row['ms']:>9.1f} {cpu:>9} {versus:>8} {against:>19} {peak:>9}")
+    print("vs pure: wall time relative to the pure path. pure/tc: pure path's wall time (and CPU time) "
+          "relative to torch-cluster; QUOTED rows are figures measured elsewhere, not on this machine. "
+          "Peak: memory growth of the call.")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--quick", action="store_true", help="one timed run; slow rows reuse their warm-up")
+    parser.add_argument("--quick", action="store_true", help="one timed run, no baselines; slow rows reuse their warm-up")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median), default 5")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "OPERATION", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(measure(*args.child, args.device, args.repeats, args.quick)))
         return
@@ -237,30 +317,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     from pointcoc.ops.knn import DEFAULT_CHUNK_ENTRIES
 
     cluster = has_torch_cluster()
-    methods = [m for m in METHODS if cluster or m not in ("torch-cluster", "auto")]
+    rows = collect(args, cluster)
     print(
         f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"torch-cluster {'installed' if cluster else 'not installed'}, k={K}, ratio={RATIO}, "
         f"kNN chunk budget {DEFAULT_CHUNK_ENTRIES} distance entries, repeats {args.repeats}"
     )
-    header = f"{'case':<8} {'operation':<12} {'method':<36} {'median ms':>11} {'vs pure':>9} {'peak MiB':>9}"
-    print(header)
-    print("-" * len(header))
-    for case, operation in OPERATIONS:
-        reference = None
-        for method in methods:
-            result = run_child(case, operation, method, args)
-            if result is None:
-                continue
-            if method == "pure":
-                reference = result["ms"]
-            ratio = f"{result['ms'] / reference:.2f}x" if reference else "-"
-            print(
-                f"{case:<8} {operation:<12} {method_label(operation, method):<36} "
-                f"{result['ms']:>11.1f} {ratio:>9} {result['peak_mib']:>9.1f}",
-                flush=True,
-            )
-    print("vs pure: time relative to the pure path (lower is faster). Peak: memory growth of the call.")
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -251,3 +251,42 @@ def check_padded_width(k: int, num_queries: int, counts: Tensor, name: str = "k"
             f"with the environment variable POINTCOC_MAX_PADDED_ENTRIES"
         )
     return k
+
+
+def check_ptr(ptr: object, num_points: int, device: torch.device, name: str = "ptr") -> Tensor:
+    """Validate CSR sample offsets ``ptr: [B + 1]`` and return the matching sorted ``batch: [N]``.
+
+    ``ptr`` must be a 1-D integer tensor on ``device``, start at 0, never decrease, and end at
+    ``num_points`` (sample ``b`` holds points ``ptr[b]`` to ``ptr[b + 1] - 1``), as in PyG.
+    """
+    ptr = check_tensor(ptr, name, ndim=1)
+    if ptr.is_floating_point() or ptr.dtype == torch.bool or ptr.is_complex():
+        raise TypeError(f"{name} must be an integer tensor of sample offsets, got dtype {ptr.dtype}")
+    if ptr.device != device:
+        raise ValueError(f"{name} is on {ptr.device} but the points are on {device}")
+    if ptr.numel() < 2:
+        raise ValueError(f"{name} must hold at least 2 offsets ([B + 1] for B samples), got {ptr.numel()}")
+    ptr = ptr.long()
+    if int(ptr[0]) != 0 or int(ptr[-1]) != num_points:
+        raise ValueError(f"{name} must start at 0 and end at the number of points ({num_points})")
+    if bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError(f"{name} must be non-decreasing")
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=device), ptr[1:] - ptr[:-1])
+
+
+def batch_or_ptr(
+    batch: object, ptr: object, num_points: int, device: torch.device, batch_name: str, ptr_name: str
+) -> object:
+    """The ``batch`` argument, or the batch vector described by ``ptr`` (at most one may be given)."""
+    if ptr is None:
+        return batch
+    if batch is not None:
+        raise ValueError(f"give {batch_name} or {ptr_name}, not both")
+    return check_ptr(ptr, num_points, device, ptr_name)
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Require a Python bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

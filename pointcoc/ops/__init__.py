@@ -1,10 +1,14 @@
-"""Point-set operations: sampling, neighbours, grid proposal, ragged-batch utilities."""
+"""Point-set operations: sampling, neighbours (kNN, radius, nearest), voxels, interpolation,
+grid proposal, ragged-batch utilities. Pure PyTorch; signatures follow torch-cluster / PyG."""
 from .backend import get_backend, set_backend, use_backend
 from .batch import batch_counts, batch_ptr, from_dense_batch, to_dense_batch
 from .fps import fps
 from .grid import adaptive_bins, grid_proposal
-from .knn import knn, knn_dense, knn_padded
+from .interpolate import knn_interpolate
+from .knn import knn, knn_dense, knn_graph, knn_padded, nearest
+from .radius import radius, radius_graph
 from .sampling import random_sample
+from .voxel import grid_cluster, voxel_grid
 
 __all__ = [
     "batch_counts",
@@ -16,6 +20,13 @@ __all__ = [
     "knn",
     "knn_padded",
     "knn_dense",
+    "knn_graph",
+    "nearest",
+    "radius",
+    "radius_graph",
+    "grid_cluster",
+    "voxel_grid",
+    "knn_interpolate",
     "adaptive_bins",
     "grid_proposal",
     "set_backend",

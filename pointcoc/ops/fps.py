@@ -7,14 +7,15 @@ each iteration is a handful of tensor operations on ``[B, n_max]``.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from .._checks import check_batch, check_positions
+from .._checks import batch_or_ptr, check_batch, check_bool, check_k, check_positions
 from .backend import torch_cluster_module
 from .batch import batch_counts, to_dense_batch
+from .exact import working_dtype
 from .sampling import per_sample_count
 
 __all__ = ["fps"]
@@ -23,50 +24,65 @@ __all__ = ["fps"]
 def fps(
     pos: Tensor,
     batch: Optional[Tensor] = None,
-    ratio: Optional[float] = 0.5,
+    ratio: Union[float, Tensor, None] = 0.5,
     random_start: bool = True,
     num_points: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    *,
+    batch_size: Optional[int] = None,
+    ptr: Optional[Tensor] = None,
 ) -> Tensor:
     """Farthest point sampling, sample by sample.
 
-    Starting from one point, repeatedly pick the point whose squared Euclidean
-    distance to the already picked points is largest (ties: the lowest index).
-    Distances are ``sum_p (pos[i, p] - pos[j, p]) ** 2`` in the dtype of ``pos``
-    (float64 input gives exact float64 FPS).
+    Starting from one point, repeatedly pick the point whose squared Euclidean distance to
+    the already picked points is largest (ties: the lowest index). Exact: the picks are those
+    of a float64 brute force on the input values as given, distances
+    ``sum_p (float64(pos[i, p]) - float64(pos[j, p])) ** 2`` summed in coordinate order,
+    whatever the dtype of ``pos`` (float16 / bfloat16 / float32 / float64) and the number of
+    coordinates. Positions whose squared distances overflow float64 raise ``ValueError``.
 
     Args:
         pos: ``[N, P]`` float positions.
         batch: ``[N]`` sorted sample ids (``None``: one sample).
-        ratio: pick ``ceil(ratio * n_b)`` points in a sample of ``n_b`` points, ``0 < ratio <= 1``.
+        ratio: pick ``ceil(ratio * n_b)`` points in a sample of ``n_b`` points, ``0 < ratio <= 1``;
+            a float, or a tensor (0-d, or ``[B]`` with one ratio per sample, as torch-cluster).
         random_start: start at a uniformly random point of each sample; otherwise at
             each sample's first point.
         num_points: pick exactly this many points per sample instead of using ``ratio``.
         generator: ``torch.Generator`` (on the device of ``pos``) for the random starts.
+        batch_size: number of samples (optional, as torch-cluster); must cover every sample id.
+        ptr: CSR offsets ``[B + 1]`` instead of ``batch`` (as torch-cluster).
 
     Returns:
         ``[M]`` LongTensor of global point indices, grouped by sample in sample order,
-        each sample's picks in selection order.
+        each sample's picks in selection order. The pick count is exactly
+        ``ceil(ratio * n_b)`` computed in float64 (torch-cluster rounds ``ratio * n_b`` in the
+        dtype of ``pos`` and may pick one more).
 
     When torch-cluster is installed and the backend is ``"auto"``, its CUDA kernel is
-    used for calls it supports (CUDA tensors, ``ratio`` given, no ``generator``, no empty
-    sample, same per-sample counts); it may resolve exact distance ties differently.
-    Its CPU kernel is not used: it is several times slower than this path (see
-    ``benchmarks/ops.py``) and draws random starts from C ``rand()``.
+    used for calls it supports (CUDA tensors, float ``ratio`` given, no ``generator``, no empty
+    sample, same per-sample counts); it computes in the dtype of ``pos`` and may resolve
+    near-ties differently. Its CPU kernel is not used.
     """
     pos = check_positions(pos, "pos")
+    batch = batch_or_ptr(batch, ptr, pos.size(0), pos.device, "batch", "ptr")
     batch, num_samples = check_batch(batch, pos.size(0), pos.device, "batch")
-    if not isinstance(random_start, bool):
-        raise TypeError(f"random_start must be a bool, got {type(random_start).__name__}")
+    if batch_size is not None:
+        if check_k(batch_size, "batch_size") < num_samples:
+            raise ValueError(f"batch_size={batch_size} is smaller than the number of samples ({num_samples})")
+        num_samples = batch_size
+    random_start = check_bool(random_start, "random_start")
     counts = batch_counts(batch, num_samples)
     picks = per_sample_count(counts, ratio, num_points)
     pos = pos.detach()
+    working_dtype(pos, pos, batch, batch, num_samples)  # raises where float64 overflows
 
     cluster = torch_cluster_module() if pos.is_cuda else None  # on CPU its kernel is slower than ours
-    if cluster is not None and generator is None and num_points is None:
+    if cluster is not None and generator is None and num_points is None and not isinstance(ratio, Tensor):
         if _cluster_counts_match(counts, picks, ratio, pos):
             return cluster.fps(pos, batch, ratio, random_start)
-    return _fps_dense(pos, batch, counts, picks, random_start, generator)
+    pos = pos.double()
+    return _fps_dense(pos, batch, counts, picks, _start_slots(counts, random_start, generator))
 
 
 def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tensor) -> bool:
@@ -83,10 +99,24 @@ def _cluster_counts_match(counts: Tensor, picks: Tensor, ratio: float, pos: Tens
     return bool(torch.equal(theirs, picks))
 
 
+def _start_slots(counts: Tensor, random_start: bool, generator: Optional[torch.Generator]) -> Tensor:
+    """Slot of each sample's first pick: uniformly random, or 0."""
+    if not random_start:
+        return torch.zeros(counts.numel(), dtype=torch.long, device=counts.device)
+    draw = torch.rand(counts.numel(), generator=generator, device=counts.device, dtype=torch.float64)
+    return (draw * counts).long().clamp_(max=(counts - 1).clamp(min=0))
+
+
+def _to_global(chosen: Tensor, counts: Tensor, picks: Tensor) -> Tensor:
+    """Slots ``[iterations, B]`` -> global indices; a sample keeps its first ``picks[b]`` picks."""
+    first_index = torch.cumsum(counts, 0) - counts
+    global_index = chosen.t() + first_index[:, None]  # [B, iterations]
+    keep = torch.arange(chosen.size(0), device=chosen.device)[None, :] < picks[:, None]
+    return global_index[keep]
+
+
 @torch.no_grad()
-def _fps_dense(
-    pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, random_start: bool, generator: Optional[torch.Generator]
-) -> Tensor:
+def _fps_dense(pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, start: Tensor) -> Tensor:
     """Pure-PyTorch FPS over the padded batch; see :func:`fps`. Returns global indices ``[M]``.
 
     The argmax of each step runs in two levels (the max of every segment of ``width`` slots,
@@ -103,11 +133,6 @@ def _fps_dense(
     coords = dense.permute(2, 0, 1).contiguous()  # [P, B, n], coordinate-major
     coords_flat = coords.view(num_coords, num_samples * n)  # [P, B*n]
 
-    if random_start:
-        draw = torch.rand(num_samples, generator=generator, device=device, dtype=torch.float64)
-        start = (draw * counts).long().clamp_(max=(counts - 1).clamp(min=0))  # [B] slot of the first pick
-    else:
-        start = torch.zeros(num_samples, dtype=torch.long, device=device)
     offsets = torch.arange(num_samples, device=device) * n  # [B] flat offset of each sample's slot 0
     segment_offsets = torch.arange(num_samples, device=device) * segments
 
@@ -138,8 +163,4 @@ def _fps_dense(
         inside = torch.index_select(mindist_segments, 0, segment).argmax(1)  # [B] first max inside it
         torch.add(inside, segment, alpha=width, out=chosen[it])
 
-    # flat slot -> global index; a sample keeps its first picks[b] iterations (later ones are not recorded)
-    first_index = torch.cumsum(counts, 0) - counts
-    global_index = chosen.t() - offsets[:, None] + first_index[:, None]  # [B, iterations]
-    keep = torch.arange(iterations, device=device)[None, :] < picks[:, None]
-    return global_index[keep]
+    return _to_global(chosen - offsets, counts, picks)  # flat slot -> slot in sample -> global

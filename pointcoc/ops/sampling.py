@@ -12,10 +12,12 @@ from .batch import batch_counts, batch_ptr
 __all__ = ["per_sample_count", "random_sample"]
 
 
-def per_sample_count(counts: Tensor, ratio: Optional[float], num_points: Optional[int], name: str = "num_points") -> Tensor:
+def per_sample_count(counts: Tensor, ratio: object, num_points: Optional[int], name: str = "num_points") -> Tensor:
     """How many points to pick in each sample: ``ceil(ratio * n_b)`` or a fixed count.
 
     ``counts: [B]`` points per sample -> ``[B]`` picks per sample (0 for empty samples).
+    ``ratio`` is a float (product in float64) or a floating tensor (0-d, or ``[B]``: one ratio
+    per sample; product in the tensor's dtype, as torch-cluster).
     A fixed ``num_points`` larger than a non-empty sample raises ``ValueError``.
     """
     if num_points is not None:
@@ -25,10 +27,27 @@ def per_sample_count(counts: Tensor, ratio: Optional[float], num_points: Optiona
             small = int(counts[nonempty].min())
             raise ValueError(f"{name}={num_points} is larger than a sample's point count ({small})")
         return torch.where(nonempty, torch.full_like(counts, num_points), torch.zeros_like(counts))
-    ratio = check_ratio(ratio)
-    # ceil(ratio * n) computed in float64 as torch-cluster does, guarded against 0.5 * 4 -> 2.0000001
-    picks = torch.ceil(counts.double() * ratio - 1e-9).long()
+    ratio = _ratio_per_sample(ratio, counts)
+    if isinstance(ratio, Tensor):  # in the tensor's dtype, as torch-cluster does
+        picks = torch.ceil(counts.to(ratio.dtype) * ratio).long()
+    else:  # ceil(ratio * n) in float64, guarded against 0.5 * 4 -> 2.0000001
+        picks = torch.ceil(counts.double() * ratio - 1e-9).long()
     return torch.where(counts > 0, picks.clamp(min=1), picks)
+
+
+def _ratio_per_sample(ratio: object, counts: Tensor) -> object:
+    """A float in (0, 1], or a ``[B]`` tensor of such ratios (from a 0-d or ``[B]`` float tensor)."""
+    if not isinstance(ratio, Tensor):
+        return check_ratio(ratio)
+    if not ratio.is_floating_point():
+        raise TypeError(f"ratio must be a float or a floating-point tensor, got dtype {ratio.dtype}")
+    if ratio.dim() > 1 or (ratio.dim() == 1 and ratio.numel() != counts.numel()):
+        raise ValueError(f"ratio must be a number, a 0-d tensor or one value per sample ([{counts.numel()}]), "
+                         f"got shape {tuple(ratio.shape)}")
+    ratio = ratio.to(counts.device).expand(counts.shape)
+    if not bool(((ratio > 0) & (ratio <= 1)).all()):
+        raise ValueError("ratio must be in (0, 1] for every sample")
+    return ratio
 
 
 def random_sample(

@@ -1,0 +1,107 @@
+"""The exactness contract of the neighbour searches, and the arithmetic that keeps it.
+
+**Reference distance.** Every search ranks by the *float64 brute-force* squared distance
+
+    d(y, x) = sum over p = 0 .. D-1, in order, of (float64(y[p]) - float64(x[p])) ** 2
+
+evaluated in float64 on the input values exactly as given (no centring, no expansion),
+ties broken by the lower index of ``x``. "Exact" in this package means: the same neighbour
+lists, in the same order, as sorting every candidate by ``(d, index)`` with this ``d``.
+
+**Working precision.** Searching in float64 costs twice the memory traffic of float32, so
+float16 / bfloat16 / float32 inputs are searched in float32 (half inputs are widened first,
+so nothing overflows in half precision), with exact coordinate differences (no matrix-product
+expansion, which cancels when coordinates are large compared with their spread). Each float32
+distance is then within a relative error ``delta = 2 (D + 2) 2^-24`` (plus a tiny absolute
+term for underflow) of the real distance. The search keeps ``k + REFINE_EXTRA`` candidates,
+recomputes their ``d`` in float64 and re-ranks them; the result is provably the float64
+ranking whenever the k-th float64 distance is below what any point outside the candidates
+can have (:func:`refine`). Queries where that cannot be proven (near-ties spanning all the
+candidates, e.g. many duplicate points) are searched again entirely in float64.
+
+**Range.** When a sample's squared extent does not fit in float32 (coordinates spread over
+more than about 1e19), the search runs in float64 directly; when it does not fit in float64
+(spread above about 1e153) a ``ValueError`` is raised: the reference distances themselves
+overflow.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["REFINE_EXTRA", "working_dtype", "pair_distances", "refine"]
+
+REFINE_EXTRA = 8
+"""Candidates kept beyond k by a float32 search, re-ranked in float64."""
+
+_SAFE_FRACTION = 0.25  # squared extents up to a quarter of the dtype's largest value are safe
+
+
+def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_samples: int) -> torch.dtype:
+    """float32 or float64: the cheapest dtype that holds every squared distance of a sample.
+
+    Raises ``ValueError`` when even float64 cannot hold them.
+    """
+    if x.size(0) == 0 or y.size(0) == 0:
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
+    dim = x.size(1)
+    low = torch.full((num_samples, dim), float("inf"), dtype=torch.float64, device=x.device)
+    high = torch.full((num_samples, dim), -float("inf"), dtype=torch.float64, device=x.device)
+    for points, batch in ((x, batch_x), (y, batch_y)):
+        index = batch[:, None].expand(-1, dim)
+        low.scatter_reduce_(0, index, points.double(), "amin")
+        high.scatter_reduce_(0, index, points.double(), "amax")
+    extent = (high - low).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # empty samples: 0
+    reach = float(extent.square().sum(1).max())
+    if not reach <= torch.finfo(torch.float64).max * _SAFE_FRACTION:
+        raise ValueError(
+            "x and y: squared distances between points of one sample exceed the float64 range "
+            f"(squared extent {reach:.3g}); rescale the coordinates"
+        )
+    if x.dtype == torch.float64 or reach > torch.finfo(torch.float32).max * _SAFE_FRACTION:
+        return torch.float64
+    return torch.float32
+
+
+def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
+    """``d[i, j] = sum_p (y[i, p] - x[col[i, j], p]) ** 2`` summed in coordinate order: ``[M, k]``."""
+    dist = None
+    for p in range(x.size(1)):
+        term = (y[:, p, None] - x[:, p][col]).square_()
+        dist = term if dist is None else dist.add_(term)
+    return dist
+
+
+def refine(
+    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Re-rank float32 candidates by the float64 reference distance; prove the result exact.
+
+    Args:
+        x, y: the original points (any float dtype).
+        index: ``[M, c]`` candidates (global x indices, ``-1`` padding), ``c >= k``, in any
+            order: ``c`` points with the smallest float32 distances, so every other point of the
+            sample has a float32 distance of at least the largest of ``dist_work``.
+        dist_work: ``[M, c]`` their float32 distances.
+        complete: ``[M]`` True where the candidates are all the points of the query's sample.
+
+    Returns:
+        ``index [M, k]``, float64 ``dist [M, k]`` and ``proven [M]`` (True where no point
+        outside the candidates can enter the first k by float64 distance).
+    """
+    dim = x.size(1)
+    d64 = pair_distances(y.double(), x.double(), index.clamp(min=0))
+    d64.masked_fill_(index < 0, float("inf"))
+    index, by_index = index.sort(dim=1)  # then a stable sort by distance: ties by index
+    d64 = d64.gather(1, by_index)
+    d64, by_dist = d64.sort(dim=1, stable=True)
+    index = index.gather(1, by_dist)[:, :k]
+    d64 = d64[:, :k]
+    delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
+    gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
+    tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
+    outside = (dist_work.amax(1).double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
+    proven = complete | (d64[:, -1] < outside)
+    return index, d64, proven
