@@ -6,6 +6,9 @@ Cases (forward + backward, float32):
   c  the same without regions, 16x16 centres
   d  whole-model training steps at 224x224, batch 8: coc_tiny and coc_tiny_plain
      (forward, cross-entropy, backward, SGD step; the points path includes image_to_points)
+  e  point mode beside lattice mode: the coc_tiny training step of d on 224x224 images as
+     points, the full grid and a fixed random 50% of the pixels (``pc.sample_pixels``);
+     the input points are built once, outside the timed step
 
 Every (case, implementation) runs in a fresh subprocess so that its peak memory
 is its own: on CPU the peak resident set size (and its growth over the RSS just
@@ -13,6 +16,7 @@ before the timed steps), on CUDA ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/cluster.py                 # all cases
     python benchmarks/cluster.py --cases a b c --repeats 5
+    python benchmarks/cluster.py --cases e --threads 1   # point mode vs lattice mode
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ OP_CASES = {
     "c": dict(fold=1, centres=16),
 }
 MODEL_CASES = {"d": ["coc_tiny", "coc_tiny_plain"]}
+POINT_CASES = {"e": ["full", "discrete50"]}
+CASES = ["a", "b", "c", "d", "e"]
 
 
 def _rss_mb() -> float:
@@ -92,6 +98,8 @@ def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
             def step():
                 plan = layer.make_plan(pts.pos, pts.batch, pixel=pts.pixel, grid_size=pts.grid_size)
                 layer(inp, plan=plan).sum().backward()
+    elif case in POINT_CASES:
+        step = _point_case_step(pc, impl, name, device)
     else:
         images = torch.rand(8, 3, 224, 224, device=device)
         target = torch.randint(0, 1000, (8,), device=device)
@@ -109,6 +117,25 @@ def worker(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
     return dict(case=case, impl=impl, name=name, sec=sec, peak_mb=peak, growth_mb=peak - base)
 
 
+def _point_case_step(pc, impl: str, name: str, device: str):
+    """Case e: one coc_tiny training step in ``impl`` mode ("lattice" / "point") on image points."""
+    images = torch.rand(8, 3, 224, 224, device=device)
+    target = torch.randint(0, 1000, (8,), device=device)
+    points = pc.image_to_points(images)
+    if name == "discrete50":
+        points = pc.sample_pixels(points, ratio=0.5, generator=torch.Generator(device=device).manual_seed(0))
+    model = pc.create_model("coc_tiny", mode=impl).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(points), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def run(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", case, impl, name, "--repeats", str(repeats), "--device", device,
            "--threads", str(torch.get_num_threads())]
@@ -120,7 +147,7 @@ def run(case: str, impl: str, name: str, repeats: int, device: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
+    ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     ap.add_argument("--repeats", type=int, default=3, help="timed steps per measurement (median reported)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -133,20 +160,25 @@ def main() -> None:
         return
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} repeats={args.repeats}")
     mem = "peak MB (CUDA alloc)" if args.device == "cuda" else "peak RSS MB (growth)"
-    print(f"{'case':<4} {'what':<22} {'grid s':>9} {'points s':>9} {'time ratio':>10}   {mem:<24} {'mem ratio':>9}")
+    header = f"{'case':<4} {'what':<22} {'A s':>9} {'B s':>9} {'time ratio':>10}   {mem:<24} {'mem ratio':>9}"
+    print(header + "\n(a-d: A = grid reference, B = points path; e: A = lattice mode, B = point mode)")
     for case in args.cases:
-        names = MODEL_CASES.get(case, ["op"])
+        names = MODEL_CASES.get(case) or POINT_CASES.get(case) or ["op"]
+        impls = ("lattice", "point") if case in POINT_CASES else ("grid", "points")
         for name in names:
-            g = run(case, "grid", name, args.repeats, args.device)
-            p = run(case, "points", name, args.repeats, args.device)
+            g = run(case, impls[0], name, args.repeats, args.device)
+            p = run(case, impls[1], name, args.repeats, args.device)
             key = "peak_mb" if args.device == "cuda" else "growth_mb"
-            what = name if case in MODEL_CASES else "fold={fold} centres={centres}x{centres}".format(**OP_CASES[case])
+            if case in OP_CASES:
+                what = "fold={fold} centres={centres}x{centres}".format(**OP_CASES[case])
+            else:
+                what = name if case in MODEL_CASES else f"coc_tiny {name}"
             gm, pm = g[key], p[key]
             print(
                 f"{case:<4} {what:<22} {g['sec']:>9.3f} {p['sec']:>9.3f} {p['sec'] / g['sec']:>9.2f}x   "
                 f"{g['peak_mb']:>7.0f} ({gm:>6.0f}) -> {p['peak_mb']:>5.0f} ({pm:>5.0f}) {pm / max(gm, 1e-9):>8.2f}x"
             )
-    print("time ratio = points / grid (lower is better); mem ratio = points / grid memory "
+    print("time ratio = B / A (lower is better); mem ratio = B / A memory "
           + ("allocated" if args.device == "cuda" else "growth during the timed steps"))
 
 

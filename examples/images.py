@@ -1,7 +1,8 @@
 """Images as point sets: one CoC network on full, discrete, masked and irregular digits.
 
-    python examples/images.py             # all four formats, points vs zero-filled grid (about 4 minutes)
-    python examples/images.py --quick     # a short run on the full grid only (the test uses it)
+    python examples/images.py             # all four formats, three ways each (about 12 CPU minutes)
+    python examples/images.py --jobs 4    # the same, four runs at a time
+    python examples/images.py --quick     # a short point-mode run on the full grid only (the test uses it)
 
 Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1,797
 gray 8x8 images, 10 classes, no download), values ``/16`` into [0, 1], a stratified
@@ -13,23 +14,26 @@ little to read (an RBF SVM reaches 79% on format (b) at 8x8, 90% at 16x16).
 Formats (each image becomes a point set ``x`` = gray value, ``pos`` = its pixel's position
 on the full grid, SPEC section 1):
 
-(a) ``grid``: every pixel is a point (grid mode, the reference CoC computation);
+(a) ``grid``: every pixel is a point;
 (b) ``discrete``: a different random 50% of the pixels of each image, drawn anew every
     training step and fixed (seeded) for the test set;
 (c) ``masked``: a random rectangle of about 25% of the image (aspect ratio between 1:2 and
     2:1, random place, redrawn every step) is hidden: those pixels are absent, not zero;
 (d) ``disc``: only the pixels inside the disc inscribed in the image (the same for every image).
 
-For (b)-(d) the same network is also trained and tested the ConvNet way: the full grid with
-the missing pixels set to zero (``zeros`` column; the test masks are the same as for
-``points``). For (a) both columns are the same run.
+Each format is trained and tested three ways (``--feeds``), the same network ``coc_mini``
+(3x3 stride-2 stem: the 16x16 digits give 8x8 points in stage 0) each time:
 
-The model is ``coc_mini`` (3x3 stride-2 stem: the 16x16 digits give 8x8 points in stage 0),
-built as ``pc.create_model("coc_mini", num_classes=10, in_chans=1, mode="grid")``. On image points with absent pixels, grid mode runs the reducers as
-sparse convolutions on the pixel lattice: windows over the points that exist, and an
-anchor whose window holds no point does not exist either; clusters use the grid-bin
-proposal over the points present. Nothing is zero-filled: absent pixels take no part in
-the normalisation, the clustering or the pooling.
+* ``point``: ``pc.create_model("coc_mini", num_classes=10, in_chans=1, mode="point")``, the
+  path for any point set: reducers with one anchor per occupied lattice cell and the
+  convolution kernel as rigid kernel points, FPS cluster centres inside each region;
+* ``lattice``: ``mode="lattice"``, the pixel-grid fast path: reducers as sparse convolutions
+  on the pixel lattice, clusters with the grid-bin proposal over the points present;
+* ``zeros``: the ConvNet way, lattice mode on the full grid with the missing pixels set to
+  zero (the test masks are the same). For (a) it is the ``lattice`` run.
+
+In ``point`` and ``lattice`` nothing is zero-filled: absent pixels take no part in the
+normalisation, the clustering or the pooling.
 
 Training: AdamW (lr 3e-3, weight decay 0.05), one warm-up epoch then a cosine schedule,
 label smoothing 0.1, batch 64, 20 epochs, one CPU thread, seeded (the run is deterministic
@@ -38,11 +42,14 @@ on one machine). Prints a table and writes ``results.json`` to ``--output``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -63,7 +70,7 @@ from pointcoc.grid.models import VARIANTS
 __all__ = ["FORMATS", "FEEDS", "load_digit_split", "format_mask", "to_points", "train_and_test", "build_parser", "main"]
 
 FORMATS = ("grid", "discrete", "masked", "disc")
-FEEDS = ("points", "zeros")
+FEEDS = ("point", "lattice", "zeros")
 KEEP_RATIO = 0.5  # discrete pixels kept
 HIDDEN_AREA = 0.25  # masked: share of the image under the rectangle
 MODEL = "coc_mini"
@@ -112,12 +119,12 @@ def format_mask(fmt: str, count: int, size: int, generator: torch.Generator) -> 
 
 
 def to_points(images: Tensor, mask: Optional[Tensor], feed: str) -> Batch:
-    """A batch as the network's input: the kept pixels as points (``feed="points"``), or the full
-    grid with the missing pixels set to zero (``feed="zeros"``). ``images: [B, 1, S, S]``,
-    ``mask: [B, S, S]`` bool (``None``: every pixel)."""
+    """A batch as the network's input: the kept pixels as points (``feed`` ``"point"`` or
+    ``"lattice"``), or the full grid with the missing pixels set to zero (``feed="zeros"``).
+    ``images: [B, 1, S, S]``, ``mask: [B, S, S]`` bool (``None``: every pixel)."""
     if mask is None:
         return pc.image_to_points(images)
-    if feed == "points":
+    if feed != "zeros":
         return pc.image_to_points(images, mask=mask)
     return pc.image_to_points(images * mask.unsqueeze(1).to(images.dtype))
 
@@ -141,7 +148,7 @@ def train_and_test(fmt: str, feed: str, data: Tuple[Tensor, Tensor, Tensor, Tens
     train_x, train_y, test_x, test_y = data
     size = train_x.size(-1)
     torch.manual_seed(seed)
-    model = pc.create_model(MODEL, num_classes=10, in_chans=1, mode="grid")
+    model = pc.create_model(MODEL, num_classes=10, in_chans=1, mode="point" if feed == "point" else "lattice")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_y) / batch_size)
     total, warmup = epochs * steps_per_epoch, steps_per_epoch
@@ -178,8 +185,10 @@ def train_and_test(fmt: str, feed: str, data: Tuple[Tensor, Tensor, Tensor, Tens
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short run (3 epochs, full grid unless --formats)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run (3 epochs, full grid in point mode unless --formats / --feeds)")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, help="formats to run (default: all; --quick: grid)")
+    parser.add_argument("--feeds", nargs="+", choices=FEEDS, help="ways to feed them (default: all; --quick: point)")
     parser.add_argument("--epochs", type=int, help="training epochs per run (default 20; --quick 3)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -190,19 +199,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: these tensors are small, threads mostly add overhead)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once in worker processes (each seeded: the same results as one by one)")
     parser.add_argument("--output", type=Path, default=Path("outputs/images"), help="folder for results.json")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser
 
 
 def _table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
-    lines = ["| format | points | zero-filled grid |", "|---|---|---|"]
+    names = {"point": "point mode (FPS centres)", "lattice": "lattice mode", "zeros": "zero-filled grid"}
+    feeds = [f for f in FEEDS if any(f in runs or (f == "zeros" and "lattice" in runs) for runs in results.values())]
+    lines = ["| format | " + " | ".join(names[f] for f in feeds) + " |", "|---" * (len(feeds) + 1) + "|"]
     for fmt, runs in results.items():
-        pts = runs["points"]["accuracy"]
-        zeros = runs.get("zeros", runs["points"])["accuracy"]
-        same = " (same run)" if "zeros" not in runs else ""
-        lines.append(f"| {fmt} | {100 * pts:.1f}% | {100 * zeros:.1f}%{same} |")
+        cells = []
+        for feed in feeds:
+            run = runs.get(feed, runs.get("lattice") if (feed, fmt) == ("zeros", "grid") else None)
+            same = " (lattice run)" if (feed, fmt) == ("zeros", "grid") else ""
+            cells.append("-" if run is None else f"{100 * run['accuracy']:.1f}%{same}")
+        lines.append(f"| {fmt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _train_run(run: Tuple[str, str], data, epochs: int, args: argparse.Namespace) -> Dict[str, float]:
+    torch.set_num_threads(args.threads)
+    fmt, feed = run
+    return train_and_test(fmt, feed, data, epochs, args.batch_size, args.lr, args.weight_decay, args.label_smoothing,
+                          seed=args.seed, progress=not args.no_progress and args.jobs == 1)
+
+
+def _report(fmt: str, feed: str, run: Dict[str, float]) -> Dict[str, float]:
+    print(f"{fmt:>8} {feed:>7}: test accuracy {100 * run['accuracy']:.1f}% "
+          f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)", flush=True)
+    return run
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
@@ -210,23 +238,27 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     formats = args.formats or (["grid"] if args.quick else list(FORMATS))
+    feeds = args.feeds or (["point"] if args.quick else list(FEEDS))
     epochs = args.epochs or (3 if args.quick else 20)
     start, cpu = time.perf_counter(), time.process_time()
     data = load_digit_split(args.size, args.seed)
     resized = "" if args.size == 8 else f", resized to {args.size}x{args.size} (bilinear)"
     print(f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; {MODEL} with stem {VARIANTS[MODEL].stem}, "
           f"{epochs} epochs per run, seed {args.seed}")
-    results: Dict[str, Dict[str, Dict[str, float]]] = {}
-    for fmt in formats:
-        results[fmt] = {}
-        for feed in (("points",) if fmt == "grid" else FEEDS):
-            run = train_and_test(fmt, feed, data, epochs, args.batch_size, args.lr, args.weight_decay,
-                                 args.label_smoothing, seed=args.seed,
-                                 progress=not args.no_progress)
-            results[fmt][feed] = run
-            print(f"{fmt:>8} {feed:>6}: test accuracy {100 * run['accuracy']:.1f}% "
-                  f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)", flush=True)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    runs = [(fmt, feed) for fmt in formats for feed in feeds if not (fmt == "grid" and feed == "zeros")]
+    train = functools.partial(_train_run, data=data, epochs=epochs, args=args)
+    results: Dict[str, Dict[str, Dict[str, float]]] = {fmt: {} for fmt in formats}
+    if args.jobs > 1:  # forked workers, one thread each; every run is seeded on its own
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            done = pool.map(train, runs)
+            for (fmt, feed), run in zip(runs, done):
+                results[fmt][feed] = _report(fmt, feed, run)
+    else:
+        for fmt, feed in runs:
+            results[fmt][feed] = _report(fmt, feed, train((fmt, feed)))
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu + (sum(r["cpu_seconds"] for v in results.values() for r in v.values())
+                                               if args.jobs > 1 else 0.0)
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s (CPU time {cpu_seconds:.0f} s)")
     summary = dict(results=results, seconds=seconds, cpu_seconds=cpu_seconds, epochs=epochs, size=args.size,
                    seed=args.seed, model=MODEL, stem=VARIANTS[MODEL].stem)

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pointcoc as pc
+from pointcoc.models.coc import as_point_batch
 from pointcoc.nn.context_cluster import ContextCluster
+from pointcoc.nn.geometry import point_lattice
 from tests.helpers import DEVICES
 
 PARAMS = {
@@ -21,9 +23,14 @@ PARAMS = {
 }
 # smallest image side each variant's grid reference accepts below 224 (folds must divide every stage)
 SMALL = {"coc_tiny": 64, "coc_tiny2": 112, "coc_tiny_plain": 64, "coc_small": 64, "coc_medium": 64}
+# image sizes (H, W) the grid reference accepts where some stage has an odd side
+ODD = {"coc_tiny": (32, 96), "coc_tiny2": (56, 56), "coc_tiny_plain": (68, 44), "coc_small": (32, 96),
+       "coc_medium": (32, 96)}
+# point mode with the grid-bin centre proposal: the computation of the grid reference
+POINT = dict(mode="point", point_proposal="grid")
 
 
-def _pair(name, dtype=torch.float64, **kw):
+def _pair(name, dtype=torch.float64, points_kw=None, **kw):
     torch.manual_seed(0)
     grid = pc.grid.create_model(name, **kw).to(dtype).eval()
     with torch.no_grad():  # layer scales of 1e-5 would hide the clusters: make every branch count
@@ -34,7 +41,7 @@ def _pair(name, dtype=torch.float64, **kw):
                 p.uniform_(0.5, 2.0)
             if "sim_beta" in n:
                 p.uniform_(-0.5, 0.5)
-    points = pc.create_model(name, **kw).to(dtype).eval()
+    points = pc.create_model(name, **kw, **(points_kw or {})).to(dtype).eval()
     points.load_state_dict(pc.convert_official_state_dict(name, grid.state_dict()))
     return grid, points
 
@@ -50,33 +57,60 @@ def test_parameter_counts(name):
     assert sum(p.numel() for p in pc.create_model(name).parameters()) == PARAMS[name]
 
 
+@pytest.mark.parametrize("mode", ["auto", "point"])  # auto: lattice mode on these full images
 @pytest.mark.parametrize("name", sorted(PARAMS))
-def test_points_mode_equals_grid_model_float64(name):
-    grid, points = _pair(name)
+def test_points_mode_equals_grid_model_float64(name, mode):
+    grid, points = _pair(name, points_kw=POINT if mode == "point" else dict(mode=mode))
     side = SMALL[name]
     images = torch.rand(1, 3, side, side, dtype=torch.float64)
     torch.testing.assert_close(points(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
 
 
 @pytest.mark.slow
-def test_points_mode_equals_grid_model_224():
-    grid, points = _pair("coc_tiny")
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_point_mode_equals_grid_model_224(name):
+    """Acceptance: point mode on full 224x224 images gives the grid reference's logits (float64)."""
+    grid, points = _pair(name, points_kw=POINT)
     images = torch.rand(1, 3, 224, 224, dtype=torch.float64)
-    torch.testing.assert_close(points(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
-    grid32, points32 = grid.float(), points.float()
-    ref = grid32(images.float())
-    torch.testing.assert_close(points32(pc.image_to_points(images.float())), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    with torch.no_grad():
+        torch.testing.assert_close(points(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
 
 
-def test_gradients_match_grid_model():
-    grid, points = _pair("coc_tiny")
+def _assert_same_gradients(grid, points, images):
     grid.train(), points.train()
-    images = torch.rand(1, 3, 64, 64, dtype=torch.float64)
     grid(images).square().sum().backward()
     points(pc.image_to_points(images)).square().sum().backward()
     ref = dict(grid.named_parameters())
     for n, p in points.named_parameters():
         torch.testing.assert_close(p.grad, ref[n].grad.view_as(p.grad), rtol=0, atol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_point_mode_gradients_match_grid_model_at_odd_sizes(name):
+    grid, points = _pair(name, points_kw=POINT)
+    images = torch.rand(1, 3, *ODD[name], dtype=torch.float64)
+    _assert_same_gradients(grid, points, images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["coc_tiny", "coc_tiny2"])
+def test_point_mode_gradients_match_grid_model_224(name):
+    grid, points = _pair(name, points_kw=POINT)
+    _assert_same_gradients(grid, points, torch.rand(1, 3, 224, 224, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_lattice_mode_equals_grid_model_224_float32():
+    grid, points = _pair("coc_tiny", points_kw=dict(mode="lattice"))
+    images = torch.rand(1, 3, 224, 224, dtype=torch.float64)
+    grid32, points32 = grid.float(), points.float()
+    ref = grid32(images.float())
+    torch.testing.assert_close(points32(pc.image_to_points(images.float())), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_lattice_mode_gradients_match_grid_model():
+    grid, points = _pair("coc_tiny", points_kw=dict(mode="lattice"))
+    _assert_same_gradients(grid, points, torch.rand(1, 3, 64, 64, dtype=torch.float64))
 
 
 def test_ragged_batch_of_sizes_equals_each_image_alone():
@@ -199,3 +233,120 @@ def test_released_state_dicts_load_and_match_grid_logits(form):
     model.load_state_dict(pc.convert_official_state_dict("coc_tiny_plain", sd))
     images = torch.rand(1, 3, 64, 64, dtype=torch.float64)
     torch.testing.assert_close(model(pc.image_to_points(images)), grid(images), rtol=0, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# point mode: order invariance, lattices with holes, pitch
+# ----------------------------------------------------------------------------------------------
+def _permuted(points, generator):
+    """The same point batch with the points of every sample in a random order."""
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(points.batch).cumsum(0)])
+    perm = torch.cat([int(ptr[b]) + torch.randperm(int(ptr[b + 1] - ptr[b]), generator=generator)
+                      for b in range(len(ptr) - 1)])
+    fields = {k: getattr(points, k)[perm] for k in ("x", "pos", "batch", "pixel") if getattr(points, k, None) is not None}
+    if getattr(points, "grid_size", None) is not None:
+        fields["grid_size"] = points.grid_size
+    return SimpleNamespace(**fields)
+
+
+def _assert_order_invariant(model, points, seeds=range(2)):
+    model.eval()
+    with torch.no_grad():
+        ref = model(points)
+        for seed in seeds:
+            out = model(_permuted(points, torch.Generator().manual_seed(seed)))
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    return ref
+
+
+def test_point_mode_is_order_invariant_on_images():
+    torch.manual_seed(0)
+    model = pc.create_model("coc_mini", num_classes=5, in_chans=1, mode="point").double()
+    images = torch.rand(3, 1, 16, 16, dtype=torch.float64)
+    mask = torch.rand(3, 16, 16) > torch.tensor([0.0, 0.5, 0.3])[:, None, None]
+    _assert_order_invariant(model, pc.image_to_points(images, mask=mask))
+    anchors_fps = pc.create_model("coc_mini", num_classes=5, in_chans=1, mode="point", point_anchors="fps").double()
+    _assert_order_invariant(anchors_fps, pc.image_to_points(images, mask=mask))
+
+
+@settings(max_examples=6, deadline=None)
+@given(sizes=st.lists(st.integers(40, 400), min_size=1, max_size=2), seed=st.integers(0, 2**16),
+       pitch=st.sampled_from([None, 0.2]))
+def test_point_mode_is_order_invariant_on_3d_clouds(sizes, seed, pitch):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = pc.create_model("coc_mini", num_classes=4, in_chans=1, pos_dim=3, mode="point", pitch=pitch).double()
+    counts = torch.tensor(sizes)
+    xyz = torch.randn(int(counts.sum()), 3, generator=g, dtype=torch.float64)
+    cloud = SimpleNamespace(x=xyz.norm(dim=1, keepdim=True), pos=xyz, batch=torch.arange(len(sizes)).repeat_interleave(counts))
+    _assert_order_invariant(model, cloud, seeds=[seed])
+
+
+def test_point_mode_is_order_invariant_on_the_rgbd_example_cloud():
+    from tests.helpers import load_example
+
+    rgbd = load_example("rgbd")
+    rgb, depth, intrinsics, scale = rgbd.synthetic_frame(48, 64)
+    cloud = pc.rgbd_to_points(torch.from_numpy(rgb).permute(2, 0, 1).double() / 255, depth, intrinsics=intrinsics,
+                              depth_scale=scale, mode="xyz")
+    torch.manual_seed(0)
+    model = pc.create_model("coc_tiny", num_classes=3, in_chans=3, pos_dim=3, mode="point").double()
+    out = _assert_order_invariant(model, cloud)
+    assert torch.isfinite(out).all() and out.shape == (1, 3)
+
+
+@pytest.mark.parametrize("name,size", [("coc_mini", (19, 13)), ("coc_tiny_plain", (48, 36))])
+def test_point_mode_equals_lattice_mode_on_lattices_with_holes(name, size):
+    """Same anchors (one per occupied cell), regions and grid-bin centres: the same maths."""
+    torch.manual_seed(3)
+    lattice = pc.create_model(name, num_classes=3, mode="lattice").double().eval()
+    point = pc.create_model(name, num_classes=3, **POINT).double().eval()
+    point.load_state_dict(lattice.state_dict())
+    images = torch.rand(2, 3, *size, dtype=torch.float64)
+    mask = torch.rand(2, *size) > 0.4
+    mask[1, 2:9, 3:11] = False
+    points = pc.image_to_points(images, mask=mask)
+    torch.testing.assert_close(point(points), lattice(points), rtol=0, atol=1e-10)
+
+
+def test_stem_trailing_rows_point_mode_keeps_them_lattice_mode_drops_them():
+    """The 4x4 stride-4 stem on a 17x23 image: the convolution (lattice mode) covers 16x20 pixels,
+    point mode gives the last row and columns anchors of their own."""
+    model = pc.create_model("coc_tiny", num_classes=3).double()
+    pts = pc.image_to_points(torch.rand(3, 17, 23, dtype=torch.float64))
+    x, geo = as_point_batch(pts)
+    feats = torch.cat([x, geo.pos], 1)
+    _, lattice = model.patch_embed(feats, geo, "lattice")
+    _, point = model.patch_embed(feats, point_lattice(geo), "point")
+    assert lattice.grid_size.tolist() == [[4, 5]] and point.grid_size.tolist() == [[5, 6]]
+    assert point.pos.size(0) == 30 and lattice.pos.size(0) == 20
+
+
+def test_point_mode_pitch_argument_and_attribute():
+    torch.manual_seed(0)
+    xyz = torch.rand(300, 3, dtype=torch.float64)
+    cloud = SimpleNamespace(x=torch.ones(300, 1, dtype=torch.float64), pos=xyz, batch=torch.zeros(300, dtype=torch.long))
+    model = pc.create_model("coc_mini", num_classes=2, in_chans=1, pos_dim=3, mode="point").double().eval()
+    model.record_geometry = True
+    model(cloud)
+    assert model.stage_geometry[0].pitch[0, 0] != 0.05 * 2
+    model.pitch = 0.05
+    model(cloud)
+    torch.testing.assert_close(model.stage_geometry[0].pitch, torch.full((1, 3), 0.1, dtype=torch.float64))
+    cloud.pitch = torch.tensor([0.25], dtype=torch.float64)  # the batch's own pitch wins
+    model(cloud)
+    torch.testing.assert_close(model.stage_geometry[0].pitch, torch.full((1, 3), 0.5, dtype=torch.float64))
+    cloud.pitch = torch.tensor([-1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="pitch"):
+        model(cloud)
+
+
+def test_mode_names_and_bad_options():
+    assert pc.create_model("coc_mini", mode="grid").mode == "lattice"  # the former name
+    for kw, match in ((dict(mode="knn"), "mode"), (dict(point_proposal="mean"), "point_proposal"),
+                      (dict(point_anchors="voxel"), "point_anchors"), (dict(pos_dim=4), "pos_dim")):
+        with pytest.raises(ValueError, match=match):
+            pc.create_model("coc_mini", **kw)
+    cloud = SimpleNamespace(x=torch.rand(50, 3), pos=torch.rand(50, 3), batch=torch.zeros(50, dtype=torch.long))
+    with pytest.raises(ValueError, match="lattice"):
+        pc.create_model("coc_mini", pos_dim=3, mode="lattice")(cloud)

@@ -64,7 +64,7 @@ def test_model_runs_on_17x23_and_ragged_batch(mode):
 
 def test_masked_ragged_batch_equals_each_alone_in_lattice_mode():
     torch.manual_seed(1)
-    model = pc.create_model("coc_mini", num_classes=3, in_chans=1, mode="grid").double().eval()
+    model = pc.create_model("coc_mini", num_classes=3, in_chans=1, mode="lattice").double().eval()
     images = [torch.rand(1, 16, 16, dtype=torch.float64), torch.rand(1, 19, 13, dtype=torch.float64)]
     masks = [torch.rand(16, 16) > 0.5, torch.ones(19, 13, dtype=torch.bool)]
     masks[1][4:12, 3:9] = False
@@ -80,13 +80,13 @@ def test_stem_on_masked_image_is_a_sparse_convolution():
     """Anchors whose 4x4 window holds no point are absent; the others equal a convolution of the
     [pixels, positions] image in which absent pixels are zero in every channel."""
     torch.manual_seed(2)
-    model = pc.create_model("coc_tiny", num_classes=3, mode="grid").double()
+    model = pc.create_model("coc_tiny", num_classes=3, mode="lattice").double()
     image = torch.rand(3, 24, 28, dtype=torch.float64)
     mask = torch.ones(24, 28, dtype=torch.bool)
     mask[2:15, 5:23] = False  # covers the windows of stem anchors rows 1..2, cols 2..4 entirely
     points = pc.image_to_points(image, mask=mask)
     x, geo = as_point_batch(points)
-    out, anchors = model.patch_embed(torch.cat([x, geo.pos], 1), geo, "grid")
+    out, anchors = model.patch_embed(torch.cat([x, geo.pos], 1), geo, "lattice")
     dense = pc.grid.models.add_position_channels(image[None]) * mask  # [1, 5, 24, 28], zero where absent
     conv = F.conv2d(dense, model.patch_embed.proj.weight, model.patch_embed.proj.bias, stride=4)[0]  # [32, 6, 7]
     occupied = F.max_pool2d(mask[None, None].double(), 4, 4)[0, 0] > 0
@@ -135,9 +135,9 @@ def test_digit_formats():
 def test_digits_quick_mode_full_grid(tmp_path):
     images = load_example("images")
     summary = images.main(["--quick", "--no-progress", "--output", str(tmp_path)])
-    accuracy = summary["results"]["grid"]["points"]["accuracy"]
+    accuracy = summary["results"]["grid"]["point"]["accuracy"]
     assert accuracy >= 0.90
-    assert json.loads((tmp_path / "results.json").read_text())["results"]["grid"]["points"]["accuracy"] == accuracy
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["grid"]["point"]["accuracy"] == accuracy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,3 +161,16 @@ def test_rgbd_example_on_synthetic_frame(tmp_path):
     assert ((clusters == 0).all(2) == ~valid).all()  # pixels without depth are background
     assert Image.open(tmp_path / "clusters_3d.png").size == (640, 480)
     np.testing.assert_array_equal(np.array(Image.open(tmp_path / "depth.png")), depth)
+
+
+def test_digit_table_has_three_columns():
+    images = load_example("images")
+    run = lambda a: dict(accuracy=a)  # noqa: E731
+    table = images._table({"grid": {"point": run(0.98), "lattice": run(0.97)},
+                           "masked": {"point": run(0.9), "lattice": run(0.91), "zeros": run(0.88)}})
+    assert table.splitlines() == [
+        "| format | point mode (FPS centres) | lattice mode | zero-filled grid |",
+        "|---|---|---|---|",
+        "| grid | 98.0% | 97.0% | 97.0% (lattice run) |",
+        "| masked | 90.0% | 91.0% | 88.0% |",
+    ]

@@ -1,16 +1,23 @@
-"""Context Cluster (CoC) classifiers in points mode (SPEC section 3).
+"""Context Cluster (CoC) classifiers on point sets (SPEC section 3).
 
-The network sees a point batch (``x [N, C]``, ``pos [N, P]``, ``batch [N]``). On full
-image grids (``pc.image_to_points`` of whole images) the reducers use grid windows
-and the clusters the grid proposal, which reproduces the grid reference
-(:mod:`pointcoc.grid`) number for number. On any other point set - discrete or
-masked pixels, RGB-D points, point clouds - the reducers use FPS anchors with kNN
-neighbours and the clusters FPS (or random) centres, with regions tiling each
-sample's bounding box. The weights are the same in both modes.
+The network sees a point batch (``x [N, C]``, ``pos [N, P]``, ``batch [N]``) and runs in
+one of two modes with the same weights:
+
+* ``"point"`` (any point set: discrete or masked pixels, RGB-D points, point clouds):
+  every sample lives on a lattice of its own pitch (:mod:`pointcoc.nn.geometry`); reducers
+  take one anchor per occupied cell and apply their convolution weight as rigid kernel
+  points with linear influence (:mod:`pointcoc.nn.reducer`); regions tile the lattice and
+  centres come from FPS (or random points, or the grid bins). Points are first put in a
+  canonical order (by position), so in eval mode the logits do not depend on the order
+  of the points.
+* ``"lattice"`` (image points): the same maths as integer window lookups on the pixel grid
+  with the grid-bin centre proposal, the fast path; on full images it reproduces the grid
+  reference (:mod:`pointcoc.grid`) number for number, and so does point mode with
+  ``point_proposal="grid"``.
 """
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,13 +26,17 @@ from .._checks import check_batch, check_model_kwargs, check_module_input, check
 from ..grid.models import VARIANTS, CocConfig
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
-from ..nn.geometry import PointGeometry
+from ..nn.anchors import ANCHORS
+from ..nn.geometry import PointGeometry, canonical_order, point_lattice
 from ..nn.layers import DropPath, Mlp
 from ..nn.norm import PointGroupNorm, segment_mean
 from ..nn.reducer import PointReducer
 from .registry import register_model
 
-__all__ = ["CocBlock", "ContextClusterNet", "PointsInput", "as_point_batch", "register_coc_variant"]
+__all__ = ["CocBlock", "ContextClusterNet", "MODES", "PointsInput", "as_point_batch", "register_coc_variant"]
+
+MODES = ("auto", "lattice", "point")
+POINT_PROPOSALS = ("fps", "random", "grid")
 
 PointsInput = Any  # torch_geometric Data/Batch, or any object with x, pos, batch (pixel, grid_size optional)
 
@@ -101,10 +112,17 @@ class ContextClusterNet(nn.Module):
         drop_path_rate: stochastic depth, growing linearly over the blocks.
         layer_scale_init_value: initial layer scale.
         normalize: cluster aggregation normalisation (``"similarity"`` or ``"count"``).
-        mode: ``"auto"`` (grid mode on full image grids, point mode otherwise), ``"grid"`` or ``"point"``.
-        point_proposal: centre proposal in point mode: ``"fps"`` or ``"random"``.
-        point_regions: use the variant's regions (bounding-box tiles) in point mode; if False
-            each sample is one region.
+        mode: ``"auto"`` (lattice mode on full image grids, point mode otherwise), ``"lattice"``
+            or ``"point"`` (``"grid"`` is accepted for ``"lattice"``).
+        point_proposal: centre proposal in point mode: ``"fps"``, ``"random"`` or ``"grid"``
+            (adaptive-pooling bins of each region's lattice, as lattice mode).
+        point_regions: use the variant's regions (tiles of each sample's lattice) in point mode;
+            if False each sample is one region.
+        point_anchors: reducer anchors in point mode: ``"grid"`` (grid subsampling), ``"fps"``
+            or ``"random"`` (as many points as grid subsampling has cells).
+        pitch: lattice spacing of point sets without a pixel grid (a number, in position units);
+            ``None``: each sample's mean nearest-neighbour distance. A point batch carrying a
+            ``pitch`` attribute (``[B]`` or a number) overrides it. Image points use their grid.
 
     ``forward(points)`` -> logits ``[B, num_classes]``.
     """
@@ -121,18 +139,26 @@ class ContextClusterNet(nn.Module):
         mode: str = "auto",
         point_proposal: str = "fps",
         point_regions: bool = True,
+        point_anchors: str = "grid",
+        pitch: Optional[float] = None,
     ) -> None:
         super().__init__()
         check_model_kwargs(dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim,
                                 drop_path_rate=drop_path_rate))
-        if mode not in ("auto", "grid", "point"):
-            raise ValueError(f"mode must be 'auto', 'grid' or 'point', got {mode!r}")
-        if point_proposal not in ("fps", "random"):
-            raise ValueError(f"point_proposal must be 'fps' or 'random', got {point_proposal!r}")
+        mode = "lattice" if mode == "grid" else mode  # the former name of lattice mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if point_proposal not in POINT_PROPOSALS:
+            raise ValueError(f"point_proposal must be one of {POINT_PROPOSALS}, got {point_proposal!r}")
+        if point_anchors not in ANCHORS:
+            raise ValueError(f"point_anchors must be one of {ANCHORS}, got {point_anchors!r}")
+        if pos_dim not in (2, 3):
+            raise ValueError(f"pos_dim must be 2 (image coordinates) or 3 (xyz), got {pos_dim!r}")
         self.config, self.num_classes, self.in_chans, self.pos_dim = config, num_classes, in_chans, pos_dim
         self.mode, self.point_proposal, self.point_regions = mode, point_proposal, point_regions
+        self.pitch = pitch
         dims = config.dims
-        self.patch_embed = PointReducer(in_chans + pos_dim, dims[0], *config.stem)
+        self.patch_embed = PointReducer(in_chans + pos_dim, dims[0], *config.stem, pos_dim, point_anchors)
         total = sum(config.layers)
         rates = torch.linspace(0, drop_path_rate, total).tolist() if total > 1 else [drop_path_rate] * total
         network: List[nn.Module] = []
@@ -149,7 +175,7 @@ class ContextClusterNet(nn.Module):
             )
             start += depth
             if s + 1 < len(config.layers):
-                network.append(PointReducer(dims[s], dims[s + 1], *config.downsample))
+                network.append(PointReducer(dims[s], dims[s + 1], *config.downsample, pos_dim, point_anchors))
         self.network = nn.ModuleList(network)
         self.norm = PointGroupNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
@@ -160,20 +186,29 @@ class ContextClusterNet(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             nn.init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
-    def stage_plan(self, stage: nn.ModuleList, geo: PointGeometry, grid_mode: bool) -> ClusterPlan:
-        """The cluster plan shared by every block of a stage."""
+    def stage_plan(self, stage: nn.ModuleList, geo: PointGeometry, lattice: bool) -> ClusterPlan:
+        """The cluster plan shared by every block of a stage (regions tile the first two lattice axes)."""
         mixer: ContextCluster = stage[0].token_mixer
-        if grid_mode:
-            return mixer.make_plan(geo.pos, geo.batch, pixel=geo.pixel, grid_size=geo.grid_size)
+        pixel, grid_size = geo.pixel[:, :2], geo.grid_size[:, :2]
+        if lattice:
+            return mixer.make_plan(geo.pos, geo.batch, pixel=pixel, grid_size=grid_size)
         folds = mixer.regions if self.point_regions else 1
-        return mixer.make_plan(
-            geo.pos, geo.batch, proposal=self.point_proposal, regions=folds, random_start=self.training
-        )
+        return mixer.make_plan(geo.pos, geo.batch, pixel=pixel, grid_size=grid_size, proposal=self.point_proposal,
+                               regions=folds, random_start=self.training)
+
+    def _use_lattice(self, geo: PointGeometry) -> bool:
+        """Lattice mode for ``mode="lattice"``; for ``"auto"`` on full image grids at least the stem's window."""
+        if self.mode == "auto":
+            k, _, p = self.config.stem
+            return geo.is_full_grid and geo.pos.size(1) == 2 and bool((geo.grid_size + 2 * p >= k).all())
+        if self.mode == "lattice" and (geo.pixel is None or geo.pos.size(1) != 2):
+            raise ValueError("mode='lattice' needs 2-D image points with pixel and grid_size (pc.image_to_points)")
+        return self.mode == "lattice"
 
     def forward_features(self, points: PointsInput) -> Tuple[Tensor, PointGeometry]:
         """Last-stage point features ``[M, dims[-1]]`` (normalised) and their geometry."""
@@ -183,24 +218,22 @@ class ContextClusterNet(nn.Module):
             raise ValueError(f"points.x must have in_chans={self.in_chans} channels, got {x.size(1)}")
         if geo.pos.size(1) != self.pos_dim:
             raise ValueError(f"points.pos must have pos_dim={self.pos_dim} coordinates, got {geo.pos.size(1)}")
-        # auto: grid mode on full image grids at least as large as the stem's window
-        k, _, p = self.config.stem
-        grid_mode = self.mode == "grid" or (
-            self.mode == "auto" and geo.is_full_grid and bool((geo.grid_size + 2 * p >= k).all())
-        )
-        if grid_mode and geo.pixel is None:
-            raise ValueError("mode='grid' needs image points with pixel and grid_size (pc.image_to_points)")
-        reduce_mode = "grid" if grid_mode else "knn"
+        lattice = self._use_lattice(geo)
+        if not lattice:
+            order = canonical_order(geo.pos, geo.batch)
+            pitch = getattr(points, "pitch", None)
+            x, geo = x[order], point_lattice(geo.select(order), self.pitch if pitch is None else pitch)
+        mode = "lattice" if lattice else "point"
         x = torch.cat([x, geo.pos.to(x.dtype)], dim=1)
-        x, geo = self.patch_embed(x, geo, reduce_mode, random_start=self.training)
+        x, geo = self.patch_embed(x, geo, mode, random_start=self.training)
         self.stage_geometry = []
         for layer in self.network:
             if isinstance(layer, PointReducer):
-                x, geo = layer(x, geo, reduce_mode, random_start=self.training)
+                x, geo = layer(x, geo, mode, random_start=self.training)
             else:
                 if self.record_geometry:
                     self.stage_geometry.append(geo)
-                plan = self.stage_plan(layer, geo, grid_mode)
+                plan = self.stage_plan(layer, geo, lattice)
                 for block in layer:
                     x = block(x, geo, plan)
         return self.norm(x, geo.batch, geo.num_samples, geo.uniform), geo

@@ -1,7 +1,9 @@
 """Neural-network layers on point sets: the context-cluster operation and its companions."""
+from .anchors import fps_from_centre, grid_subsample
 from .cluster_plan import ClusterPlan, make_plan
 from .context_cluster import ContextCluster, assign_centres, context_cluster
-from .geometry import PointGeometry
+from .geometry import PointGeometry, estimate_pitch, point_lattice
+from .kernel import kernel_taps
 from .layers import DropPath, Mlp
 from .norm import PointGroupNorm, segment_mean
 from .reducer import PointReducer
@@ -13,6 +15,11 @@ __all__ = [
     "assign_centres",
     "context_cluster",
     "PointGeometry",
+    "estimate_pitch",
+    "point_lattice",
+    "grid_subsample",
+    "fps_from_centre",
+    "kernel_taps",
     "DropPath",
     "Mlp",
     "PointGroupNorm",

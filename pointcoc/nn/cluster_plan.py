@@ -20,6 +20,7 @@ from torch import Tensor
 from .._checks import check_batch, check_k, check_positions, check_tensor
 from ..ops.batch import batch_counts, batch_ptr
 from ..ops.sampling import random_sample
+from .anchors import fps_from_centre
 
 __all__ = [
     "ClusterPlan",
@@ -205,7 +206,8 @@ def make_plan(
         pixel: ``[N, 2]`` int (row, col) of image points. grid_size: ``[B, 2]`` (H, W).
         index: ``[M]`` explicit proposal points (``proposal="index"``).
         generator: random source for ``random`` proposals and random FPS starts.
-        random_start: FPS starts at a random point of each region (else the first).
+        random_start: FPS starts at a random point of each region (else at the region's point
+            farthest from its bounding box's centre, ties to the lower index).
     """
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
@@ -313,17 +315,17 @@ def make_plan(
 def _fps_capped(pos: Tensor, group: Tensor, counts: Tensor, c: int, random_start: bool, generator) -> Tensor:
     """FPS inside every group: ``min(c, n_g)`` points per group (``group`` sorted).
 
-    Groups with at least ``c`` points run FPS together; smaller groups propose all
-    their points. Returns indices sorted by group.
+    Groups with at least ``c`` points run FPS together, each from its point farthest from
+    its bounding box's centre (a random point with ``random_start``); smaller groups propose
+    all their points. Returns indices sorted by group.
     """
-    from ..ops import fps
-
     small = (counts < c)[group]
     big_idx = torch.nonzero(~small).flatten()
     picked = [torch.nonzero(small).flatten()]
     if big_idx.numel():
         picked.append(
-            big_idx[fps(pos[big_idx], group[big_idx], num_points=c, random_start=random_start, generator=generator)]
+            big_idx[fps_from_centre(pos[big_idx], group[big_idx], counts.numel(), num_points=c,
+                                    random_start=random_start, generator=generator)]
         )
     idx = torch.cat(picked)
     return idx[torch.argsort(group[idx], stable=True)]

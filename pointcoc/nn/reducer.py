@@ -1,17 +1,21 @@
-"""Point reducer: anchors fuse their neighbours by one linear layer (SPEC section 3).
+"""Point reducer: anchors fuse their neighbourhood by one convolution weight (SPEC section 3).
 
-Two ways to choose anchors and neighbours, one weight:
+One weight, in convolution layout ``[out, in, k_1, ..., k_P]`` (the released checkpoints'
+layout; ``Conv3d`` layout for 3-D positions), two ways to apply it:
 
-* grid windows (ordered grids, e.g. pixels as points): anchors on a stride grid,
-  neighbours the ``kh x kw`` window around them with zero padding - exactly a
-  convolution with that kernel/stride/padding, padded or absent pixels contributing zero;
-  on image points with absent pixels (masked / discrete) an anchor whose window holds
-  no point is dropped, so the output keeps holes where the input has them (a sparse convolution);
-* kNN (unordered points): anchors by farthest point sampling (``1 / (sh * sw)`` of each
-  sample), neighbours the ``kh * kw`` nearest points ordered by distance, ties by index.
-
-The weight is kept in convolution layout ``[out, in, kh, kw]``; neighbour ``j`` of a
-kNN window meets kernel position ``j`` in row-major order.
+* ``"point"`` (any point set): anchors by grid subsampling of the input's lattice
+  (:mod:`pointcoc.nn.anchors`; FPS or random anchors as options), and every point within
+  reach weighted into the kernel's taps by linear influence at its offset in pitches
+  (:mod:`pointcoc.nn.kernel`). On a full lattice this is the strided convolution exactly;
+  on a lattice with holes it is a sparse convolution with one anchor per occupied cell.
+* ``"lattice"`` (image points, 2-D): the same computation as integer window lookups on
+  the pixel grid, the fast path. Anchors are the convolution's output positions whose cell
+  (``stride`` pixels per axis from ``anchor * stride``) holds a point, neighbours the
+  ``kh x kw`` window with zero padding. It equals point mode with grid anchors wherever the
+  convolution's output grid covers every cell; at sizes where the convolution leaves
+  trailing rows or columns out of every window (``(L + 2p - k) % s != 0`` with ``p`` too
+  small, e.g. the 4x4 stride-4 stem on a side that is not a multiple of 4), point mode
+  keeps an anchor for them and lattice mode drops them, as the convolution does.
 """
 from __future__ import annotations
 
@@ -21,15 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
 from ..ops.batch import batch_ptr
+from .anchors import ANCHORS, reduce_anchors
 from .geometry import PointGeometry
+from .kernel import kernel_taps
 
-__all__ = ["PointReducer", "grid_windows", "grid_positions"]
+__all__ = ["PointReducer", "REDUCE_MODES", "lattice_windows", "grid_positions"]
+
+REDUCE_MODES = ("lattice", "point")
 
 
-def _pair(v: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _tuple(v: Union[int, Tuple[int, ...]], n: int) -> Tuple[int, ...]:
+    return (v,) * n if isinstance(v, int) else tuple(int(t) for t in v)
 
 
 def grid_positions(pixel: Tensor, size: Tensor, dtype: torch.dtype) -> Tensor:
@@ -41,35 +48,45 @@ def grid_positions(pixel: Tensor, size: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.where(denom > 0, pixel.to(dtype) / denom.clamp(min=1) - 0.5, torch.zeros_like(denom))
 
 
-def grid_windows(
+def _lookup_table(geo: PointGeometry) -> Tuple[Tensor, Tensor]:
+    """Point index of every pixel of every sample's full grid (-1: absent), and the sample offsets."""
+    size = geo.grid_size
+    cells = size.prod(1)
+    offset = batch_ptr(cells)
+    table = torch.full((int(cells.sum()),), -1, dtype=torch.long, device=size.device)
+    table[offset[geo.batch] + geo.pixel[:, 0] * size[geo.batch, 1] + geo.pixel[:, 1]] = torch.arange(
+        geo.batch.numel(), device=size.device)
+    return table, offset
+
+
+def lattice_windows(
     geo: PointGeometry, kernel: Tuple[int, int], stride: Tuple[int, int], padding: Tuple[int, int]
 ) -> Tuple[Tensor, PointGeometry]:
-    """Window neighbours of every anchor of a strided grid.
+    """Window neighbours of every anchor of a strided pixel grid.
 
     Returns ``index [M, kh*kw]`` (point index, ``-1`` for padding/absent pixels; window in
-    row-major order) and the anchors' geometry (grid ``Ho x Wo`` per sample, row-major).
+    row-major order) and the anchors' geometry (row-major per sample): the convolution's
+    output positions whose cell ``[o * s, (o + 1) * s)`` holds a point (all of them on full grids).
     """
     device = geo.batch.device
     size = geo.grid_size
-    k = torch.tensor(kernel, device=device)
-    s = torch.tensor(stride, device=device)
-    p = torch.tensor(padding, device=device)
-    out_size = (size + 2 * p - k) // s + 1  # [B, 2]
+    k, s, p = (torch.tensor(v, device=device) for v in (kernel, stride, padding))
+    out_size = torch.div(size + 2 * p - k, s, rounding_mode="floor") + 1  # [B, 2]
     if bool((out_size < 1).any()):
         raise ValueError(f"grid too small for a {kernel} window with padding {padding}: sizes {size.tolist()}")
-    out_counts = out_size.prod(1)
-    ob = torch.repeat_interleave(torch.arange(geo.num_samples, device=device), out_counts)
-    local = torch.arange(ob.numel(), device=device) - batch_ptr(out_counts)[ob]
+    # occupied cells: one flag per output position of every sample
+    cell = torch.div(geo.pixel, s, rounding_mode="floor")
+    osz = out_size[geo.batch]
+    in_range = (cell < osz).all(1)
+    out_offset = batch_ptr(out_size.prod(1))
+    occupied = torch.zeros(int(out_size.prod(1).sum()), dtype=torch.bool, device=device)
+    occupied[(out_offset[geo.batch] + cell[:, 0] * osz[:, 1] + cell[:, 1])[in_range]] = True
+    flat = occupied.nonzero().flatten()
+    ob = torch.searchsorted(out_offset, flat, right=True) - 1
+    local = flat - out_offset[ob]
     osz = out_size[ob]
-    anchor = torch.stack((local // osz[:, 1], local % osz[:, 1]), 1)  # [M, 2] (row, col)
-    # lookup table pixel -> point index over every sample's full grid
-    cells = size.prod(1)
-    offset = batch_ptr(cells)
-    table = torch.full((int(cells.sum()),), -1, dtype=torch.long, device=device)
-    W = size[:, 1]
-    table[offset[geo.batch] + geo.pixel[:, 0] * W[geo.batch] + geo.pixel[:, 1]] = torch.arange(
-        geo.batch.numel(), device=device
-    )
+    anchor = torch.stack((torch.div(local, osz[:, 1], rounding_mode="floor"), local % osz[:, 1]), 1)
+    table, offset = _lookup_table(geo)
     ki, kj = torch.meshgrid(torch.arange(kernel[0], device=device), torch.arange(kernel[1], device=device), indexing="ij")
     rows = anchor[:, :1] * stride[0] - padding[0] + ki.reshape(1, -1)
     cols = anchor[:, 1:] * stride[1] - padding[1] + kj.reshape(1, -1)
@@ -77,76 +94,78 @@ def grid_windows(
     valid = (rows >= 0) & (rows < bsz[:, :1]) & (cols >= 0) & (cols < bsz[:, 1:])
     lin = offset[ob, None] + rows.clamp(min=0) * bsz[:, 1:] + cols.clamp(min=0)
     index = torch.where(valid, table[torch.where(valid, lin, torch.zeros_like(lin))], torch.full_like(lin, -1))
-    new = PointGeometry(
-        pos=grid_positions(anchor, osz, geo.pos.dtype),
-        batch=ob,
-        num_samples=geo.num_samples,
-        pixel=anchor,
-        grid_size=out_size,
-    )
+    new = PointGeometry(pos=grid_positions(anchor, osz, geo.pos.dtype), batch=ob, num_samples=geo.num_samples,
+                        pixel=anchor, grid_size=out_size)
     return index, new
 
 
 class PointReducer(nn.Module):
-    """Reduce a point set: anchors fuse ``kh*kw`` neighbours, ``[N, in] -> [M, out]``.
+    """Reduce a point set: anchors fuse their neighbourhood, ``[N, in] -> [M, out]``.
 
     Args:
         in_dim, out_dim: channels.
-        kernel_size, stride, padding: window geometry (grid mode); in kNN mode
-            ``kh*kw`` neighbours and ``1 / (sh*sw)`` of the points as anchors.
+        kernel_size, stride, padding: window geometry per axis (an int: the same on every axis).
+        pos_dim: position coordinates, 2 (weight ``[out, in, kh, kw]``) or 3 (``[out, in, kh, kw, kd]``).
+        anchors: point-mode anchors: ``"grid"`` (grid subsampling), ``"fps"`` or ``"random"``.
 
-    ``forward(x [N, in], geo, mode)`` with ``mode`` ``"grid"`` or ``"knn"`` returns
-    ``(y [M, out], anchors' PointGeometry)``.
+    ``forward(x [N, in], geo, mode)`` with ``mode`` ``"lattice"`` or ``"point"`` returns
+    ``(y [M, out], anchors' PointGeometry)``; point mode needs ``geo`` on its lattice
+    (:func:`~pointcoc.nn.geometry.point_lattice`).
     """
 
     def __init__(
         self,
         in_dim: int,
         out_dim: int,
-        kernel_size: Union[int, Tuple[int, int]],
-        stride: Union[int, Tuple[int, int]],
-        padding: Union[int, Tuple[int, int]] = 0,
+        kernel_size: Union[int, Tuple[int, ...]],
+        stride: Union[int, Tuple[int, ...]],
+        padding: Union[int, Tuple[int, ...]] = 0,
+        pos_dim: int = 2,
+        anchors: str = "grid",
     ) -> None:
         super().__init__()
-        self.kernel, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
-        # holds the window weight in convolution layout [out, in, kh, kw] (released checkpoints' layout)
-        self.proj = nn.Conv2d(in_dim, out_dim, self.kernel, self.stride, self.padding)
+        if pos_dim not in (2, 3):
+            raise ValueError(f"pos_dim must be 2 or 3, got {pos_dim!r}")
+        if anchors not in ANCHORS:
+            raise ValueError(f"anchors must be one of {ANCHORS}, got {anchors!r}")
+        self.kernel, self.stride = _tuple(kernel_size, pos_dim), _tuple(stride, pos_dim)
+        self.padding, self.anchors = _tuple(padding, pos_dim), anchors
+        conv = nn.Conv2d if pos_dim == 2 else nn.Conv3d
+        # the weight in convolution layout (released checkpoints' layout)
+        self.proj = conv(in_dim, out_dim, self.kernel, self.stride, self.padding)
 
-    def _fuse(self, x: Tensor, index: Tensor) -> Tensor:
-        """``x: [N, C]``, ``index: [M, K]`` (-1 = zero) -> ``[M, out]``."""
-        N, C = x.shape
-        padded = torch.cat([x, x.new_zeros(1, C)])
-        nb = torch.where(index < 0, torch.full_like(index, N), index)
-        w = self.proj.weight.permute(0, 2, 3, 1).reshape(self.proj.out_channels, -1)
-        return F.linear(padded[nb].reshape(index.size(0), -1), w, self.proj.bias)
+    def extra_repr(self) -> str:
+        return f"anchors={self.anchors!r}"
+
+    def _fuse(self, taps: Tensor) -> Tensor:
+        """``taps: [M, K, C]`` (tap-major, as the weight) -> ``[M, out]``."""
+        w = self.proj.weight.movedim(1, -1).reshape(self.proj.out_channels, -1)
+        return F.linear(taps.reshape(taps.size(0), -1), w, self.proj.bias)
 
     def forward(
         self,
         x: Tensor,
         geo: PointGeometry,
-        mode: str = "grid",
+        mode: str = "point",
         random_start: bool = False,
         generator: Optional[torch.Generator] = None,
     ) -> Tuple[Tensor, PointGeometry]:
-        if mode == "grid":
-            if geo.pixel is None or geo.grid_size is None:
-                raise ValueError("mode='grid' needs points with pixel coordinates and grid sizes")
-            index, new = grid_windows(geo, self.kernel, self.stride, self.padding)
-            occupied = (index >= 0).any(1)  # all True on full grids; image points with holes drop empty windows
-            if not bool(occupied.all()):
-                index = index[occupied]
-                new = PointGeometry(pos=new.pos[occupied], batch=new.batch[occupied], num_samples=new.num_samples,
-                                    pixel=new.pixel[occupied], grid_size=new.grid_size)
-                if bool((new.counts == 0).any()):
-                    empty = (new.counts == 0).nonzero().flatten().tolist()
-                    raise ValueError(f"points of sample(s) {empty} lie outside every {self.kernel} window "
-                                     f"(stride {self.stride}, padding {self.padding}): nothing is left to reduce")
-        elif mode == "knn":
-            ratio = 1.0 / (self.stride[0] * self.stride[1])
-            anchors = ops.fps(geo.pos, geo.batch, ratio=ratio, random_start=random_start, generator=generator)
-            k = self.kernel[0] * self.kernel[1]
-            index, _ = ops.knn_padded(geo.pos, geo.pos[anchors], k, geo.batch, geo.batch[anchors])
-            new = PointGeometry(pos=geo.pos[anchors], batch=geo.batch[anchors], num_samples=geo.num_samples)
-        else:
-            raise ValueError(f"mode must be 'grid' or 'knn', got {mode!r}")
-        return self._fuse(x, index), new
+        if mode == "lattice":
+            if geo.pixel is None or geo.grid_size is None or len(self.kernel) != 2:
+                raise ValueError("mode='lattice' needs 2-D image points with pixel coordinates and grid sizes")
+            index, new = lattice_windows(geo, self.kernel, self.stride, self.padding)
+            if bool((new.counts == 0).any()):
+                empty = (new.counts == 0).nonzero().flatten().tolist()
+                raise ValueError(f"points of sample(s) {empty} lie outside every {self.kernel} window "
+                                 f"(stride {self.stride}, padding {self.padding}): nothing is left to reduce")
+            padded = torch.cat([x, x.new_zeros(1, x.size(1))])
+            return self._fuse(padded[torch.where(index < 0, torch.full_like(index, x.size(0)), index)]), new
+        if mode != "point":
+            raise ValueError(f"mode must be one of {REDUCE_MODES}, got {mode!r}")
+        if geo.pitch is None:
+            raise ValueError("mode='point' needs the points on a lattice (pointcoc.nn.geometry.point_lattice)")
+        if geo.pos.size(1) != len(self.kernel):
+            raise ValueError(f"positions have {geo.pos.size(1)} coordinates but the kernel {self.kernel} has "
+                             f"{len(self.kernel)} axes")
+        new = reduce_anchors(geo, self.kernel, self.stride, self.padding, self.anchors, random_start, generator)
+        return self._fuse(kernel_taps(x, geo, new, self.kernel)), new
