@@ -131,8 +131,8 @@ class InputKind(NamedTuple):
 
 
 INPUTS: Dict[str, InputKind] = {
-    "rgb": InputKind("(i) RGB, image points", 3, 2, "grid"),
-    "rgbd": InputKind("(ii) RGB-D, image points + depth channel", 4, 2, "grid"),
+    "rgb": InputKind("(i) RGB, image points", 3, 2, "lattice"),
+    "rgbd": InputKind("(ii) RGB-D, image points + depth channel", 4, 2, "lattice"),
     "xyz_rgb": InputKind("(iii) RGB-D, coloured xyz cloud", 3, 3, "point"),
     "xyz": InputKind("(iv) depth only, xyz cloud", 1, 3, "point"),
 }
