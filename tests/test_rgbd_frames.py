@@ -184,7 +184,8 @@ def test_object_frame_sensor_model():
     assert (which >= 1).mean() > 0.1  # the chair is in view
     assert ((z0 > 0) == (which >= 0)).all() and z0.max() <= MAX_RANGE
     read = z1 > 0
-    assert read.sum() > 0.9 * (z0 > 0).sum() and not (read & (z0 == 0)).any()  # dropouts only, never a reading from nowhere
+    # dropouts only, never a reading from nowhere
+    assert read.sum() > 0.9 * (z0 > 0).sum() and not (read & (z0 == 0)).any()
     sigma = 0.0012 + 0.0019 * (z0[read] - 0.4) ** 2
     assert np.abs(z1[read] - z0[read]).max() <= 6 * sigma.max() + 1e-3
     colour_noise = (noisy[0].astype(int) - exact[0].astype(int))[(exact[0] > 20) & (exact[0] < 235)]

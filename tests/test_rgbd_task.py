@@ -60,6 +60,7 @@ def test_quick_training_is_deterministic_and_learns(rgbd, tmp_path):
         weights_b = torch.load(tmp_path / "b" / f"{kind}.pt", weights_only=True)["state_dict"]
         assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
         assert a["train_oa"] > 2 / 15  # learns: twice chance on its training frames
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["results"]["rgbd"]["oa"] == first["results"]["rgbd"]["oa"]
+    stored = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert stored["results"]["rgbd"]["oa"] == first["results"]["rgbd"]["oa"]
     picture = np.array(Image.open(tmp_path / "a" / "clusters.png"))
     assert picture.shape == (260, 720, 3) and len(np.unique(picture.reshape(-1, 3), axis=0)) > 4

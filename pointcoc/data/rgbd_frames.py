@@ -39,6 +39,13 @@ __all__ = [
     "MAX_RANGE",
     "Camera",
     "look_at",
+    "ray_cuboid",
+    "ray_cylinder",
+    "ray_ellipsoid",
+    "ray_spheres",
+    "ray_floor",
+    "ray_shape",
+    "torus_arc_centres",
     "cast_rays",
     "render",
     "RGBDFrames",
@@ -256,7 +263,8 @@ def ray_floor(o: np.ndarray, d: np.ndarray, level: float = 0.0) -> Hit:
     return np.where(t > _EPS, t, np.inf), np.broadcast_to(_UP, d.shape)
 
 
-def cast_rays(o: np.ndarray, d: np.ndarray, shapes: Sequence[Shape], floor: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cast_rays(o: np.ndarray, d: np.ndarray, shapes: Sequence[Shape],
+              floor: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest surface along every ray among the floor (``y = 0``, when ``floor``) and ``shapes``.
 
     Returns ``t [R]`` (inf: nothing hit), unit normals ``[R, 3]`` turned towards the camera,
