@@ -33,6 +33,7 @@ from tests.helpers import DEVICES
 
 knn_module = importlib.import_module("pointcoc.ops.knn")  # the module (pointcoc.ops.knn is the function)
 search_module = importlib.import_module("pointcoc.ops.search")
+cells_module = importlib.import_module("pointcoc.ops.cells")
 
 
 @pytest.fixture(autouse=True)
@@ -87,16 +88,19 @@ def knn_oracle(x: np.ndarray, y: np.ndarray, k: int, batch_x: np.ndarray, batch_
 
 @contextlib.contextmanager
 def search_path(name: str):
-    """Force the dense (brute-force block) or the tiled kNN search regardless of sample size."""
-    saved = search_module.TILED_MIN_POINTS
+    """Force the dense (brute-force block), the tiled or the cell-grid kNN search regardless of
+    sample size (the grid serves positions with at most GRID_MAX_DIM coordinates; others fall
+    back to the dense search)."""
+    saved = search_module.TILED_MIN_POINTS, cells_module.GRID_MIN_POINTS
     search_module.TILED_MIN_POINTS = 1 if name == "tiled" else 2**62
+    cells_module.GRID_MIN_POINTS = 1 if name == "grid" else 2**62
     try:
         yield
     finally:
-        search_module.TILED_MIN_POINTS = saved
+        search_module.TILED_MIN_POINTS, cells_module.GRID_MIN_POINTS = saved
 
 
-@pytest.fixture(params=["dense", "tiled"])
+@pytest.fixture(params=["dense", "tiled", "grid"])
 def search(request):
     with search_path(request.param):
         yield request.param
@@ -258,16 +262,19 @@ def test_knn_matches_oracle_on_ragged_batch(search, device, dtype, dim, budget):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("budget", [2**22, 1])
-def test_knn_large_sample_takes_tiled_path_exactly(device, budget):
-    """A sample above TILED_MIN_POINTS (default settings): checked against the oracle on some queries.
+@pytest.mark.parametrize("path", ["default", "tiled"])
+def test_knn_large_sample_exactly(device, budget, path):
+    """A sample above TILED_MIN_POINTS and GRID_MIN_POINTS (the default settings take the cell
+    grid): checked against the oracle on some queries.
 
-    ``budget=1`` makes every chunk a single query block, so no block borrows candidate tiles
-    from a neighbour that needs more.
+    ``budget=1`` makes every chunk a single query block (tiled) or query (grid), so no block
+    borrows candidates from a neighbour that needs more.
     """
     grid = pixel_grid(47, 50, torch.float32, device) / 49.0 - 0.5  # 2350 points, many tied distances
-    assert len(grid) >= search_module.TILED_MIN_POINTS
+    assert len(grid) >= max(search_module.TILED_MIN_POINTS, cells_module.GRID_MIN_POINTS)
     queries = grid[::37]
-    out = knn(grid, queries, 24, max_chunk_entries=budget)
+    with search_path("tiled") if path == "tiled" else contextlib.nullcontext():
+        out = knn(grid, queries, 24, max_chunk_entries=budget)
     zeros_x, zeros_y = np.zeros(len(grid), dtype=np.int64), np.zeros(len(queries), dtype=np.int64)
     index, _ = knn_oracle(grid.cpu().numpy(), queries.cpu().numpy(), 24, zeros_x, zeros_y)
     assert out[1].view(-1, 24).tolist() == index.tolist()

@@ -21,6 +21,7 @@ from tests.helpers import DEVICES
 
 exact_module = importlib.import_module("pointcoc.ops.exact")
 search_module = importlib.import_module("pointcoc.ops.search")
+cells_module = importlib.import_module("pointcoc.ops.cells")
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
@@ -89,7 +90,7 @@ def spread_for(dtype, offset):
     offset=st.sampled_from([0.0, 100.0, 1e3, 1e4]),
     duplicates=st.integers(0, 6),
     k=st.integers(1, 12),
-    search=st.sampled_from(["dense", "tiled"]),
+    search=st.sampled_from(["dense", "tiled", "grid"]),
     seed=st.integers(0, 2**16),
 )
 def test_knn_equals_float64_brute_force(sizes, dim, dtype, offset, duplicates, k, search, seed):
@@ -97,14 +98,15 @@ def test_knn_equals_float64_brute_force(sizes, dim, dtype, offset, duplicates, k
     y, by = cloud(sizes, dim, offset, spread_for(dtype, offset), dtype, seed + 1)
     y[::3] = x[: len(y[::3])]  # queries that coincide with data points
     expected = brute_knn(x.double().numpy(), y.double().numpy(), k, bx.numpy(), by.numpy())
-    saved = search_module.TILED_MIN_POINTS
+    saved = search_module.TILED_MIN_POINTS, cells_module.GRID_MIN_POINTS
     search_module.TILED_MIN_POINTS = 1 if search == "tiled" else 2**62
+    cells_module.GRID_MIN_POINTS = 1 if search == "grid" else 2**62
     try:
         index, dist = knn_padded(x, y, k, bx, by)
         if min(sizes) >= k:
             assert knn(x, y, k, bx, by)[1].view(-1, k).tolist() == expected.tolist()
     finally:
-        search_module.TILED_MIN_POINTS = saved
+        search_module.TILED_MIN_POINTS, cells_module.GRID_MIN_POINTS = saved
     assert index.tolist() == expected.tolist()
     assert dist.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
 

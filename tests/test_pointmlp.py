@@ -10,6 +10,7 @@ same checkpoint through ``pc.convert_official_state_dict``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -354,6 +355,53 @@ def test_recompute_changes_nothing(device, recompute):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-12, msg=key)
     for (key, b), c in zip(kept.named_buffers(), recomputed.buffers()):
         torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-12, msg=key)
+
+
+def test_group_plan_matches_make_plan():
+    """The directly built one-centre-per-group plan is the one make_plan builds for those segments."""
+    from pointcoc.models.pointmlp import _group_plan
+    from pointcoc.nn.cluster_plan import make_plan
+
+    ours = _group_plan(5, 3, torch.device("cpu"))
+    theirs = make_plan(batch=torch.arange(5).repeat_interleave(3), proposal="mean")
+    for field in dataclasses.fields(theirs):
+        a, b = getattr(ours, field.name), getattr(theirs, field.name)
+        assert torch.equal(a, b) if isinstance(b, torch.Tensor) else a == b, field.name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalize", ["similarity", "count"])
+def test_equal_segments_fast_path(device, normalize):
+    """Equal consecutive segments (reshape path): the values of a per-segment loop, and the
+    generic scatter path's values and gradients (forced by an explicit identity dense_index)."""
+    from pointcoc.nn.cluster_plan import make_plan
+    from pointcoc.nn.context_cluster import context_cluster
+
+    g = torch.Generator().manual_seed(0)
+    G, L, H, d = 4, 5, 2, 3
+    f = torch.randn(G * L, H, d, dtype=torch.float64, generator=g).to(device).requires_grad_(True)
+    v = torch.randn(G * L, H, d, dtype=torch.float64, generator=g).to(device).requires_grad_(True)
+    alpha = torch.tensor([1.7], dtype=torch.float64, device=device)
+    beta = torch.tensor([-0.3], dtype=torch.float64, device=device)
+    batch = torch.arange(G, device=device).repeat_interleave(L)
+    fast = make_plan(batch=batch, proposal="mean")
+    assert fast.dense_index is None
+    weights = torch.randn(G * L, H, d, dtype=torch.float64, generator=g).to(device)
+    out, centre = context_cluster(f, v, fast, alpha, beta, normalize)
+    assert torch.equal(centre, batch.view(-1, 1).expand(-1, H))
+    grads = torch.autograd.grad((out * weights).sum(), (f, v))
+    for s in range(G):
+        rows = slice(s * L, (s + 1) * L)
+        fs, vs = f[rows].detach(), v[rows].detach()
+        sim = torch.sigmoid(beta + alpha * F.cosine_similarity(fs, fs.mean(0, keepdim=True), dim=-1))
+        den = 1 + (sim.sum(0) if normalize == "similarity" else torch.full_like(sim[0], L))
+        agg = (vs.mean(0) + (sim.unsqueeze(-1) * vs).sum(0)) / den.unsqueeze(-1)
+        torch.testing.assert_close(out[rows], sim.unsqueeze(-1) * agg, rtol=1e-12, atol=1e-12)
+    slow = dataclasses.replace(fast, dense_index=torch.arange(G * L, device=device))  # forces the scatter path
+    out_slow, _ = context_cluster(f, v, slow, alpha, beta, normalize)
+    torch.testing.assert_close(out_slow, out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((out_slow * weights).sum(), (f, v)), grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_grouper_matches_spec():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -166,6 +166,23 @@ class GroupedPoints:
         return torch.cat([normed, anchor.expand_as(nb)], dim=-1)
 
 
+@torch.compiler.disable
+def _group_indices(xyz: Tensor, groups: int, k: int, random_start: bool) -> Tuple[Tensor, Tensor]:
+    """FPS anchors ``[B * S]`` of ``xyz: [B, n, 3]`` and their kNN ``[B * S * k]``, as rows of ``[B * n]``.
+
+    Runs eagerly under ``torch.compile``: farthest point sampling is a data-dependent loop
+    of ``S`` steps and the kNN chunking reads sizes on the host, which dynamo would unroll or
+    break the graph on; both only produce integer indices (nothing to differentiate or fuse).
+    """
+    B, n, _ = xyz.shape
+    pos = xyz.reshape(B * n, 3)
+    batch = torch.arange(B, device=xyz.device).repeat_interleave(n)
+    anchors = fps(pos, batch, random_start=random_start, num_points=groups)  # [B * S], grouped by sample
+    offsets = torch.arange(0, B * n, n, device=xyz.device).view(B, 1, 1)
+    neighbours = knn_dense(xyz, pos.index_select(0, anchors).view(B, groups, 3), k) + offsets
+    return anchors, neighbours.view(-1)
+
+
 class LocalGrouper(nn.Module):
     """FPS anchors, kNN groups and "anchor" normalisation of one stage.
 
@@ -188,21 +205,37 @@ class LocalGrouper(nn.Module):
         ``random_start`` picks each sample's first FPS point at random instead of index 0.
         """
         B, n, C = x.shape
-        pos = xyz.reshape(B * n, 3)
-        batch = torch.arange(B, device=x.device).repeat_interleave(n)
-        anchors = fps(pos, batch, random_start=random_start, num_points=self.groups)  # [B * S], grouped by sample
-        anchor_xyz = pos.index_select(0, anchors).view(B, self.groups, 3)
-        offsets = torch.arange(0, B * n, n, device=x.device).view(B, 1, 1)
-        neighbours = (knn_dense(xyz, anchor_xyz, self.k) + offsets).view(-1)
+        anchors, neighbours = _group_indices(xyz, self.groups, self.k, random_start)
         return GroupedPoints(
             features=x.reshape(B * n, C),
             anchors=anchors,
             neighbours=neighbours,
             alpha=self.affine_alpha.view(C),
             beta=self.affine_beta.view(C),
-            anchor_xyz=anchor_xyz,
+            anchor_xyz=xyz.reshape(B * n, 3).index_select(0, anchors).view(B, self.groups, 3),
             k=self.k,
         )
+
+
+def _group_plan(num_groups: int, k: int, device: torch.device) -> ClusterPlan:
+    """One centre per kNN group: ``num_groups`` consecutive segments of ``k`` points.
+
+    Built directly (what ``make_plan(batch=..., proposal="mean")`` returns for these
+    segments) because the layout is known: no validation of a batch vector we made,
+    hence no host sync.
+    """
+    group = torch.arange(num_groups, device=device).repeat_interleave(k, output_size=num_groups * k)
+    return ClusterPlan(
+        group=group,
+        num_groups=num_groups,
+        num_centres=1,
+        member_centre=group,
+        member_point=None,
+        centre_count=torch.full((num_groups,), k, dtype=torch.long, device=device),
+        centre_valid=None,
+        dense_index=None,
+        max_group_size=k,
+    )
 
 
 #: what a stage stores for its backward pass (see :class:`PreExtraction`)
@@ -254,11 +287,9 @@ class PreExtraction(nn.Module):
 
     def forward(self, groups: GroupedPoints) -> Tensor:
         """``groups`` of ``B * S`` anchors -> ``[B * S, out]`` (max over each group)."""
-        plan = None  # one segment per group, shared by the stage's context clusters
-        cluster = next((op for op in self.operation if isinstance(op, ContextCluster)), None)
-        if cluster is not None:
-            device = groups.features.device
-            plan = cluster.make_plan(batch=torch.arange(groups.num_groups, device=device).repeat_interleave(groups.k))
+        has_cluster = any(isinstance(op, ContextCluster) for op in self.operation)
+        # one segment per group, shared by the stage's context clusters
+        plan = _group_plan(groups.num_groups, groups.k, groups.features.device) if has_cluster else None
         if self.recompute == "none" or not (self.training and torch.is_grad_enabled()):
             return self._extract(groups, plan, True)
         runs = iter([True])  # the first run updates BN statistics, the backward recomputation does not

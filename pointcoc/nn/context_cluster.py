@@ -96,6 +96,8 @@ def context_cluster(
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if plan.num_centres == 1 and plan.member_point is None and plan.dense_index is None and plan.max_group_size:
+        return _one_centre_per_group(f, v, plan, alpha, beta, normalize)
     N, H, d = f.shape
     c = plan.num_centres
     means = _centre_means(torch.cat([f, v], dim=-1), plan)  # [G*c, H, 2d]
@@ -113,6 +115,25 @@ def context_cluster(
     agg = num / den.unsqueeze(-1)
     out = s.unsqueeze(-1) * agg[slot].view(N, H, d)
     return out, centre
+
+
+def _one_centre_per_group(
+    f: Tensor, v: Tensor, plan: ClusterPlan, alpha: Tensor, beta: Tensor, normalize: str
+) -> Tuple[Tensor, Tensor]:
+    """:func:`context_cluster` for equal segments: ``G`` groups of ``L`` consecutive points, one centre each.
+
+    Every segment sum is a reduction over the ``L`` axis of ``[G, L, H, d]`` and every
+    gather a broadcast, instead of ``index_add`` / indexing over centre ids (same values).
+    """
+    N, H, d = f.shape
+    G, L = plan.num_groups, plan.max_group_size
+    f, v = f.reshape(G, L, H, d), v.reshape(G, L, H, d)
+    cf, vc = f.mean(1, keepdim=True), v.mean(1, keepdim=True)  # [G, 1, H, d]
+    cos = (F.normalize(f, dim=-1) * F.normalize(cf, dim=-1)).sum(-1, keepdim=True)
+    s = torch.sigmoid(beta + alpha * cos)  # [G, L, H, 1] similarity to the group's centre
+    den = 1.0 + (s.sum(1, keepdim=True) if normalize == "similarity" else float(L))
+    agg = (vc + (s * v).sum(1, keepdim=True)) / den  # [G, 1, H, d]
+    return (s * agg).view(N, H, d), plan.group.unsqueeze(1).expand(N, H)
 
 
 class ContextCluster(nn.Module):

@@ -16,8 +16,11 @@ distance is then within a relative error ``delta = 2 (D + 2) 2^-24`` (plus a tin
 term for underflow) of the real distance. The search keeps ``k + REFINE_EXTRA`` candidates,
 recomputes their ``d`` in float64 and re-ranks them; the result is provably the float64
 ranking whenever the k-th float64 distance is below what any point outside the candidates
-can have (:func:`refine`). Queries where that cannot be proven (near-ties spanning all the
-candidates, e.g. many duplicate points) are searched again entirely in float64.
+can have (:func:`refine`). The cell-grid search (:mod:`pointcoc.ops.cells`, 1-3 coordinates)
+compares each query only with the points of a block of cells around it and adds a float64
+lower bound on the distance of every point outside the block to that proof. Queries where it
+cannot be proven (near-ties spanning all the candidates, e.g. many duplicate points, or a k-th
+neighbour beyond the block) are searched again entirely in float64.
 
 **Range.** When a sample's squared extent does not fit in float32 (coordinates spread over
 more than about 1e19), the search runs in float64 directly; when it does not fit in float64
@@ -26,12 +29,13 @@ overflow.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["REFINE_EXTRA", "working_dtype", "pair_distances", "refine"]
+__all__ = ["REFINE_EXTRA", "working_dtype", "pair_distances", "rank_by_distance", "refine"]
 
 REFINE_EXTRA = 8
 """Candidates kept beyond k by a float32 search, re-ranked in float64."""
@@ -68,24 +72,55 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
 def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
     """``d[i, j] = sum_p (y[i, p] - x[col[i, j], p]) ** 2`` summed in coordinate order: ``[M, k]``."""
     dist = None
+    flat = col.reshape(-1)
     for p in range(x.size(1)):
-        term = (y[:, p, None] - x[:, p][col]).square_()
+        term = x[:, p].contiguous().index_select(0, flat).view(col.shape)
+        term = term.sub_(y[:, p, None]).square_()  # (x - y)^2 == (y - x)^2 exactly
         dist = term if dist is None else dist.add_(term)
     return dist
 
 
+def rank_by_distance(index: Tensor, dist: Tensor, k: int, num_points: int) -> Tuple[Tensor, Tensor]:
+    """The first ``k`` of each row of ``index`` / float64 ``dist`` ``[M, c]`` by (dist, index).
+
+    ``index``: global indices below ``num_points`` (``-1`` with ``dist = inf`` for padding; finite
+    ``dist`` below a quarter of the float64 range, as :func:`working_dtype` ensures). One
+    sort of int64 keys: the bits of ``dist`` (monotone for ``dist >= +0``) with their lowest
+    ``b = bit_length(num_points)`` bits replaced by the index. That is the (dist, index) order
+    wherever the sorted ``dist`` is non-decreasing; the rare rows where two distances differing
+    only in those bits come out of order are sorted again by index, then stably by distance.
+    """
+    bits = max(1, int(num_points).bit_length())
+    key = dist.view(torch.int64).bitwise_right_shift(bits).bitwise_left_shift_(bits).add_(index)  # inf - 1: last
+    order = key.sort(dim=1).indices
+    dist_sorted = dist.gather(1, order)
+    top = index.gather(1, order[:, :k])
+    unsorted = (dist_sorted[:, 1:] < dist_sorted[:, :-1]).any(1)
+    if bool(unsorted.any()):
+        rows = unsorted.nonzero()[:, 0]
+        sub_index, by_index = torch.where(index[rows] < 0, torch.iinfo(torch.long).max, index[rows]).sort(dim=1)
+        sub_dist, by_dist = dist[rows].gather(1, by_index).sort(dim=1, stable=True)
+        top[rows] = index[rows].gather(1, by_index).gather(1, by_dist[:, :k])
+        dist_sorted[rows] = sub_dist
+    return top, dist_sorted[:, :k]
+
+
 def refine(
-    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor
+    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor,
+    region: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Re-rank float32 candidates by the float64 reference distance; prove the result exact.
 
     Args:
         x, y: the original points (any float dtype).
         index: ``[M, c]`` candidates (global x indices, ``-1`` padding), ``c >= k``, in any
-            order: ``c`` points with the smallest float32 distances, so every other point of the
-            sample has a float32 distance of at least the largest of ``dist_work``.
-        dist_work: ``[M, c]`` their float32 distances.
-        complete: ``[M]`` True where the candidates are all the points of the query's sample.
+            order: ``c`` points with the smallest float32 (or float64) distances among the points
+            of the query's search region, so every other point of the region has a working
+            distance of at least the largest of ``dist_work``.
+        dist_work: ``[M, c]`` their float32 (or float64) distances.
+        complete: ``[M]`` True where the candidates are all the points of the region.
+        region: ``[M]`` float64 lower bound on the float64 reference distance of every point of
+            the sample outside the region (``None``: the region is the whole sample).
 
     Returns:
         ``index [M, k]``, float64 ``dist [M, k]`` and ``proven [M]`` (True where no point
@@ -94,14 +129,13 @@ def refine(
     dim = x.size(1)
     d64 = pair_distances(y.double(), x.double(), index.clamp(min=0))
     d64.masked_fill_(index < 0, float("inf"))
-    index, by_index = index.sort(dim=1)  # then a stable sort by distance: ties by index
-    d64 = d64.gather(1, by_index)
-    d64, by_dist = d64.sort(dim=1, stable=True)
-    index = index.gather(1, by_dist)[:, :k]
-    d64 = d64[:, :k]
+    index, d64 = rank_by_distance(index, d64, k, x.size(0))
     delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
     tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
     outside = (dist_work.amax(1).double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
-    proven = complete | (d64[:, -1] < outside)
+    outside = torch.where(complete, math.inf, outside)
+    if region is not None:
+        outside = torch.minimum(outside, region)
+    proven = (d64[:, -1] < outside) | (outside == math.inf)
     return index, d64, proven

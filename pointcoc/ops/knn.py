@@ -4,7 +4,9 @@ Every function here is exact in the sense of :mod:`pointcoc.ops.exact`: its neig
 equal those of a float64 brute force on the input values as given (squared Euclidean distance
 summed in coordinate order, ties by the lower index), for any number of coordinates and for
 float16, bfloat16, float32 and float64 inputs; inputs whose squared distances overflow float64
-raise ``ValueError``. The searches themselves live in :mod:`pointcoc.ops.search`.
+raise ``ValueError``. The searches themselves live in :mod:`pointcoc.ops.cells` (a uniform
+cell grid, used for 1-3 coordinates when a sample holds at least ``GRID_MIN_POINTS`` points)
+and :mod:`pointcoc.ops.search` (dense blocks and k-d tree tiles).
 
 Signatures and output layouts follow torch-cluster (``knn``, ``knn_graph``, ``nearest``);
 pointcoc is stricter where noted (``knn`` requires ``k`` points of ``x`` in every sample that
@@ -29,10 +31,14 @@ from .._checks import (
 )
 from .backend import torch_cluster_module
 from .batch import batch_counts
+from . import cells
 from .exact import REFINE_EXTRA, pair_distances, refine, working_dtype
 from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
+
+FALLBACK_DENSE_ENTRIES = 2**24
+"""Unproven queries are searched again densely (not tiled) up to this many query-point pairs."""
 
 
 def knn(
@@ -270,19 +276,28 @@ def exact_knn(
     """Exact search (see :mod:`pointcoc.ops.exact`): ``index [M, k]`` (-1 padded) and ``dist [M, k]``."""
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32 if x.element_size() < 4 else x.dtype
     work = working_dtype(x, y, batch_x, batch_y, counts_x.numel())
-    if work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
+    wide = k + REFINE_EXTRA
+    if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
+        grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
+        candidates, dist_work, complete, region = cells.cell_candidates(
+            grid, y.to(work), wide, batch_y, max_chunk_entries
+        )
+        index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+    elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
         index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
         return index, dist.to(out_dtype)
-    wide = k + REFINE_EXTRA
-    candidates, dist_work = search(x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-    complete = counts_x[batch_y] <= wide
-    index, dist, proven = refine(x, y, candidates, dist_work, k, complete)
+    else:
+        candidates, dist_work = search(
+            x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries
+        )
+        index, dist, proven = refine(x, y, candidates, dist_work, k, counts_x[batch_y] <= wide)
     if not bool(proven.all()):  # near-ties beyond the candidates: search those queries in float64
         rows = (~proven).nonzero()[:, 0]
         sub_batch = batch_y[rows]
         sub_counts = batch_counts(sub_batch, counts_y.numel())
+        few = rows.numel() * int(counts_x.max()) <= FALLBACK_DENSE_ENTRIES  # tiling all of x would cost more
         index[rows], dist[rows] = search(
-            x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries
+            x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries, tiled=not few
         )
     return index, dist.to(out_dtype)
 

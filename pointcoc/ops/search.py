@@ -31,7 +31,7 @@ from .batch import batch_ptr, slot_in_sample
 
 __all__ = [
     "TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "TILE", "NO_ID",
-    "Tiles", "tile_lower_bound", "search",
+    "Tiles", "tile_lower_bound", "chunk_end", "search",
 ]
 
 TILED_MAX_DIM = 4
@@ -64,12 +64,14 @@ def search(
     counts_x: Tensor,
     counts_y: Tensor,
     max_chunk_entries: int,
+    tiled: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Neighbours by (distance in the dtype of ``x``, index): ``index [M, k]`` (global, -1 padded)
-    and ``dist [M, k]`` (inf padded). ``x``, ``y`` float32 or float64; batches sorted."""
+    and ``dist [M, k]`` (inf padded). ``x``, ``y`` float32 or float64; batches sorted.
+    ``tiled=False``: the dense search whatever the sample sizes."""
     if y.size(0) == 0:
         return torch.empty(0, k, dtype=torch.long, device=y.device), torch.empty(0, k, dtype=y.dtype, device=y.device)
-    if x.size(1) <= TILED_MAX_DIM and x.size(0) and int(counts_x.max()) >= TILED_MIN_POINTS:
+    if tiled and x.size(1) <= TILED_MAX_DIM and x.size(0) and int(counts_x.max()) >= TILED_MIN_POINTS:
         return _knn_tiled(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
     num_samples = counts_x.numel()
     ptr_x = batch_ptr(counts_x)
@@ -326,7 +328,7 @@ def _knn_tiled(
     per_block = TILE * TILE  # distance entries per block and candidate tile
     start = 0
     while start < len(counts):
-        stop = _chunk_end(counts, start, max(1, max_chunk_entries // per_block))
+        stop = chunk_end(counts, start, max(1, max_chunk_entries // per_block))
         width = counts[stop - 1]
         if width > 0:
             chunk = slice(start, stop)
@@ -357,7 +359,7 @@ def _probe_reach(tiles: Tiles, queries: Tensor, probe: Tensor, k: int, workspace
     return kth.amax(-1).view(num_samples, qc)
 
 
-def _chunk_end(counts: List[int], start: int, capacity: int) -> int:
+def chunk_end(counts: List[int], start: int, capacity: int) -> int:
     """Largest ``stop > start`` with ``(stop - start) * counts[stop - 1] <= capacity`` (counts ascending)."""
     lo, hi = start + 1, len(counts)
     while lo < hi:

@@ -1,0 +1,217 @@
+"""Cell-list candidate search for low-dimensional kNN (the fast path of :func:`pointcoc.ops.knn`).
+
+The points of ``x`` are binned, sample by sample, into a uniform grid of cubic cells whose edge
+is chosen from the sample's bounding box so that a cell holds about ``per_cell`` points. Each
+query is compared with the points of the ``3^D`` cells around its own cell (its *block*; along
+the last axis three neighbouring cells are one contiguous run of the cell-sorted points, so a
+block is ``3^(D-1)`` runs), and the ``wide`` nearest of them are kept as candidates.
+
+The result is *proven*, not assumed: every point outside the block lies beyond one of the
+block's faces, so its distance is at least the query's distance ``rho`` to the nearest face that
+is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces are computed in
+float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine` then accepts a
+query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
+points it did not keep; every other query is searched again in float64 by the caller.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .batch import batch_ptr
+from .search import chunk_end
+
+__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_candidates"]
+
+GRID_MAX_DIM = 3
+"""Positions with at most this many coordinates may use the cell grid."""
+
+GRID_MIN_POINTS = 512
+"""The cell grid is used when some sample holds at least this many points of ``x``."""
+
+BALL_MARGIN = 1.2
+"""A cell edge's ball is sized to hold this many times ``wide`` points on average."""
+
+_FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
+_BISECTION_STEPS = 40
+
+
+class CellGrid:
+    """Points of a ragged batch sorted into per-sample uniform grids.
+
+    ``low: [B, D]`` grid origin, ``size: [B]`` cell edge, ``cells: [B, D]`` cells per axis,
+    ``stride: [B, D]`` (last axis fastest), ``cell_ptr: [B + 1]`` first global cell of each
+    sample, ``cell_start: [C + 1]`` first sorted point of each cell, ``coords: [D, N]`` the
+    points in cell order (working dtype), ``index: [N]`` their indices in ``x``.
+    """
+
+    def __init__(self, x: Tensor, batch: Tensor, counts: Tensor, per_cell: float) -> None:
+        num_samples, dim = counts.numel(), x.size(1)
+        wide = x.double()
+        index = batch[:, None].expand(-1, dim)
+        low = wide.new_full((num_samples, dim), math.inf).scatter_reduce_(0, index, wide, "amin")
+        high = wide.new_full((num_samples, dim), -math.inf).scatter_reduce_(0, index, wide, "amax")
+        empty = counts == 0
+        low.masked_fill_(empty[:, None], 0.0)
+        high.masked_fill_(empty[:, None], 0.0)
+        extent = high - low
+        self.low, self.high = low, high
+        self.size = _cell_size(extent, counts.double() / per_cell)
+        self.cells = torch.floor(extent / self.size[:, None]).long().add_(1)
+        self.stride = self.cells.flip(1).cumprod(1).flip(1).roll(-1, 1)
+        self.stride[:, -1] = 1
+        self.cell_ptr = batch_ptr(self.cells.prod(1))
+        cell = self.cell_of(wide, batch)
+        global_cell = self.cell_ptr[batch] + (cell * self.stride[batch]).sum(1)
+        global_cell, order = torch.sort(global_cell, stable=True)
+        total = int(self.cell_ptr[-1])
+        self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
+        self.coords = x[order].t().contiguous()
+        self.index = order
+
+    def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
+        """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
+        scaled = (points - self.low[batch]) / self.size[batch, None]
+        cell = torch.minimum(torch.floor(scaled).clamp_(min=0), (self.cells[batch] - 1).double())
+        return cell.long()  # clamped in float64 first: far queries cannot overflow int64
+
+
+def points_per_cell(dim: int, wide: int) -> float:
+    """Points per cell such that a ball of one cell edge holds ``BALL_MARGIN * wide`` points on average."""
+    ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1)  # unit ball volume
+    return BALL_MARGIN * wide / ball
+
+
+def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
+    """Cell edge ``[B]`` with ``prod_p max(extent_p / h, 1) = max(target, 1)``: about ``target``
+    cells of edge ``h`` cover the bounding box (an axis thinner than ``h`` counts as one cell; the
+    grid then has ``prod_p (floor(extent_p / h) + 1) < 2^D max(target, 1)`` cells).
+
+    Found by bisection on ``log h`` (the product decreases with ``h``); 1 where every extent is 0.
+    """
+    top = extent.amax(1)
+    flat = top == 0
+    top = torch.where(flat, 1.0, top)
+    target = target.clamp(min=1.0)
+    lo = top / target  # product >= top / lo = target
+    hi = top.clone()  # product = 1
+    for _ in range(_BISECTION_STEPS):
+        mid = (lo * hi).sqrt()
+        over = (extent / mid[:, None]).clamp_(min=1.0).prod(1) > target
+        lo = torch.where(over, mid, lo)
+        hi = torch.where(over, hi, mid)
+    return torch.where(flat, 1.0, hi)
+
+
+def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor) -> Tensor:
+    """float64 ``[M]``: a lower bound on the float64 reference squared distance from each query to
+    every point of its sample outside its block (``inf`` where the block is the whole grid).
+
+    A point outside the block has a cell id beyond a face along some axis, so its coordinate
+    lies beyond that face up to the rounding of ``floor((x - low) / size)``; the margin covers
+    that rounding and the rounding of the faces, and the final factor that of the reference sum.
+    """
+    low, size, cells = grid.low[batch_y], grid.size[batch_y, None], grid.cells[batch_y]
+    below = torch.where(cell - 1 > 0, low + (cell - 1).double() * size, -math.inf)  # cells <= c - 2 exist
+    above = torch.where(cell + 2 < cells, low + (cell + 2).double() * size, math.inf)  # cells >= c + 2 exist
+    scale = low.abs() + grid.high[batch_y].abs() + y.abs() + size
+    gap = torch.minimum(y - below, above - y) - _FACE_MARGIN * scale
+    rho = gap.amin(1).clamp_(min=0.0)
+    dim = y.size(1)
+    gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference sum: relative error bound (doubled)
+    bound = rho.square() * (1.0 - _FACE_MARGIN) * (1.0 - gamma) - (dim + 1) * 2.0**-1074
+    return torch.where(torch.isinf(rho), math.inf, bound)
+
+
+def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor) -> Tuple[Tensor, Tensor]:
+    """First sorted point ``[M, S]`` and length ``[M, S]`` of the ``S = 3^(D-1)`` runs of each block."""
+    dim = cell.size(1)
+    shifts = torch.tensor(list(itertools.product((-1, 0, 1), repeat=dim - 1)), dtype=torch.long, device=cell.device)
+    shifts = shifts.view(3 ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
+    cells, stride = grid.cells[batch_y], grid.stride[batch_y]
+    near = cell[:, None, :-1] + shifts  # [M, S, D-1]
+    inside = ((near >= 0) & (near < cells[:, None, :-1])).all(2)
+    first = grid.cell_ptr[batch_y, None] + (near * stride[:, None, :-1]).sum(2)
+    last_axis = cell[:, -1:]
+    first_cell = first + (last_axis - 1).clamp(min=0)
+    end_cell = first + torch.minimum(last_axis + 2, cells[:, -1:])
+    first_cell = torch.where(inside, first_cell, 0)
+    end_cell = torch.where(inside, end_cell, 0)
+    start = grid.cell_start[first_cell]
+    return start, grid.cell_start[end_cell] - start
+
+
+@torch.no_grad()
+def cell_candidates(
+    grid: CellGrid, y: Tensor, wide: int, batch_y: Tensor, max_chunk_entries: int
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``wide`` nearest points of each query's block (see the module docstring).
+
+    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`); ``y``: queries in the dtype
+    of ``grid.coords`` (float32 or float64, the working dtype; values exactly the inputs').
+    Returns ``index [M, wide]`` (global, ``-1`` padding), ``dist [M, wide]`` (working dtype, ``inf``
+    padding), ``complete [M]`` (the block holds at most ``wide`` points: all are candidates) and
+    ``region [M]`` (float64 bound of :func:`region_bound`). Queries of one cell share one block.
+    """
+    y64 = y.double()
+    cell = grid.cell_of(y64, batch_y)
+    region = region_bound(grid, y64, batch_y, cell)
+    query_cell = grid.cell_ptr[batch_y] + (cell * grid.stride[batch_y]).sum(1)
+    cells, group = torch.unique(query_cell, return_inverse=True)  # [G] occupied cells, [M] group of each query
+    first_query = torch.empty_like(cells).scatter_(0, group, torch.arange(y.size(0), device=y.device))
+    start, length = _block_runs(grid, batch_y[first_query], cell[first_query])  # [G, S]
+    total = length.sum(1)[group]  # [M] block size of each query
+    rows_by_size = torch.argsort(total)
+    index = torch.full((y.size(0), wide), -1, dtype=torch.long, device=y.device)
+    dist = torch.full((y.size(0), wide), math.inf, dtype=y.dtype, device=y.device)
+    sizes = total[rows_by_size].tolist()
+    first = 0
+    while first < len(sizes):
+        stop = chunk_end(sizes, first, max_chunk_entries)
+        rows = rows_by_size[first:stop]
+        blocks, local = torch.unique(group[rows], return_inverse=True)
+        lanes = _block_lanes(grid, start[blocks], length[blocks], sizes[stop - 1])
+        index[rows], dist[rows] = _nearest_in_block(grid, y[rows], lanes, local, wide)
+        first = stop
+    return index, dist, total <= wide, region
+
+
+def _block_lanes(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tensor:
+    """Sorted-point positions ``[g, width]`` of the blocks with runs ``start``, ``length: [g, S]``
+    (``-1`` past a block's end)."""
+    end = length.cumsum(1)  # [g, S]
+    lane = torch.arange(width, device=start.device).expand(start.size(0), width).contiguous()
+    run = torch.searchsorted(end, lane, right=True)  # run holding each lane; S past the end
+    padding = run == end.size(1)
+    run.clamp_(max=end.size(1) - 1)
+    return (start - end + length).gather(1, run).add_(lane).masked_fill_(padding, -1)
+
+
+def _nearest_in_block(grid: CellGrid, y: Tensor, lanes: Tensor, block: Tensor, wide: int) -> Tuple[Tensor, Tensor]:
+    """The ``wide`` nearest points to ``y: [m, D]`` among ``lanes[block]`` (``lanes: [g, W]``):
+    ``index [m, wide]`` (global, -1 padded) and ``dist [m, wide]`` (inf padded)."""
+    m, dim = y.shape
+    width = lanes.size(1)
+    index = torch.full((m, wide), -1, dtype=torch.long, device=y.device)
+    dist = torch.full((m, wide), math.inf, dtype=y.dtype, device=y.device)
+    if width == 0:
+        return index, dist
+    padding = lanes < 0
+    source = lanes.clamp(min=0)
+    work = None
+    for p in range(dim):  # padding lanes sit at infinity: their distance is inf
+        coords = grid.coords[p][source].masked_fill_(padding, math.inf).index_select(0, block)
+        term = coords.sub_(y[:, p, None]).square_()
+        work = term if work is None else work.add_(term)
+    keep = min(wide, width)
+    bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
+    chosen = torch.topk(work.view(bits), keep, dim=1, largest=False, sorted=False).indices
+    nearest = work.gather(1, chosen)
+    found = grid.index[source.view(-1)[block[:, None] * width + chosen]]
+    index[:, :keep] = found.masked_fill_(nearest == math.inf, -1)
+    dist[:, :keep] = nearest
+    return index, dist
