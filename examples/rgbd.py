@@ -1,8 +1,10 @@
-"""An RGB-D frame as a coloured 3-D point set, through a CoC backbone, with its clusters.
+"""An RGB-D frame as a coloured 3-D point set, through a CoC backbone, with its clusters;
+and (``--train``) one CoC network trained on RGB-D frames fed four ways.
 
     python examples/rgbd.py                                   # synthetic frame rendered here
     python examples/rgbd.py --rgb color.png --depth depth.png --fx 525 --fy 525 --cx 319.5 --cy 239.5 \\
         --depth-scale 1000 --output outputs/my_frame
+    python examples/rgbd.py --train                           # the four-input table (minutes)
 
 Every pixel with a valid depth (finite, > 0) becomes one point, back-projected with the
 pinhole intrinsics (``X = (u - cx) z / fx``, ``Y = (v - cy) z / fy``, ``Z = z``; metres =
@@ -11,7 +13,7 @@ CoC backbone (``pos_dim=3``, point mode: FPS anchors, kNN reducers, FPS centres)
 the cloud; the stage-``--stage`` clustering is drawn.
 
 Without ``--rgb``/``--depth`` the example renders a synthetic frame by ray casting in
-numpy: a box, a sphere and a cylinder standing on a checkered floor, seen by a camera
+numpy (``pointcoc.data.rgbd_frames``): a box, a sphere and a cylinder standing on a checkered floor, seen by a camera
 tilted down; rays that leave the floor's extent hit nothing and get depth 0 (invalid),
 so the cloud has holes like a real sensor's.
 
@@ -25,22 +27,41 @@ Writes into ``--output`` (default ``outputs/rgbd``):
 
 The backbone is untrained unless ``--checkpoint`` gives weights for the same variant with
 ``in_chans=3, pos_dim=3``; untrained clusters group points by position and colour.
+
+``--train`` renders frames of the 15 demo object classes (``pointcoc.data.rgbd_frames``:
+random colours, pose and distance, a floor, partial views, sensor depth noise; a training
+set and held-out test frames, seeded) and trains the same CoC network (``coc_mini``) from
+scratch on four inputs: (i) RGB as grid-image points; (ii) RGB-D as image points with depth
+(metres) as a fourth channel, pixels without a reading absent; (iii) RGB-D back-projected to
+a coloured xyz cloud (point mode, ``pos_dim=3``); (iv) depth only, the xyz cloud with a
+constant feature. AdamW, warm-up then cosine, label smoothing 0.1, random horizontal flips.
+It prints test OA / mAcc per input and writes ``<input>.pt`` (weights and how to build the
+model), ``results.json`` and ``clusters.png`` (the xyz-cloud model's clusters on a held-out
+frame, on the image and in 3-D) into ``--output`` (default ``outputs/rgbd_train``).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
+from torch_geometric.data import Batch
+from tqdm.auto import tqdm
 
 import pointcoc as pc
 from pointcoc import viz
 from pointcoc._files import atomic_write
+from pointcoc.data import CLASS_NAMES, rgbd_frames
+from pointcoc.data.demo_objects import Shape
 from pointcoc.points import _open_image_file
 
 __all__ = ["synthetic_frame", "build_parser", "main"]
@@ -50,53 +71,8 @@ SYNTHETIC_DEPTH_SCALE = 1000.0
 
 
 # ----------------------------------------------------------------------------------------------
-# the synthetic frame: ray casting in numpy (world frame: y up, floor y = 0)
+# the synthetic frame: ray casting in numpy with pointcoc.data.rgbd_frames (world frame: y up, floor y = 0)
 # ----------------------------------------------------------------------------------------------
-def _sphere(o: np.ndarray, d: np.ndarray, centre, radius) -> Tuple[np.ndarray, np.ndarray]:
-    oc = o - np.asarray(centre)
-    b = (d @ oc)
-    a = np.einsum("ij,ij->i", d, d)
-    disc = b * b - a * (oc @ oc - radius**2)
-    t = np.where(disc >= 0, (-b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
-    t = np.where(t > 0, t, np.inf)
-    normal = (o + t[:, None] * d - centre) / radius
-    return t, normal
-
-
-def _box(o: np.ndarray, d: np.ndarray, lo, hi) -> Tuple[np.ndarray, np.ndarray]:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1, t2 = (np.asarray(lo) - o) / d, (np.asarray(hi) - o) / d
-    near, far = np.minimum(t1, t2), np.maximum(t1, t2)
-    near = np.where(np.isnan(near), -np.inf, near)
-    far = np.where(np.isnan(far), np.inf, far)
-    t_near, t_far = near.max(1), far.min(1)
-    hit = (t_near <= t_far) & (t_near > 0)
-    axis = near.argmax(1)
-    normal = np.zeros_like(d)
-    normal[np.arange(d.shape[0]), axis] = -np.sign(d[np.arange(d.shape[0]), axis])
-    return np.where(hit, t_near, np.inf), normal
-
-
-def _cylinder(o: np.ndarray, d: np.ndarray, base, radius, height) -> Tuple[np.ndarray, np.ndarray]:
-    """Vertical cylinder standing at ``base`` (x, z) on the floor, with a top cap."""
-    ox, oz = o[0] - base[0], o[2] - base[1]
-    a = d[:, 0] ** 2 + d[:, 2] ** 2
-    b = ox * d[:, 0] + oz * d[:, 2]
-    disc = b * b - a * (ox * ox + oz * oz - radius**2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        side = np.where(disc >= 0, (-b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
-        y = o[1] + side * d[:, 1]
-        side = np.where((side > 0) & (y >= 0) & (y <= height), side, np.inf)
-        cap = (height - o[1]) / d[:, 1]
-    px, pz = ox + cap * d[:, 0], oz + cap * d[:, 2]
-    cap = np.where((cap > 0) & (px * px + pz * pz <= radius**2), cap, np.inf)
-    t = np.minimum(side, cap)
-    p = o + np.where(np.isfinite(t), t, 0)[:, None] * d
-    side_normal = np.stack([p[:, 0] - base[0], np.zeros_like(t), p[:, 2] - base[1]], 1) / radius
-    normal = np.where((cap <= side)[:, None], np.array([0.0, 1.0, 0.0]), side_normal)
-    return t, normal
-
-
 def synthetic_frame(
     height: int = 120, width: int = 160
 ) -> Tuple[np.ndarray, np.ndarray, Tuple[float, float, float, float], float]:
@@ -107,35 +83,26 @@ def synthetic_frame(
     """
     fx = fy = 0.9 * width
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    v, u = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
-    ray_cam = np.stack([(u - cx) / fx, (v - cy) / fy, np.ones_like(u)], -1).reshape(-1, 3)  # camera: x right, y down
     pitch = np.deg2rad(24.0)
     # columns: the camera's x (right), y (down), z (forward) axes in world coordinates (y up)
     cam_to_world = np.array([[1.0, 0.0, 0.0],
                              [0.0, -np.cos(pitch), -np.sin(pitch)],
                              [0.0, -np.sin(pitch), np.cos(pitch)]]).T
-    d = ray_cam @ cam_to_world.T  # t along d is the camera-frame depth z (ray_cam has z = 1)
-    o = np.array([0.0, 1.5, 0.0])
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t_floor = -o[1] / d[:, 1]
-    hit_floor = o + np.where(np.isfinite(t_floor), t_floor, 0)[:, None] * d
-    t_floor = np.where((t_floor > 0) & (np.abs(hit_floor[:, 0]) < 2.2) & (hit_floor[:, 2] < 6.5), t_floor, np.inf)
-    objects = [
-        (t_floor, np.tile([0.0, 1.0, 0.0], (d.shape[0], 1)), None),
-        (*_box(o, d, (-1.25, 0.0, 2.9), (-0.35, 0.8, 3.8)), (0.85, 0.25, 0.20)),
-        (*_sphere(o, d, np.array([0.55, 0.45, 2.9]), 0.45), (0.20, 0.40, 0.90)),
-        (*_cylinder(o, d, (0.35, 4.6), 0.4, 1.3), (0.25, 0.75, 0.30)),
+    camera = rgbd_frames.Camera(fx, fy, cx, cy, height, width, cam_to_world, np.array([0.0, 1.5, 0.0]))
+    shapes = [
+        Shape("cuboid", dict(center=np.array([-0.8, 0.4, 3.35]), size=np.array([0.9, 0.8, 0.9]), open_faces=())),
+        Shape("ellipsoid", dict(center=np.array([0.55, 0.45, 2.9]), radii=np.full(3, 0.45), lower_half=False)),
+        Shape("cylinder", dict(center=np.array([0.35, 0.0, 4.6]), radius=0.4, height=1.3, bottom=False, top=True)),
     ]
-    ts = np.stack([obj[0] for obj in objects])  # [objects, pixels]
-    which = ts.argmin(0)
-    t = ts.min(0)
-    normal = np.stack([obj[1] for obj in objects])[which, np.arange(d.shape[0])]
-    point = o + np.where(np.isfinite(t), t, 0)[:, None] * d
+    colours = np.array([(0.85, 0.25, 0.20), (0.20, 0.40, 0.90), (0.25, 0.75, 0.30)])
+    d = camera.rays()  # t along d is the camera-frame depth z (the rays have camera z = 1)
+    t, normal, which = rgbd_frames.cast_rays(camera.origin, d, shapes)
+    point = camera.origin + np.where(np.isfinite(t), t, 0)[:, None] * d
+    off_floor = (which == 0) & ((np.abs(point[:, 0]) >= 2.2) | (point[:, 2] >= 6.5))  # the floor ends there
+    t = np.where(off_floor, np.inf, t)
     checker = ((np.floor(point[:, 0] * 2) + np.floor(point[:, 2] * 2)) % 2)[:, None]
     albedo = np.where(checker > 0, 0.80, 0.55) * np.ones((1, 3))
-    for index, (_, _, colour) in enumerate(objects[1:], start=1):
-        albedo[which == index] = colour
+    albedo = np.where((which >= 1)[:, None], colours[np.maximum(which - 1, 0)], albedo)
     light = np.array([0.5, 1.0, -0.6]) / np.linalg.norm([0.5, 1.0, -0.6])
     shade = 0.35 + 0.65 * np.clip(normal @ light, 0.0, 1.0)
     sky = np.array([0.75, 0.85, 0.95])
@@ -144,6 +111,198 @@ def synthetic_frame(
     rgb = np.rint(colour * 255).clip(0, 255).astype(np.uint8).reshape(height, width, 3)
     depth = np.where(valid, np.rint(t * SYNTHETIC_DEPTH_SCALE), 0).clip(0, 65535).astype(np.uint16)
     return rgb, depth.reshape(height, width), (fx, fy, cx, cy), SYNTHETIC_DEPTH_SCALE
+
+
+# ----------------------------------------------------------------------------------------------
+# --train: one CoC network, four inputs, rendered frames of the demo classes
+# ----------------------------------------------------------------------------------------------
+class InputKind(NamedTuple):
+    """How a frame is fed to the network."""
+
+    title: str
+    in_chans: int
+    pos_dim: int
+    mode: str  # the CoC mode: image lattice or point cloud
+
+
+INPUTS: Dict[str, InputKind] = {
+    "rgb": InputKind("(i) RGB, image points", 3, 2, "lattice"),
+    "rgbd": InputKind("(ii) RGB-D, image points + depth channel", 4, 2, "lattice"),
+    "xyz_rgb": InputKind("(iii) RGB-D, coloured xyz cloud", 3, 3, "point"),
+    "xyz": InputKind("(iv) depth only, xyz cloud", 1, 3, "point"),
+}
+"""The four inputs of ``--train``, in table order."""
+
+TRAIN_MODEL = "coc_mini"
+
+
+def frame_points(rgb: Tensor, depth: Tensor, intrinsics: Tuple[float, float, float, float], kind: str) -> Batch:
+    """A batch of frames as the network input ``kind`` (see :data:`INPUTS`).
+
+    ``rgb: [B, 3, H, W]`` in [0, 1], ``depth: [B, H, W]`` metres (0 = no reading). Image inputs
+    keep SPEC image coordinates; ``"rgbd"`` keeps only pixels with a depth reading and adds
+    depth (metres) as a fourth channel. Clouds are back-projected pixels with a reading,
+    positions in metres relative to the cloud's centroid (the camera's axes); their features
+    are the colour (``"xyz_rgb"``) or a constant 1 (``"xyz"``).
+    """
+    if kind == "rgb":
+        return pc.image_to_points(rgb)
+    if kind == "rgbd":
+        return pc.rgbd_to_points(rgb, depth, mode="uvd")
+    if kind not in INPUTS:
+        raise ValueError(f"kind must be one of {', '.join(INPUTS)}, got {kind!r}")
+    points = pc.rgbd_to_points(rgb, depth, intrinsics=intrinsics, mode="xyz")
+    counts = torch.bincount(points.batch, minlength=rgb.size(0)).clamp(min=1).unsqueeze(1).to(points.pos.dtype)
+    centroid = torch.zeros(rgb.size(0), 3, dtype=points.pos.dtype).index_add_(0, points.batch, points.pos) / counts
+    points.pos = points.pos - centroid[points.batch]
+    if kind == "xyz":
+        points.x = torch.ones_like(points.x[:, :1])
+    return points
+
+
+def frames_as_tensors(frames: "rgbd_frames.RGBDFrames") -> Tuple[Tensor, Tensor, Tensor]:
+    """``rgb [S, 3, H, W]`` in [0, 1], ``depth [S, H, W]`` metres and ``label [S]`` of a frame set."""
+    rgb = torch.from_numpy(frames.rgb).permute(0, 3, 1, 2).float() / 255.0
+    depth = torch.from_numpy(frames.depth.astype(np.float32)) / frames.depth_scale
+    return rgb, depth, torch.from_numpy(frames.label)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Tuple[Tensor, Tensor, Tensor], intrinsics, kind: str,
+             batch_size: int = 64) -> Dict[str, float]:
+    """Test OA and mAcc (fractions) of ``model`` on ``data`` fed as ``kind``."""
+    from pointcoc.training import confusion_matrix, mean_class_accuracy, overall_accuracy
+
+    model.eval()
+    rgb, depth, label = data
+    num_classes = len(CLASS_NAMES)
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for s in range(0, len(label), batch_size):
+        logits = model(frame_points(rgb[s: s + batch_size], depth[s: s + batch_size], intrinsics, kind))
+        conf += confusion_matrix(logits.argmax(1), label[s: s + batch_size], num_classes)
+    return dict(oa=overall_accuracy(conf), macc=mean_class_accuracy(conf))
+
+
+def train_input(kind: str, train: Tuple[Tensor, Tensor, Tensor], intrinsics, epochs: int, batch_size: int = 16,
+                lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
+                progress: bool = True) -> Tuple[torch.nn.Module, float]:
+    """Train a fresh :data:`TRAIN_MODEL` on frames fed as ``kind``, with random horizontal flips.
+
+    Returns the model (in eval mode) and its training accuracy over the last epoch (as it trained).
+    """
+    spec = INPUTS[kind]
+    torch.manual_seed(seed)
+    model = pc.create_model(TRAIN_MODEL, num_classes=len(CLASS_NAMES), in_chans=spec.in_chans,
+                            pos_dim=spec.pos_dim, mode=spec.mode)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rgb, depth, label = train
+    steps = len(label) // batch_size
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, steps, epochs * steps))
+    generator = torch.Generator().manual_seed(seed + 1)
+    bar = tqdm(range(epochs), desc=f"{kind:>8}", leave=False, disable=not progress)
+    for _ in bar:
+        model.train()
+        order = torch.randperm(len(label), generator=generator)
+        running, correct = 0.0, 0
+        for s in range(steps):
+            idx = order[s * batch_size: (s + 1) * batch_size]
+            flip = torch.rand(len(idx), generator=generator) < 0.5
+            rgb_b = torch.where(flip[:, None, None, None], rgb[idx].flip(-1), rgb[idx])
+            depth_b = torch.where(flip[:, None, None], depth[idx].flip(-1), depth[idx])
+            logits = model(frame_points(rgb_b, depth_b, intrinsics, kind))
+            loss = F.cross_entropy(logits, label[idx], label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item()
+            correct += int((logits.argmax(1) == label[idx]).sum())
+        bar.set_postfix(loss=f"{running / steps:.3f}")
+    return model.eval(), correct / (steps * batch_size)
+
+
+def _table(results: Dict[str, Dict[str, float]]) -> str:
+    lines = ["| input | test OA | test mAcc | train OA (last epoch) | train time |", "|---|---|---|---|---|"]
+    for kind, run in results.items():
+        lines.append(f"| {INPUTS[kind].title} | {100 * run['oa']:.1f}% | {100 * run['macc']:.1f}% | "
+                     f"{100 * run['train_oa']:.1f}% | {run['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def cluster_picture(model: torch.nn.Module, points: Batch, rgb: np.ndarray, title: str, stage: int = 0,
+                    block: int = 0, head: int = 0) -> np.ndarray:
+    """One held-out frame: its colour image, the clusters on the image grid and the clusters as a 3-D cloud.
+
+    ``points``: one frame as a coloured xyz cloud (``pixel`` and ``grid_size`` kept);
+    ``rgb uint8 [H, W, 3]``: the frame; ``title`` names it. Returns ``uint8 [260, 720, 3]``.
+    """
+    from PIL import ImageDraw
+
+    record = viz.record_assignments(model, points, stage, block)
+    side, caption = 240, 20
+    grid = viz.cluster_map(record, points, head)
+    scale = side // max(grid.shape[:2])
+    tiles = [np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8)) for image in (rgb, grid)]
+    pos = points.pos.numpy()
+    upright = np.stack([pos[:, 0], pos[:, 2], -pos[:, 1]], 1)  # camera frame -> x right, depth, up
+    cloud, _ = viz.point_cloud_image(upright, viz.cluster_colors(record, points, head), size=(side, side),
+                                     elev=15, azim=-100, point_size=6)
+    canvas = np.full((side + caption, 3 * side, 3), 255, dtype=np.uint8)
+    for i, tile in enumerate(tiles + [cloud]):
+        canvas[caption: caption + tile.shape[0], i * side: i * side + tile.shape[1]] = tile[:side, :side]
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    texts = (title, f"stage {stage} clusters on the image", f"stage {stage} clusters in 3-D")
+    for i, text in enumerate(texts):
+        draw.text((i * side + 6, 4), text, fill=(0, 0, 0))
+    return np.array(picture)
+
+
+def run_training(args: argparse.Namespace) -> Dict[str, object]:
+    """``--train``: render the frames, train one network per input, print the table, save models and picture."""
+    start = time.perf_counter()
+    size, per_class, test_per_class, epochs = (
+        (12, 6, 4, 3) if args.quick else (args.frame_size, args.train_per_class, args.test_per_class, args.epochs))
+    train_frames = rgbd_frames.generate_frames(per_class, args.seed, "train", size, size)
+    test_frames = rgbd_frames.generate_frames(test_per_class, args.seed, "test", size, size)
+    intrinsics = train_frames.intrinsics
+    print(f"RGB-D frames {size}x{size} of the {len(CLASS_NAMES)} demo classes: {len(train_frames)} train / "
+          f"{len(test_frames)} held-out test frames, rendered in {time.perf_counter() - start:.0f} s; "
+          f"{TRAIN_MODEL}, {epochs} epochs per input, seed {args.seed}", flush=True)
+    train, test = frames_as_tensors(train_frames), frames_as_tensors(test_frames)
+    results: Dict[str, Dict[str, float]] = {}
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in args.inputs:
+        begin = time.perf_counter()
+        model, train_oa = train_input(kind, train, intrinsics, epochs, args.batch_size, args.lr, seed=args.seed,
+                                      progress=not args.no_progress)
+        seconds = time.perf_counter() - begin
+        results[kind] = dict(**evaluate(model, test, intrinsics, kind), seconds=seconds, train_oa=train_oa)
+        spec = INPUTS[kind]
+        saved = {"model": TRAIN_MODEL, "input": kind, "in_chans": spec.in_chans, "pos_dim": spec.pos_dim,
+                 "mode": spec.mode, "state_dict": model.state_dict()}
+        atomic_write(out / f"{kind}.pt", lambda tmp, saved=saved: torch.save(saved, tmp))
+        print(f"{spec.title}: test OA {100 * results[kind]['oa']:.1f}%, mAcc {100 * results[kind]['macc']:.1f}% "
+              f"({seconds:.0f} s)", flush=True)
+        if kind == "xyz_rgb":
+            frame = args.frame % len(test_frames)
+            points = frame_points(test[0][frame: frame + 1], test[1][frame: frame + 1], intrinsics, kind)
+            title = f"held-out frame {frame}: {CLASS_NAMES[int(test[2][frame])]}"
+            viz.save_png(cluster_picture(model, points, test_frames.rgb[frame], title), out / "clusters.png")
+    seconds = time.perf_counter() - start
+    print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s; models and results.json in {out}")
+    summary = dict(results=results, seconds=seconds, frame_size=size, train_frames=len(train_frames),
+                   test_frames=len(test_frames), epochs=epochs, seed=args.seed, model=TRAIN_MODEL)
+    atomic_write(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}", type=float, help=f"intrinsics {name} in pixels (needed with --rgb)")
     parser.add_argument("--depth-scale", type=float, default=None,
                         help="raw depth units per metre (default 1000 = millimetres)")
-    parser.add_argument("--output", type=Path, default=Path("outputs/rgbd"), help="output folder")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="output folder (default outputs/rgbd, with --train outputs/rgbd_train)")
     parser.add_argument("--model", default="coc_tiny", help="CoC variant (pc.list_models('coc*'))")
     parser.add_argument("--checkpoint", type=Path, help="weights of the variant with in_chans=3, pos_dim=3")
     parser.add_argument("--stage", type=int, default=1, help="stage whose clustering is drawn")
@@ -169,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained weights")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)")
+    train = parser.add_argument_group("--train: one CoC network on four inputs of rendered RGB-D frames")
+    train.add_argument("--train", action="store_true", help="train and test on rendered frames, print the table")
+    train.add_argument("--quick", action="store_true", help="with --train: tiny frames, few epochs (tests)")
+    train.add_argument("--inputs", nargs="+", choices=list(INPUTS), default=list(INPUTS), help="inputs to train")
+    train.add_argument("--frame-size", type=int, default=20, help="frame height and width in pixels")
+    train.add_argument("--train-per-class", type=int, default=40, help="training frames per class")
+    train.add_argument("--test-per-class", type=int, default=20, help="held-out test frames per class")
+    train.add_argument("--epochs", type=int, default=6, help="training epochs per input")
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (warm-up, then cosine)")
+    train.add_argument("--frame", type=int, default=0, help="held-out frame whose clusters are drawn")
+    train.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser
 
 
@@ -222,6 +394,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
 
 def _run(args: argparse.Namespace) -> Dict[str, object]:
     torch.set_num_threads(args.threads)
+    if args.output is None:
+        args.output = Path("outputs/rgbd_train" if args.train else "outputs/rgbd")
+    if args.train:
+        return run_training(args)
     start = time.perf_counter()
     out = args.output
     written: Dict[str, Path] = {}

@@ -1,4 +1,4 @@
-"""Train and evaluate PointMLP / PointMLP-CoC on ScanObjectNN.
+"""Train and evaluate PointMLP / PointMLP-CoC, or a CoC backbone in point mode, on ScanObjectNN.
 
 On real data the default is the reference recipe (docs/design.md §11): PointMLP-CoC,
 the PB_T50_RS variant, the first 1024 points, scale/shift/shuffle augmentation,
@@ -13,6 +13,7 @@ about 20 minutes on a 2-core CPU (the banner states it; the epoch lines show the
 
     python examples/scanobjectnn.py                         # demo, or real data if present
     python examples/scanobjectnn.py --data-dir /data/scanobjectnn --variant OBJ_BG
+    python examples/scanobjectnn.py --model coc_mini --num-points 256   # a CoC backbone on the clouds
     python examples/scanobjectnn.py --resume                # continue the run in --output
     python examples/scanobjectnn.py --eval-only --checkpoint runs/scanobjectnn_demo/best.pt
     torchrun --nproc_per_node 4 examples/scanobjectnn.py --data-dir /data/scanobjectnn
@@ -47,6 +48,7 @@ from pointcoc.training import (
     DistributedContext,
     Trainer,
     channels_first,
+    point_batch,
     cleanup_distributed,
     load_checkpoint,
     repair_best_checkpoint,
@@ -98,6 +100,29 @@ def _fps_random_start(value: bool) -> Callable[[torch.nn.Module], None]:
 POINTMLP_ADAPTER = BatchAdapter(channels_first, on_train=_fps_random_start(True), on_eval=_fps_random_start(False))
 """How the PointMLP family sees a batch: ``[B, 3, n]`` clouds, random FPS start while training."""
 
+COC_ADAPTER = BatchAdapter(point_batch)
+"""How a CoC backbone sees a batch: a point set with xyz as positions and as features (``pos_dim=3``, point
+mode); its FPS centres start at a random point in training mode by themselves."""
+
+
+def _is_pointmlp(name: str) -> bool:
+    return name.startswith("pointmlp")
+
+
+def _model_kwargs(name: str, base: Dict[str, Any]) -> Dict[str, Any]:
+    """The setting's extra model arguments for ``name`` (the PointMLP ones do not apply to CoC backbones)."""
+    return dict(base["model_kwargs"]) if _is_pointmlp(name) else {}
+
+
+def build_model(settings: Dict[str, Any]) -> tuple:
+    """The run's model and its :class:`BatchAdapter`: a PointMLP on ``[B, 3, n]``, or a CoC backbone in point mode."""
+    name, classes = settings["model"], len(CLASS_NAMES)
+    if _is_pointmlp(name):
+        return create_model(name, num_classes=classes, points=settings["num_points"],
+                            **settings["model_kwargs"]), POINTMLP_ADAPTER
+    return create_model(name, num_classes=classes, in_chans=3, pos_dim=3, mode="point",
+                        **settings["model_kwargs"]), COC_ADAPTER
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -129,14 +154,16 @@ def _non_negative_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (defaults of None are resolved to the recipe or the demo setting)."""
-    models = list_models("pointmlp*")
+    models = list_models("pointmlp*") + list_models("coc*")
     p = argparse.ArgumentParser(
-        description="Train PointMLP / PointMLP-CoC on ScanObjectNN (or on a generated demo set when the real "
+        description="Train PointMLP / PointMLP-CoC, or a CoC backbone in point mode (--model coc_*), on "
+        "ScanObjectNN (or on a generated demo set when the real "
         "files are absent). Real-data defaults follow the reference recipe: " + _setting_text(RECIPE)
         + "; demo defaults: " + _setting_text(DEMO) + ".",
     )
     p.add_argument("--model", choices=models, default=None,
-                   help=f"network (real data: {RECIPE['model']}; demo: {DEMO['model']})")
+                   help=f"network (real data: {RECIPE['model']}; demo: {DEMO['model']}); a coc_* variant is a "
+                   "context-cluster backbone in point mode (xyz as positions and features)")
     p.add_argument("--data-dir", default=None,
                    help=f"folder holding h5_files/ of ScanObjectNN (default {_rel(REAL_ROOT)}; when it is absent the "
                    "demo set is used)")
@@ -169,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU")
     p.add_argument("--output", default=None,
                    help="folder for metrics.csv, metrics.json, last.pt and best.pt (default runs/scanobjectnn_demo "
-                   "for the demo, runs/scanobjectnn_<variant>_<model> on real data)")
+                   "for the demo (runs/scanobjectnn_demo_<model> for another model), "
+                   "runs/scanobjectnn_<variant>_<model> on real data)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --output from its last.pt (or from --checkpoint), with "
                    "the settings stored in it")
@@ -230,7 +258,7 @@ def _resolve(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], say: Call
     base = DEMO if demo else RECIPE
     settings = {k: (cli.get(k) if cli.get(k) is not None else base.get(k)) for k in RUN_KEYS}
     settings.update(demo=demo, variant=cli["variant"] or "PB_T50_RS", seed=cli["seed"] or 0, amp=bool(cli["amp"]),
-                    model_kwargs=dict(base["model_kwargs"]))
+                    model_kwargs=_model_kwargs(cli["model"] or base["model"], base))
     settings["data_dir"] = args.data_dir
     return settings
 
@@ -337,9 +365,8 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
     train, test = _load_data(settings, ctx, say, args.max_data_bytes, not args.no_progress and sys.stderr.isatty())
     seed_everything(settings["seed"] + ctx.rank)
     try:
-        model = create_model(settings["model"], num_classes=len(CLASS_NAMES), points=settings["num_points"],
-                             **settings["model_kwargs"])
-        trainer = Trainer(model, train, test, adapter=POINTMLP_ADAPTER, num_classes=len(CLASS_NAMES),
+        model, adapter = build_model(settings)
+        trainer = Trainer(model, train, test, adapter=adapter, num_classes=len(CLASS_NAMES),
                           epochs=settings["epochs"], optimizer=settings["optimizer"],
                           batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
                           seed=settings["seed"], workers=workers, ctx=ctx, amp=settings["amp"],
@@ -388,7 +415,9 @@ def _default_output(args: argparse.Namespace, settings: Optional[Dict[str, Any]]
         model, variant = args.model or (DEMO if demo else RECIPE)["model"], args.variant or "PB_T50_RS"
     else:
         demo, model, variant = settings["demo"], settings["model"], settings["variant"]
-    return REPO / "runs" / ("scanobjectnn_demo" if demo else f"scanobjectnn_{variant}_{model}")
+    if demo:  # the default demo model keeps the plain name; other models get their own folder
+        return REPO / "runs" / ("scanobjectnn_demo" if model == DEMO["model"] else f"scanobjectnn_demo_{model}")
+    return REPO / "runs" / f"scanobjectnn_{variant}_{model}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

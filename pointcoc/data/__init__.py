@@ -1,5 +1,7 @@
-"""Datasets: ScanObjectNN from its HDF5 files, and a generated demo set in the same format."""
+"""Datasets: ScanObjectNN from its HDF5 files, a generated demo set in the same format, and
+rendered RGB-D frames of the demo classes."""
 from .demo_objects import ensure_demo_dataset, generate_object, generate_split, write_demo_dataset
+from .rgbd_frames import RGBDFrames, generate_frames
 from .scanobjectnn import (
     CLASS_NAMES,
     DATA_SOURCE_HINT,
@@ -24,4 +26,6 @@ __all__ = [
     "generate_object",
     "generate_split",
     "write_demo_dataset",
+    "RGBDFrames",
+    "generate_frames",
 ]

@@ -26,7 +26,7 @@ unchanged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -38,6 +38,8 @@ from .scanobjectnn import CLASS_NAMES, dataset_file
 __all__ = [
     "DEMO_FORMAT_VERSION",
     "DEMO_POINTS",
+    "Shape",
+    "object_shapes",
     "generate_object",
     "generate_split",
     "write_demo_dataset",
@@ -52,10 +54,27 @@ DEMO_POINTS = 2048
 
 _UP = 1  # index of the up axis (y)
 
-# A part is (surface area, sampler); a sampler maps (count, rng) to
-# (points [n,3], outward normals [n,3], two_sided [n] bool).
+# A sampler maps (count, rng) to (points [n,3], outward normals [n,3], two_sided [n] bool).
 Sample = Tuple[np.ndarray, np.ndarray, np.ndarray]
-Part = Tuple[float, Callable[[int, np.random.Generator], Sample]]
+
+
+class Shape(NamedTuple):
+    """The geometry of one part, for renderers (:mod:`pointcoc.data.rgbd_frames`).
+
+    ``kind`` is ``'cuboid'``, ``'cylinder'``, ``'ellipsoid'`` or ``'torus_arc'``; ``params``
+    holds the arguments the part was built with (object frame, metres, y up).
+    """
+
+    kind: str
+    params: Dict[str, Any]
+
+
+class Part(NamedTuple):
+    """A surface part: its area, its point sampler and (for object parts) its geometry."""
+
+    area: float
+    sample: Callable[[int, np.random.Generator], Sample]
+    shape: Optional[Shape] = None
 
 
 # ----------------------------------------------------------------------------- primitives
@@ -79,7 +98,8 @@ def _cuboid(center, size, open_faces: Tuple[str, ...] = ()) -> Part:
         normals[np.arange(n), axis] = sign
         return pts + center, normals, np.full(n, two_sided)
 
-    return float(areas.sum()), sample
+    shape = Shape("cuboid", dict(center=center, size=size, open_faces=tuple(open_faces)))
+    return Part(float(areas.sum()), sample, shape)
 
 
 def _cylinder(center, radius: float, height: float, bottom: bool = True, top: bool = True) -> Part:
@@ -100,7 +120,8 @@ def _cylinder(center, radius: float, height: float, bottom: bool = True, top: bo
         normals[which == 2] = (0.0, 1.0, 0.0)
         return pts + center, normals, np.full(n, two_sided)
 
-    return float(areas.sum()), sample
+    shape = Shape("cylinder", dict(center=center, radius=float(radius), height=float(height), bottom=bottom, top=top))
+    return Part(float(areas.sum()), sample, shape)
 
 
 def _ellipsoid(center, radii, lower_half: bool = False) -> Part:
@@ -121,7 +142,8 @@ def _ellipsoid(center, radii, lower_half: bool = False) -> Part:
         normals /= np.linalg.norm(normals, axis=1, keepdims=True)
         return pts + center, normals, np.full(n, lower_half)
 
-    return float(area / 2 if lower_half else area), sample
+    shape = Shape("ellipsoid", dict(center=center, radii=radii, lower_half=lower_half))
+    return Part(float(area / 2 if lower_half else area), sample, shape)
 
 
 def _torus_arc(center, major: float, minor: float, arc: float, plane: str, scale_z: float = 1.0) -> Part:
@@ -152,7 +174,9 @@ def _torus_arc(center, major: float, minor: float, arc: float, plane: str, scale
         normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
         return pts + center, normals, np.zeros(n, dtype=bool)
 
-    return float(area), sample
+    shape = Shape("torus_arc", dict(center=center, major=float(major), minor=float(minor), arc=float(arc), plane=plane,
+                                    scale_z=float(scale_z)))
+    return Part(float(area), sample, shape)
 
 
 # ----------------------------------------------------------------------------- objects
@@ -350,9 +374,9 @@ _BUILDERS = {
 
 def _sample_parts(parts: List[Part], n: int, rng: np.random.Generator) -> Sample:
     """Sample ``n`` surface points from ``parts``, proportionally to their areas."""
-    areas = np.array([a for a, _ in parts])
+    areas = np.array([part.area for part in parts])
     counts = rng.multinomial(n, areas / areas.sum())
-    out = [fn(int(c), rng) for (_, fn), c in zip(parts, counts) if c > 0]
+    out = [part.sample(int(c), rng) for part, c in zip(parts, counts) if c > 0]
     return tuple(np.concatenate(arrays) for arrays in zip(*out))  # type: ignore[return-value]
 
 
@@ -379,7 +403,7 @@ def _background(lo: np.ndarray, hi: np.ndarray, n: int, rng: np.random.Generator
             normals = np.tile(np.array([np.cos(ang), 0.0, np.sin(ang)]), (k, 1))
             return pts, normals, np.ones(k, dtype=bool)
 
-        parts.append((span * wall_h, wall))
+        parts.append(Part(span * wall_h, wall))
     for _ in range(int(rng.integers(0, 4))):  # clutter blobs near the object on the floor
         pos = lo + rng.random(3) * extent
         side = rng.integers(0, 2)
@@ -409,14 +433,27 @@ def _visible(pts: np.ndarray, normals: np.ndarray, two_sided: np.ndarray, view: 
     return seen & (facing | two_sided)
 
 
+def _check_class(class_index: int) -> None:
+    if not 0 <= class_index < len(CLASS_NAMES):
+        raise ValueError(f"class_index must be in [0, {len(CLASS_NAMES)}), got {class_index}")
+
+
+def object_shapes(class_index: int, rng: np.random.Generator) -> List[Shape]:
+    """The parts of one random object of class ``class_index`` (object frame: y up, standing on y = 0).
+
+    Draws the same proportions from ``rng`` as :func:`generate_object` does first.
+    """
+    _check_class(class_index)
+    return [part.shape for part in _BUILDERS[CLASS_NAMES[class_index]](rng)]
+
+
 def generate_object(class_index: int, rng: np.random.Generator, num_points: int = DEMO_POINTS) -> Tuple[np.ndarray, np.ndarray]:
     """Build one scanned-looking object of class ``class_index``.
 
     Returns ``points: [num_points, 3]`` float32 (in the unit sphere, y up, random
     order) and ``mask: [num_points]`` int32 (1 = object, 0 = background).
     """
-    if not 0 <= class_index < len(CLASS_NAMES):
-        raise ValueError(f"class_index must be in [0, {len(CLASS_NAMES)}), got {class_index}")
+    _check_class(class_index)
     parts = _BUILDERS[CLASS_NAMES[class_index]](rng)
     obj, obj_n, obj_two = _sample_parts(parts, 4 * num_points, rng)
     lo, hi = obj.min(axis=0), obj.max(axis=0)
