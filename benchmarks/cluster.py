@@ -25,6 +25,7 @@ run that prints it.
     python benchmarks/cluster.py                    # all cases
     python benchmarks/cluster.py --cases e --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,6 +68,7 @@ TARGETS = {("d", "coc_tiny"): 0.8, ("d", "coc_tiny_plain"): 0.6, ("i", "coc_tiny
 
 def _op_step(pc, case: str, impl: str, device: str) -> Callable[[], None]:
     import torch
+
     from pointcoc.reference.cluster import Cluster
 
     cfg = OP_CASES[case]
@@ -132,13 +134,34 @@ def run_one(case: str, impl: str, name: str, repeats: int, device: str, backend:
     peak = peak_cuda_gb(device) if device.startswith("cuda") else peak_rss_gb()
     what = "regions={fold} centres={centres}x{centres}".format(**OP_CASES[case]) if case in OP_CASES else name
     impl = f"{impl} ({backend})" if case == "t" else impl
-    return {"case": case, "what": what, "impl": impl, "s/step": wall, "CPU s/step": cpu, "peak GB": peak,
-            "load": os.getloadavg()[0]}
+    return {
+        "case": case,
+        "what": what,
+        "impl": impl,
+        "s/step": wall,
+        "CPU s/step": cpu,
+        "peak GB": peak,
+        "load": os.getloadavg()[0],
+    }
 
 
 def _spawn(args: argparse.Namespace, case: str, impl: str, name: str) -> Optional[Dict]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, impl, name, "--repeats", str(args.repeats),
-           "--device", args.device, "--threads", str(args.threads), "--compile-backend", args.compile_backend]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        case,
+        impl,
+        name,
+        "--repeats",
+        str(args.repeats),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--compile-backend",
+        args.compile_backend,
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

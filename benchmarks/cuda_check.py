@@ -16,6 +16,7 @@ It prints one table. The V100 figures in the last column are QUOTED from the pap
     python benchmarks/cuda_check.py               # on a GPU machine
     python benchmarks/cuda_check.py --cpu-smoke   # the CPU-only parts
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Shared benchmark helpers: thread pinning, peak memory, step timing, markdown tables."""
+
 from __future__ import annotations
 
 import os

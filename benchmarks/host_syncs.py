@@ -11,6 +11,7 @@ device). They are counted at the dispatcher, so the count is the same on CPU and
     python benchmarks/host_syncs.py                       # pointmlp, pointmlp_coc, coc_tiny, coc_tiny_plain
     python benchmarks/host_syncs.py --models pointmlp_coc --sites
 """
+
 from __future__ import annotations
 
 import argparse

@@ -27,6 +27,7 @@ machine the two agree). The table is printed once, at the end.
     python benchmarks/ops.py --quick              # one timed run, no baselines (about 1-2 minutes)
     python benchmarks/ops.py --device cuda --threads 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -215,8 +216,16 @@ def measure(case: str, operation: str, method: str, device: str, repeats: int, q
 
 def run_child(case: str, operation: str, method: str, args: argparse.Namespace) -> Optional[Dict[str, float]]:
     command = [
-        sys.executable, os.path.abspath(__file__), "--child", case, operation, method,
-        "--device", args.device, "--repeats", str(args.repeats),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        case,
+        operation,
+        method,
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
     ]
     command += ["--threads", str(args.threads)]
     if args.quick:
@@ -256,15 +265,25 @@ def collect(args: argparse.Namespace, cluster: bool) -> List[Dict[str, object]]:
                 rows.append({"case": case, "operation": operation, "method": method, **result})
         quoted = QUOTED_TORCH_CLUSTER_MS.get((case, operation))
         if quoted is not None and not cluster and args.device == "cpu":
-            rows.append({"case": case, "operation": operation, "method": "quoted", "ms": quoted,
-                         "cpu_ms": None, "peak_mib": None})
+            rows.append(
+                {
+                    "case": case,
+                    "operation": operation,
+                    "method": "quoted",
+                    "ms": quoted,
+                    "cpu_ms": None,
+                    "peak_mib": None,
+                }
+            )
     return rows
 
 
 def print_table(rows: List[Dict[str, object]]) -> None:
     """One table: times, ratio to the pure path, ratio of the pure path to torch-cluster."""
-    header = (f"{'case':<7} {'operation':<15} {'method':<37} {'wall ms':>9} {'cpu ms':>9} "
-              f"{'vs pure':>8} {'pure/tc (cpu)':>19} {'peak MiB':>9}")
+    header = (
+        f"{'case':<7} {'operation':<15} {'method':<37} {'wall ms':>9} {'cpu ms':>9} "
+        f"{'vs pure':>8} {'pure/tc (cpu)':>19} {'peak MiB':>9}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -279,18 +298,23 @@ def print_table(rows: List[Dict[str, object]]) -> None:
                 against += f" ({row['cpu_ms'] / reference['ms']:.2f}x cpu)"
         cpu = "-" if row["cpu_ms"] is None else f"{row['cpu_ms']:.1f}"
         peak = "-" if row["peak_mib"] is None else f"{row['peak_mib']:.1f}"
-        print(f"{row['case']:<7} {row['operation']:<15} {method_label(row['operation'], row['method']):<37} "
-              f"{row['ms']:>9.1f} {cpu:>9} {versus:>8} {against:>19} {peak:>9}")
-    print("vs pure: wall time relative to the pure path. pure/tc: pure path's wall time (and CPU time) "
-          "relative to torch-cluster; QUOTED rows are figures measured elsewhere, not on this machine. "
-          "Peak: memory growth of the call.")
+        print(
+            f"{row['case']:<7} {row['operation']:<15} {method_label(row['operation'], row['method']):<37} "
+            f"{row['ms']:>9.1f} {cpu:>9} {versus:>8} {against:>19} {peak:>9}"
+        )
+    print(
+        "vs pure: wall time relative to the pure path. pure/tc: pure path's wall time (and CPU time) "
+        "relative to torch-cluster; QUOTED rows are figures measured elsewhere, not on this machine. "
+        "Peak: memory growth of the call."
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help="one timed run, no baselines; slow rows reuse their warm-up")
+    parser.add_argument(
+        "--quick", action="store_true", help="one timed run, no baselines; slow rows reuse their warm-up"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median), default 5")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "OPERATION", "METHOD"), help=argparse.SUPPRESS)

@@ -15,6 +15,7 @@ Every other figure in the table is measured by the run that prints it.
     python benchmarks/pointmlp.py                       # all models, batch 4 and 8, eager + compiled at batch 4
     python benchmarks/pointmlp.py --models pointmlp_coc --batch-sizes 4 --compile both
 """
+
 from __future__ import annotations
 
 import argparse

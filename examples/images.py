@@ -40,6 +40,7 @@ Training: AdamW (lr 3e-3, weight decay 0.05), one warm-up epoch then a cosine sc
 label smoothing 0.1, batch 64, 20 epochs, one CPU thread, seeded (the run is deterministic
 on one machine). Prints a table and writes ``results.json`` to ``--output``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,9 @@ def load_digit_split(size: int = 16, seed: int = 0) -> Tuple[Tensor, Tensor, Ten
     if size != images.size(-1):
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     labels = torch.tensor(digits.target, dtype=torch.long)
-    train, test = train_test_split(torch.arange(len(labels)).numpy(), test_size=0.25, random_state=seed,
-                                   stratify=labels.numpy())
+    train, test = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=0.25, random_state=seed, stratify=labels.numpy()
+    )
     return images[train], labels[train], images[test], labels[test]
 
 
@@ -124,21 +126,31 @@ def to_points(images: Tensor, mask: Optional[Tensor], feed: str) -> Batch:
     return pc.image_to_points(images * mask.unsqueeze(1).to(images.dtype))
 
 
-def _evaluate(model: torch.nn.Module, images: Tensor, labels: Tensor, masks: Optional[Tensor], feed: str,
-              batch_size: int) -> float:
+def _evaluate(
+    model: torch.nn.Module, images: Tensor, labels: Tensor, masks: Optional[Tensor], feed: str, batch_size: int
+) -> float:
     model.eval()
     correct = 0
     with torch.no_grad():
         for s in range(0, len(labels), batch_size):
-            mask = None if masks is None else masks[s: s + batch_size]
-            logits = model(to_points(images[s: s + batch_size], mask, feed))
-            correct += int((logits.argmax(1) == labels[s: s + batch_size]).sum())
+            mask = None if masks is None else masks[s : s + batch_size]
+            logits = model(to_points(images[s : s + batch_size], mask, feed))
+            correct += int((logits.argmax(1) == labels[s : s + batch_size]).sum())
     return correct / len(labels)
 
 
-def train_and_test(fmt: str, feed: str, data: Tuple[Tensor, Tensor, Tensor, Tensor], epochs: int,
-                   batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.05, label_smoothing: float = 0.1,
-                   seed: int = 0, progress: bool = True) -> Dict[str, float]:
+def train_and_test(
+    fmt: str,
+    feed: str,
+    data: Tuple[Tensor, Tensor, Tensor, Tensor],
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 0.05,
+    label_smoothing: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> Dict[str, float]:
     """Train a fresh ``coc_mini`` on format ``fmt`` fed as ``feed``; returns test accuracy and seconds."""
     train_x, train_y, test_x, test_y = data
     size = train_x.size(-1)
@@ -164,7 +176,7 @@ def train_and_test(fmt: str, feed: str, data: Tuple[Tensor, Tensor, Tensor, Tens
         order = torch.randperm(len(train_y), generator=order_gen)
         running = 0.0
         for s in range(0, len(order), batch_size):
-            idx = order[s: s + batch_size]
+            idx = order[s : s + batch_size]
             points = to_points(train_x[idx], format_mask(fmt, len(idx), size, mask_gen), feed)
             loss = F.cross_entropy(model(points), train_y[idx], label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -178,10 +190,12 @@ def train_and_test(fmt: str, feed: str, data: Tuple[Tensor, Tensor, Tensor, Tens
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="short run (3 epochs, full grid in point mode unless --formats / --feeds)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short run (3 epochs, full grid in point mode unless --formats / --feeds)"
+    )
     parser.add_argument("--formats", nargs="+", choices=FORMATS, help="formats to run (default: all; --quick: grid)")
     parser.add_argument("--feeds", nargs="+", choices=FEEDS, help="ways to feed them (default: all; --quick: point)")
     parser.add_argument("--epochs", type=int, help="training epochs per run (default 20; --quick 3)")
@@ -189,13 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
-    parser.add_argument("--size", type=int, default=16,
-                        help="resize the 8x8 digits to size x size, bilinear (default 16; 8 = no resizing)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=16,
+        help="resize the 8x8 digits to size x size, bilinear (default 16; 8 = no resizing)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: these tensors are small, threads mostly add overhead)")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs trained at once in worker processes (each seeded: the same results as one by one)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these tensors are small, threads mostly add overhead)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once in worker processes (each seeded: the same results as one by one)",
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/images"), help="folder for results.json")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser
@@ -218,13 +244,26 @@ def _table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
 def _train_run(run: Tuple[str, str], data, epochs: int, args: argparse.Namespace) -> Dict[str, float]:
     torch.set_num_threads(args.threads)
     fmt, feed = run
-    return train_and_test(fmt, feed, data, epochs, args.batch_size, args.lr, args.weight_decay, args.label_smoothing,
-                          seed=args.seed, progress=not args.no_progress and args.jobs == 1)
+    return train_and_test(
+        fmt,
+        feed,
+        data,
+        epochs,
+        args.batch_size,
+        args.lr,
+        args.weight_decay,
+        args.label_smoothing,
+        seed=args.seed,
+        progress=not args.no_progress and args.jobs == 1,
+    )
 
 
 def _report(fmt: str, feed: str, run: Dict[str, float]) -> Dict[str, float]:
-    print(f"{fmt:>8} {feed:>7}: test accuracy {100 * run['accuracy']:.1f}% "
-          f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)", flush=True)
+    print(
+        f"{fmt:>8} {feed:>7}: test accuracy {100 * run['accuracy']:.1f}% "
+        f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)",
+        flush=True,
+    )
     return run
 
 
@@ -238,8 +277,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     start, cpu = time.perf_counter(), time.process_time()
     data = load_digit_split(args.size, args.seed)
     resized = "" if args.size == 8 else f", resized to {args.size}x{args.size} (bilinear)"
-    print(f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; "
-          f"{MODEL} with stem {VARIANTS[MODEL].stem}, {epochs} epochs per run, seed {args.seed}")
+    print(
+        f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; "
+        f"{MODEL} with stem {VARIANTS[MODEL].stem}, {epochs} epochs per run, seed {args.seed}"
+    )
     runs = [(fmt, feed) for fmt in formats for feed in feeds if not (fmt == "grid" and feed == "zeros")]
     train = functools.partial(_train_run, data=data, epochs=epochs, args=args)
     results: Dict[str, Dict[str, Dict[str, float]]] = {fmt: {} for fmt in formats}
@@ -252,11 +293,22 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         for fmt, feed in runs:
             results[fmt][feed] = _report(fmt, feed, train((fmt, feed)))
     seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu + (sum(r["cpu_seconds"] for v in results.values() for r in v.values())
-                                               if args.jobs > 1 else 0.0)
+    cpu_seconds = (
+        time.process_time()
+        - cpu
+        + (sum(r["cpu_seconds"] for v in results.values() for r in v.values()) if args.jobs > 1 else 0.0)
+    )
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s (CPU time {cpu_seconds:.0f} s)")
-    summary = dict(results=results, seconds=seconds, cpu_seconds=cpu_seconds, epochs=epochs, size=args.size,
-                   seed=args.seed, model=MODEL, stem=VARIANTS[MODEL].stem)
+    summary = dict(
+        results=results,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        epochs=epochs,
+        size=args.size,
+        seed=args.seed,
+        model=MODEL,
+        stem=VARIANTS[MODEL].stem,
+    )
     atomic_write(args.output / "results.json", json.dumps(summary, indent=2))
     return summary
 

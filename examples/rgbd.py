@@ -39,6 +39,7 @@ It prints test OA / mAcc per input and writes ``<input>.pt`` (weights and how to
 model), ``results.json`` and ``clusters.png`` (the xyz-cloud model's clusters on a held-out
 frame, on the image and in 3-D) into ``--output`` (default ``outputs/rgbd_train``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,9 +86,9 @@ def synthetic_frame(
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     pitch = np.deg2rad(24.0)
     # columns: the camera's x (right), y (down), z (forward) axes in world coordinates (y up)
-    cam_to_world = np.array([[1.0, 0.0, 0.0],
-                             [0.0, -np.cos(pitch), -np.sin(pitch)],
-                             [0.0, -np.sin(pitch), np.cos(pitch)]]).T
+    cam_to_world = np.array(
+        [[1.0, 0.0, 0.0], [0.0, -np.cos(pitch), -np.sin(pitch)], [0.0, -np.sin(pitch), np.cos(pitch)]]
+    ).T
     camera = rgbd_frames.Camera(fx, fy, cx, cy, height, width, cam_to_world, np.array([0.0, 1.5, 0.0]))
     shapes = [
         Shape("cuboid", dict(center=np.array([-0.8, 0.4, 3.35]), size=np.array([0.9, 0.8, 0.9]), open_faces=())),
@@ -140,7 +141,7 @@ def frame_points(rgb: Tensor, depth: Tensor, intrinsics: Tuple[float, float, flo
     """A batch of frames as the network input ``kind`` (see :data:`INPUTS`).
 
     ``rgb: [B, 3, H, W]`` in [0, 1], ``depth: [B, H, W]`` metres (0 = no reading). Image inputs
-    keep SPEC image coordinates; ``"rgbd"`` keeps only pixels with a depth reading and adds
+    keep the image-point coordinates (docs/design.md §3.1); ``"rgbd"`` keeps only pixels with a depth reading and adds
     depth (metres) as a fourth channel. Clouds are back-projected pixels with a reading,
     positions in metres relative to the cloud's centroid (the camera's axes); their features
     are the colour (``"xyz_rgb"``) or a constant 1 (``"xyz"``).
@@ -175,8 +176,9 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Tuple[Tensor, Tensor, Tensor], intrinsics, kind: str,
-             batch_size: int = 64) -> Dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, data: Tuple[Tensor, Tensor, Tensor], intrinsics, kind: str, batch_size: int = 64
+) -> Dict[str, float]:
     """Test OA and mAcc (fractions) of ``model`` on ``data`` fed as ``kind``."""
     from pointcoc.training import confusion_matrix, mean_class_accuracy, overall_accuracy
 
@@ -185,22 +187,31 @@ def evaluate(model: torch.nn.Module, data: Tuple[Tensor, Tensor, Tensor], intrin
     num_classes = len(CLASS_NAMES)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for s in range(0, len(label), batch_size):
-        logits = model(frame_points(rgb[s: s + batch_size], depth[s: s + batch_size], intrinsics, kind))
-        conf += confusion_matrix(logits.argmax(1), label[s: s + batch_size], num_classes)
+        logits = model(frame_points(rgb[s : s + batch_size], depth[s : s + batch_size], intrinsics, kind))
+        conf += confusion_matrix(logits.argmax(1), label[s : s + batch_size], num_classes)
     return dict(oa=overall_accuracy(conf), macc=mean_class_accuracy(conf))
 
 
-def train_input(kind: str, train: Tuple[Tensor, Tensor, Tensor], intrinsics, epochs: int, batch_size: int = 16,
-                lr: float = 2e-3, weight_decay: float = 0.05, seed: int = 0,
-                progress: bool = True) -> Tuple[torch.nn.Module, float]:
+def train_input(
+    kind: str,
+    train: Tuple[Tensor, Tensor, Tensor],
+    intrinsics,
+    epochs: int,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    progress: bool = True,
+) -> Tuple[torch.nn.Module, float]:
     """Train a fresh :data:`TRAIN_MODEL` on frames fed as ``kind``, with random horizontal flips.
 
     Returns the model (in eval mode) and its training accuracy over the last epoch (as it trained).
     """
     spec = INPUTS[kind]
     torch.manual_seed(seed)
-    model = pc.create_model(TRAIN_MODEL, num_classes=len(CLASS_NAMES), in_chans=spec.in_chans,
-                            pos_dim=spec.pos_dim, mode=spec.mode)
+    model = pc.create_model(
+        TRAIN_MODEL, num_classes=len(CLASS_NAMES), in_chans=spec.in_chans, pos_dim=spec.pos_dim, mode=spec.mode
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rgb, depth, label = train
     steps = len(label) // batch_size
@@ -212,7 +223,7 @@ def train_input(kind: str, train: Tuple[Tensor, Tensor, Tensor], intrinsics, epo
         order = torch.randperm(len(label), generator=generator)
         running, correct = 0.0, 0
         for s in range(steps):
-            idx = order[s * batch_size: (s + 1) * batch_size]
+            idx = order[s * batch_size : (s + 1) * batch_size]
             flip = torch.rand(len(idx), generator=generator) < 0.5
             rgb_b = torch.where(flip[:, None, None, None], rgb[idx].flip(-1), rgb[idx])
             depth_b = torch.where(flip[:, None, None], depth[idx].flip(-1), depth[idx])
@@ -231,13 +242,16 @@ def train_input(kind: str, train: Tuple[Tensor, Tensor, Tensor], intrinsics, epo
 def _table(results: Dict[str, Dict[str, float]]) -> str:
     lines = ["| input | test OA | test mAcc | train OA (last epoch) | train time |", "|---|---|---|---|---|"]
     for kind, run in results.items():
-        lines.append(f"| {INPUTS[kind].title} | {100 * run['oa']:.1f}% | {100 * run['macc']:.1f}% | "
-                     f"{100 * run['train_oa']:.1f}% | {run['seconds']:.0f} s |")
+        lines.append(
+            f"| {INPUTS[kind].title} | {100 * run['oa']:.1f}% | {100 * run['macc']:.1f}% | "
+            f"{100 * run['train_oa']:.1f}% | {run['seconds']:.0f} s |"
+        )
     return "\n".join(lines)
 
 
-def cluster_picture(model: torch.nn.Module, points: Batch, rgb: np.ndarray, title: str, stage: int = 0,
-                    block: int = 0, head: int = 0) -> np.ndarray:
+def cluster_picture(
+    model: torch.nn.Module, points: Batch, rgb: np.ndarray, title: str, stage: int = 0, block: int = 0, head: int = 0
+) -> np.ndarray:
     """One held-out frame: its colour image, the clusters on the image grid and the clusters as a 3-D cloud.
 
     ``points``: one frame as a coloured xyz cloud (``pixel`` and ``grid_size`` kept);
@@ -252,11 +266,12 @@ def cluster_picture(model: torch.nn.Module, points: Batch, rgb: np.ndarray, titl
     tiles = [np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8)) for image in (rgb, grid)]
     pos = points.pos.numpy()
     upright = np.stack([pos[:, 0], pos[:, 2], -pos[:, 1]], 1)  # camera frame -> x right, depth, up
-    cloud, _ = viz.point_cloud_image(upright, viz.cluster_colors(record, points, head), size=(side, side),
-                                     elev=15, azim=-100, point_size=6)
+    cloud, _ = viz.point_cloud_image(
+        upright, viz.cluster_colours(record, points, head), size=(side, side), elev=15, azim=-100, point_size=6
+    )
     canvas = np.full((side + caption, 3 * side, 3), 255, dtype=np.uint8)
     for i, tile in enumerate(tiles + [cloud]):
-        canvas[caption: caption + tile.shape[0], i * side: i * side + tile.shape[1]] = tile[:side, :side]
+        canvas[caption : caption + tile.shape[0], i * side : i * side + tile.shape[1]] = tile[:side, :side]
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
     texts = (title, f"stage {stage} clusters on the image", f"stage {stage} clusters in 3-D")
@@ -269,38 +284,60 @@ def run_training(args: argparse.Namespace) -> Dict[str, object]:
     """``--train``: render the frames, train one network per input, print the table, save models and picture."""
     start = time.perf_counter()
     size, per_class, test_per_class, epochs = (
-        (12, 6, 4, 3) if args.quick else (args.frame_size, args.train_per_class, args.test_per_class, args.epochs))
+        (12, 6, 4, 3) if args.quick else (args.frame_size, args.train_per_class, args.test_per_class, args.epochs)
+    )
     train_frames = rgbd_frames.generate_frames(per_class, args.seed, "train", size, size)
     test_frames = rgbd_frames.generate_frames(test_per_class, args.seed, "test", size, size)
     intrinsics = train_frames.intrinsics
-    print(f"RGB-D frames {size}x{size} of the {len(CLASS_NAMES)} demo classes: {len(train_frames)} train / "
-          f"{len(test_frames)} held-out test frames, rendered in {time.perf_counter() - start:.0f} s; "
-          f"{TRAIN_MODEL}, {epochs} epochs per input, seed {args.seed}", flush=True)
+    print(
+        f"RGB-D frames {size}x{size} of the {len(CLASS_NAMES)} demo classes: {len(train_frames)} train / "
+        f"{len(test_frames)} held-out test frames, rendered in {time.perf_counter() - start:.0f} s; "
+        f"{TRAIN_MODEL}, {epochs} epochs per input, seed {args.seed}",
+        flush=True,
+    )
     train, test = frames_as_tensors(train_frames), frames_as_tensors(test_frames)
     results: Dict[str, Dict[str, float]] = {}
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     for kind in args.inputs:
         begin = time.perf_counter()
-        model, train_oa = train_input(kind, train, intrinsics, epochs, args.batch_size, args.lr, seed=args.seed,
-                                      progress=not args.no_progress)
+        model, train_oa = train_input(
+            kind, train, intrinsics, epochs, args.batch_size, args.lr, seed=args.seed, progress=not args.no_progress
+        )
         seconds = time.perf_counter() - begin
         results[kind] = dict(**evaluate(model, test, intrinsics, kind), seconds=seconds, train_oa=train_oa)
         spec = INPUTS[kind]
-        saved = {"model": TRAIN_MODEL, "input": kind, "in_chans": spec.in_chans, "pos_dim": spec.pos_dim,
-                 "mode": spec.mode, "state_dict": model.state_dict()}
+        saved = {
+            "model": TRAIN_MODEL,
+            "input": kind,
+            "in_chans": spec.in_chans,
+            "pos_dim": spec.pos_dim,
+            "mode": spec.mode,
+            "state_dict": model.state_dict(),
+        }
         atomic_write(out / f"{kind}.pt", lambda tmp, saved=saved: torch.save(saved, tmp))
-        print(f"{spec.title}: test OA {100 * results[kind]['oa']:.1f}%, mAcc {100 * results[kind]['macc']:.1f}% "
-              f"({seconds:.0f} s)", flush=True)
+        print(
+            f"{spec.title}: test OA {100 * results[kind]['oa']:.1f}%, mAcc {100 * results[kind]['macc']:.1f}% "
+            f"({seconds:.0f} s)",
+            flush=True,
+        )
         if kind == "xyz_rgb":
             frame = args.frame % len(test_frames)
-            points = frame_points(test[0][frame: frame + 1], test[1][frame: frame + 1], intrinsics, kind)
+            points = frame_points(test[0][frame : frame + 1], test[1][frame : frame + 1], intrinsics, kind)
             title = f"held-out frame {frame}: {CLASS_NAMES[int(test[2][frame])]}"
             viz.save_png(cluster_picture(model, points, test_frames.rgb[frame], title), out / "clusters.png")
     seconds = time.perf_counter() - start
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s; models and results.json in {out}")
-    summary = dict(results=results, seconds=seconds, frame_size=size, train_frames=len(train_frames),
-                   test_frames=len(test_frames), epochs=epochs, seed=args.seed, model=TRAIN_MODEL)
+    summary = dict(
+        results=results,
+        seconds=seconds,
+        frame_size=size,
+        train_frames=len(train_frames),
+        test_frames=len(test_frames),
+        epochs=epochs,
+        seed=args.seed,
+        model=TRAIN_MODEL,
+    )
     atomic_write(out / "results.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -309,16 +346,22 @@ def run_training(args: argparse.Namespace) -> Dict[str, object]:
 # the example
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rgb", type=Path, help="colour image (PNG/JPEG); omit for the synthetic frame")
     parser.add_argument("--depth", type=Path, help="depth image (16-bit PNG of raw units)")
     for name in ("fx", "fy", "cx", "cy"):
         parser.add_argument(f"--{name}", type=float, help=f"intrinsics {name} in pixels (needed with --rgb)")
-    parser.add_argument("--depth-scale", type=float, default=None,
-                        help="raw depth units per metre (default 1000 = millimetres)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="output folder (default outputs/rgbd, with --train outputs/rgbd_train)")
+    parser.add_argument(
+        "--depth-scale", type=float, default=None, help="raw depth units per metre (default 1000 = millimetres)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="output folder (default outputs/rgbd, with --train outputs/rgbd_train)",
+    )
     parser.add_argument("--model", default="coc_tiny", help="CoC variant (pc.list_models('coc*'))")
     parser.add_argument("--checkpoint", type=Path, help="weights of the variant with in_chans=3, pos_dim=3")
     parser.add_argument("--stage", type=int, default=1, help="stage whose clustering is drawn")
@@ -327,8 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=120, help="synthetic frame height")
     parser.add_argument("--width", type=int, default=160, help="synthetic frame width")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained weights")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)",
+    )
     train = parser.add_argument_group("--train: one CoC network on four inputs of rendered RGB-D frames")
     train.add_argument("--train", action="store_true", help="train and test on rendered frames, print the table")
     train.add_argument("--quick", action="store_true", help="with --train: tiny frames, few epochs (tests)")
@@ -369,8 +416,9 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
         model = pc.create_model(args.model, num_classes=num_classes, in_chans=3, pos_dim=3, mode="point")
         model.load_state_dict(state)
     except (ValueError, TypeError, RuntimeError) as exc:  # RuntimeError: missing / unexpected keys, shapes
-        raise ExampleError(f"checkpoint {args.checkpoint} does not fit {args.model} (in_chans=3, pos_dim=3): "
-                           f"{exc}") from None
+        raise ExampleError(
+            f"checkpoint {args.checkpoint} does not fit {args.model} (in_chans=3, pos_dim=3): {exc}"
+        ) from None
     return model.eval()
 
 
@@ -407,8 +455,10 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         written["depth"] = out / "depth.png"
         _save_depth_png(depth, written["depth"])
         rgb_in, depth_in = written["rgb"], written["depth"]  # read back through the file path, as real data
-        print(f"synthetic frame {args.width}x{args.height}: fx={intrinsics[0]:.1f} fy={intrinsics[1]:.1f} "
-              f"cx={intrinsics[2]:.1f} cy={intrinsics[3]:.1f}, depth scale {depth_scale:g}")
+        print(
+            f"synthetic frame {args.width}x{args.height}: fx={intrinsics[0]:.1f} fy={intrinsics[1]:.1f} "
+            f"cx={intrinsics[2]:.1f} cy={intrinsics[3]:.1f}, depth scale {depth_scale:g}"
+        )
     else:
         missing = [n for n in ("rgb", "depth", "fx", "fy", "cx", "cy") if getattr(args, n) is None]
         if missing:
@@ -417,8 +467,10 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
         intrinsics, depth_scale = (args.fx, args.fy, args.cx, args.cy), args.depth_scale or 1000.0
     points = pc.rgbd_to_points(rgb_in, depth_in, intrinsics=intrinsics, depth_scale=depth_scale, mode="xyz")
     height, width = points.grid_size[0].tolist()
-    print(f"{points.num_nodes} points with valid depth out of {height * width} pixels; "
-          f"z in [{points.pos[:, 2].min():.2f}, {points.pos[:, 2].max():.2f}] m")
+    print(
+        f"{points.num_nodes} points with valid depth out of {height * width} pixels; "
+        f"z in [{points.pos[:, 2].min():.2f}, {points.pos[:, 2].max():.2f}] m"
+    )
     colours = (points.x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     written["ply"] = viz.write_ply(out / "cloud.ply", points.pos, colours)
 
@@ -433,7 +485,11 @@ def _run(args: argparse.Namespace) -> Dict[str, object]:
     upright = np.stack([pos[:, 0], pos[:, 2], -pos[:, 1]], 1)  # camera frame -> x right, depth, up
     written["clusters_3d"] = out / "clusters_3d.png"
     backend = viz.render_point_cloud(
-        upright, cluster_rgb, written["clusters_3d"], elev=12, azim=-100,
+        upright,
+        cluster_rgb,
+        written["clusters_3d"],
+        elev=12,
+        azim=-100,
         title=f"{args.model} stage {args.stage} block {args.block} head {args.head}: {used} clusters",
     )
     written["clusters_image"] = viz.save_png(viz.cluster_map(record, points, args.head), out / "clusters_image.png")

@@ -22,6 +22,7 @@ Outputs (rank 0): ``metrics.csv``, ``metrics.json``, ``last.pt``, ``best.pt`` in
 ``--output``; ``--eval-only`` writes ``eval.json`` there. Bad data files or
 checkpoints end the run with one ``error:`` line and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,9 @@ from pointcoc.training import (
     DistributedContext,
     Trainer,
     channels_first,
-    point_batch,
     cleanup_distributed,
     load_checkpoint,
+    point_batch,
     repair_best_checkpoint,
     seed_everything,
     setup_distributed,
@@ -61,12 +62,28 @@ REPO = Path(__file__).resolve().parent.parent
 REAL_ROOT = REPO / "datasets" / "scanobjectnn"
 DEMO_ROOT = REPO / "datasets" / "scanobjectnn_demo"
 
-RECIPE: Dict[str, Any] = dict(model="pointmlp_coc", num_points=1024, epochs=250, optimizer="sgd", batch_size=32,
-                              lr=0.01, weight_decay=1e-4, model_kwargs={})
+RECIPE: Dict[str, Any] = dict(
+    model="pointmlp_coc",
+    num_points=1024,
+    epochs=250,
+    optimizer="sgd",
+    batch_size=32,
+    lr=0.01,
+    weight_decay=1e-4,
+    model_kwargs={},
+)
 """The reference setting, the default on real data."""
 
-DEMO: Dict[str, Any] = dict(model="pointmlp_elite_coc", num_points=128, epochs=12, optimizer="adamw", batch_size=16,
-                            lr=0.002, weight_decay=1e-4, model_kwargs={"k_neighbors": 16, "recompute": False})
+DEMO: Dict[str, Any] = dict(
+    model="pointmlp_elite_coc",
+    num_points=128,
+    epochs=12,
+    optimizer="adamw",
+    batch_size=16,
+    lr=0.002,
+    weight_decay=1e-4,
+    model_kwargs={"k_neighbors": 16, "recompute": False},
+)
 """The lighter demo setting: about 20 minutes on a 2-core CPU (:data:`DEMO_MINUTES`). 128 points leave 16
 per cloud in the third stage, hence 16 neighbours (24 in the paper); AdamW reaches in ~1100 steps what SGD needs
 thousands for; no activation recomputation (memory is no concern at this size)."""
@@ -74,8 +91,20 @@ DEMO_TRAIN_PER_CLASS = 100
 DEMO_TEST_PER_CLASS = 20
 DEMO_DATA_SEED = 0
 
-RUN_KEYS = ("model", "variant", "epochs", "optimizer", "batch_size", "lr", "weight_decay", "num_points", "seed", "amp",
-            "demo", "model_kwargs")
+RUN_KEYS = (
+    "model",
+    "variant",
+    "epochs",
+    "optimizer",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "num_points",
+    "seed",
+    "amp",
+    "demo",
+    "model_kwargs",
+)
 """Settings that define a run: taken from the checkpoint on ``--resume`` and ``--eval-only``."""
 
 
@@ -118,10 +147,12 @@ def build_model(settings: Dict[str, Any]) -> tuple:
     """The run's model and its :class:`BatchAdapter`: a PointMLP on ``[B, 3, n]``, or a CoC backbone in point mode."""
     name, classes = settings["model"], len(CLASS_NAMES)
     if _is_pointmlp(name):
-        return create_model(name, num_classes=classes, points=settings["num_points"],
-                            **settings["model_kwargs"]), POINTMLP_ADAPTER
-    return create_model(name, num_classes=classes, in_chans=3, pos_dim=3, mode="point",
-                        **settings["model_kwargs"]), COC_ADAPTER
+        return create_model(
+            name, num_classes=classes, points=settings["num_points"], **settings["model_kwargs"]
+        ), POINTMLP_ADAPTER
+    return create_model(
+        name, num_classes=classes, in_chans=3, pos_dim=3, mode="point", **settings["model_kwargs"]
+    ), COC_ADAPTER
 
 
 def _positive_int(text: str) -> int:
@@ -158,69 +189,142 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train PointMLP / PointMLP-CoC, or a CoC backbone in point mode (--model coc_*), on "
         "ScanObjectNN (or on a generated demo set when the real "
-        "files are absent). Real-data defaults follow the reference recipe: " + _setting_text(RECIPE)
-        + "; demo defaults: " + _setting_text(DEMO) + ".",
+        "files are absent). Real-data defaults follow the reference recipe: "
+        + _setting_text(RECIPE)
+        + "; demo defaults: "
+        + _setting_text(DEMO)
+        + ".",
     )
-    p.add_argument("--model", choices=models, default=None,
-                   help=f"network (real data: {RECIPE['model']}; demo: {DEMO['model']}); a coc_* variant is a "
-                   "context-cluster backbone in point mode (xyz as positions and features)")
-    p.add_argument("--data-dir", default=None,
-                   help=f"folder holding h5_files/ of ScanObjectNN (default {_rel(REAL_ROOT)}; when it is absent the "
-                   "demo set is used)")
-    p.add_argument("--variant", choices=list(VARIANTS), default=None,
-                   help="ScanObjectNN variant: PB_T50_RS (hardest, default), OBJ_BG or OBJ_ONLY")
-    p.add_argument("--epochs", type=_positive_int, default=None,
-                   help=f"training epochs; the cosine schedule spans them (real data: {RECIPE['epochs']}; "
-                   f"demo: {DEMO['epochs']})")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=None,
-                   help="sgd (momentum 0.9, the reference) or adamw (real data: sgd; demo: adamw)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="global batch size, split over the processes; the last incomplete batch is dropped "
-                   f"(real data: {RECIPE['batch_size']}; demo: {DEMO['batch_size']})")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help=f"initial learning rate, cosine-annealed to lr/100 (real data: {RECIPE['lr']}; "
-                   f"demo: {DEMO['lr']})")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=None,
-                   help=f"weight decay (default {RECIPE['weight_decay']}; some PointMLP versions used 2e-4)")
-    p.add_argument("--num-points", type=_positive_int, default=None,
-                   help=f"points per object: the first N of each object's 2048 (real data: {RECIPE['num_points']}; "
-                   f"demo: {DEMO['num_points']})")
-    p.add_argument("--seed", type=_non_negative_int, default=None,
-                   help="seed of initialisation, data order and augmentation (default 0)")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
-                   help="data-loading worker processes per GPU/process (default: min(4, CPUs) on real data, 0 for "
-                   "the demo)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu; "
-                   "under torchrun each process uses GPU LOCAL_RANK)")
-    p.add_argument("--amp", action="store_true", default=None,
-                   help="mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU")
-    p.add_argument("--output", default=None,
-                   help="folder for metrics.csv, metrics.json, last.pt and best.pt (default runs/scanobjectnn_demo "
-                   "for the demo (runs/scanobjectnn_demo_<model> for another model), "
-                   "runs/scanobjectnn_<variant>_<model> on real data)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in --output from its last.pt (or from --checkpoint), with "
-                   "the settings stored in it")
-    p.add_argument("--eval-only", action="store_true",
-                   help="evaluate a checkpoint (--checkpoint, default <output>/best.pt) on the test set, print its "
-                   "metrics next to the ones stored with it and write eval.json")
-    p.add_argument("--checkpoint", default=None,
-                   help="checkpoint for --eval-only (default <output>/best.pt) or --resume (default <output>/last.pt)")
-    p.add_argument("--demo", action="store_true", default=None,
-                   help="use the generated demo set even when real files are present")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars, one line per epoch only (bars are shown only on a terminal anyway)")
-    p.add_argument("--max-data-bytes", type=_positive_int, default=DEFAULT_MAX_BYTES,
-                   help=f"refuse data files whose points would take more memory than this (default "
-                   f"{DEFAULT_MAX_BYTES} = 1 GiB; the largest ScanObjectNN split needs 280 MB)")
+    p.add_argument(
+        "--model",
+        choices=models,
+        default=None,
+        help=f"network (real data: {RECIPE['model']}; demo: {DEMO['model']}); a coc_* variant is a "
+        "context-cluster backbone in point mode (xyz as positions and features)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"folder holding h5_files/ of ScanObjectNN (default {_rel(REAL_ROOT)}; when it is absent the "
+        "demo set is used)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default=None,
+        help="ScanObjectNN variant: PB_T50_RS (hardest, default), OBJ_BG or OBJ_ONLY",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help=f"training epochs; the cosine schedule spans them (real data: {RECIPE['epochs']}; demo: {DEMO['epochs']})",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "adamw"],
+        default=None,
+        help="sgd (momentum 0.9, the reference) or adamw (real data: sgd; demo: adamw)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="global batch size, split over the processes; the last incomplete batch is dropped "
+        f"(real data: {RECIPE['batch_size']}; demo: {DEMO['batch_size']})",
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"initial learning rate, cosine-annealed to lr/100 (real data: {RECIPE['lr']}; demo: {DEMO['lr']})",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=None,
+        help=f"weight decay (default {RECIPE['weight_decay']}; some PointMLP versions used 2e-4)",
+    )
+    p.add_argument(
+        "--num-points",
+        type=_positive_int,
+        default=None,
+        help=f"points per object: the first N of each object's 2048 (real data: {RECIPE['num_points']}; "
+        f"demo: {DEMO['num_points']})",
+    )
+    p.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=None,
+        help="seed of initialisation, data order and augmentation (default 0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=None,
+        help="data-loading worker processes per GPU/process (default: min(4, CPUs) on real data, 0 for the demo)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu; "
+        "under torchrun each process uses GPU LOCAL_RANK)",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        default=None,
+        help="mixed precision: float16 with loss scaling on CUDA, bfloat16 on CPU",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="folder for metrics.csv, metrics.json, last.pt and best.pt (default runs/scanobjectnn_demo "
+        "for the demo (runs/scanobjectnn_demo_<model> for another model), "
+        "runs/scanobjectnn_<variant>_<model> on real data)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --output from its last.pt (or from --checkpoint), with "
+        "the settings stored in it",
+    )
+    p.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate a checkpoint (--checkpoint, default <output>/best.pt) on the test set, print its "
+        "metrics next to the ones stored with it and write eval.json",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint for --eval-only (default <output>/best.pt) or --resume (default <output>/last.pt)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", default=None, help="use the generated demo set even when real files are present"
+    )
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars, one line per epoch only (bars are shown only on a terminal anyway)",
+    )
+    p.add_argument(
+        "--max-data-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BYTES,
+        help=f"refuse data files whose points would take more memory than this (default "
+        f"{DEFAULT_MAX_BYTES} = 1 GiB; the largest ScanObjectNN split needs 280 MB)",
+    )
     return p
 
 
 def _setting_text(s: Dict[str, Any]) -> str:
     extra = ", ".join(f"{k}={v}" for k, v in s["model_kwargs"].items())
     model = f"{s['model']}({extra})" if extra else s["model"]
-    return (f"{model}, {s['num_points']} points, {s['epochs']} epochs, {s['optimizer'].upper()} lr "
-            f"{s['lr']}, batch {s['batch_size']}, weight decay {s['weight_decay']}")
+    return (
+        f"{model}, {s['num_points']} points, {s['epochs']} epochs, {s['optimizer'].upper()} lr "
+        f"{s['lr']}, batch {s['batch_size']}, weight decay {s['weight_decay']}"
+    )
 
 
 def _rel(path: Path) -> str:
@@ -252,62 +356,94 @@ def _resolve(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], say: Call
     if not demo and args.data_dir is None:
         variant = cli["variant"] or "PB_T50_RS"
         if not any(dataset_file(REAL_ROOT, variant, s).exists() for s in ("train", "test")):
-            say(f"ScanObjectNN not found: put its h5_files folder in {_rel(REAL_ROOT)} (see datasets/README.md); "
-                f"training on the generated demo set instead")
+            say(
+                f"ScanObjectNN not found: put its h5_files folder in {_rel(REAL_ROOT)} (see datasets/README.md); "
+                f"training on the generated demo set instead"
+            )
             demo = True
     base = DEMO if demo else RECIPE
     settings = {k: (cli.get(k) if cli.get(k) is not None else base.get(k)) for k in RUN_KEYS}
-    settings.update(demo=demo, variant=cli["variant"] or "PB_T50_RS", seed=cli["seed"] or 0, amp=bool(cli["amp"]),
-                    model_kwargs=_model_kwargs(cli["model"] or base["model"], base))
+    settings.update(
+        demo=demo,
+        variant=cli["variant"] or "PB_T50_RS",
+        seed=cli["seed"] or 0,
+        amp=bool(cli["amp"]),
+        model_kwargs=_model_kwargs(cli["model"] or base["model"], base),
+    )
     settings["data_dir"] = args.data_dir
     return settings
 
 
-def _load_data(settings: Dict[str, Any], ctx: DistributedContext, say: Callable[[str], None], max_bytes: int,
-               bars: bool):
+def _load_data(
+    settings: Dict[str, Any], ctx: DistributedContext, say: Callable[[str], None], max_bytes: int, bars: bool
+):
     """Train and test sets (generating the demo set first when needed; ``bars``: show its progress bar)."""
     if settings["demo"]:
         root = DEMO_ROOT
         if ctx.local_rank == 0:  # one writer per node (atomic writes make a shared disk safe too)
-            made = ensure_demo_dataset(root, DEMO_TRAIN_PER_CLASS, DEMO_TEST_PER_CLASS, seed=DEMO_DATA_SEED,
-                                       progress=ctx.is_main and bars)
+            made = ensure_demo_dataset(
+                root, DEMO_TRAIN_PER_CLASS, DEMO_TEST_PER_CLASS, seed=DEMO_DATA_SEED, progress=ctx.is_main and bars
+            )
             say(f"demo set {'written to' if made else 'reused from'} {_rel(root)}")
         ctx.barrier()
     else:
         root = Path(settings["data_dir"]) if settings["data_dir"] else REAL_ROOT
     try:
-        train = ScanObjectNN(root, "train", settings["variant"], settings["num_points"], seed=settings["seed"],
-                             max_bytes=max_bytes)
+        train = ScanObjectNN(
+            root, "train", settings["variant"], settings["num_points"], seed=settings["seed"], max_bytes=max_bytes
+        )
         test = ScanObjectNN(root, "test", settings["variant"], settings["num_points"], max_bytes=max_bytes)
     except ValueError as exc:
         raise RunError(str(exc)) from None
     return train, test
 
 
-def _banner(settings: Dict[str, Any], train: ScanObjectNN, test: ScanObjectNN, model: torch.nn.Module,
-            ctx: DistributedContext, workers: int, output: Path, say: Callable[[str], None]) -> None:
+def _banner(
+    settings: Dict[str, Any],
+    train: ScanObjectNN,
+    test: ScanObjectNN,
+    model: torch.nn.Module,
+    ctx: DistributedContext,
+    workers: int,
+    output: Path,
+    say: Callable[[str], None],
+) -> None:
     params = sum(p.numel() for p in model.parameters())
     say("=" * 100)
     if settings["demo"]:
-        say(f"DEMO RUN on generated stand-in objects ({len(CLASS_NAMES)} classes; {len(train)} train / {len(test)} "
+        say(
+            f"DEMO RUN on generated stand-in objects ({len(CLASS_NAMES)} classes; {len(train)} train / {len(test)} "
             f"test objects, {train.points.shape[1]} of 2048 points each) - not ScanObjectNN, numbers are not "
-            f"comparable to the paper")
-        say(f"lighter demo setting: {_setting_text(settings)}; on real data the default is the paper's "
-            f"setting: {_setting_text(RECIPE)}")
+            f"comparable to the paper"
+        )
+        say(
+            f"lighter demo setting: {_setting_text(settings)}; on real data the default is the paper's "
+            f"setting: {_setting_text(RECIPE)}"
+        )
     else:
-        say(f"ScanObjectNN {settings['variant']} from {_rel(train.root)}: {len(train)} train / {len(test)} test "
-            f"objects, first {settings['num_points']} points")
+        say(
+            f"ScanObjectNN {settings['variant']} from {_rel(train.root)}: {len(train)} train / {len(test)} test "
+            f"objects, first {settings['num_points']} points"
+        )
         say(f"setting: {_setting_text(settings)}")
-    say(f"model {settings['model']} ({params:,} parameters) | cosine schedule to lr/100, label smoothing 0.2, "
-        f"scale/shift/shuffle augmentation, seed {settings['seed']}")
-    say(f"device {ctx.device} x {ctx.world_size} process(es), AMP {'on' if settings['amp'] else 'off'}, "
-        f"{workers} loader worker(s), output {_rel(output)}")
+    say(
+        f"model {settings['model']} ({params:,} parameters) | cosine schedule to lr/100, label smoothing 0.2, "
+        f"scale/shift/shuffle augmentation, seed {settings['seed']}"
+    )
+    say(
+        f"device {ctx.device} x {ctx.world_size} process(es), AMP {'on' if settings['amp'] else 'off'}, "
+        f"{workers} loader worker(s), output {_rel(output)}"
+    )
     if settings["demo"]:
-        say(f"expected duration: about {DEMO_MINUTES:.0f} min on a 2-core CPU (measured {DEMO_MINUTES} min with the "
-            f"cores shared), less on a faster machine; every epoch line shows the time left (eta)")
+        say(
+            f"expected duration: about {DEMO_MINUTES:.0f} min on a 2-core CPU (measured {DEMO_MINUTES} min with the "
+            f"cores shared), less on a faster machine; every epoch line shows the time left (eta)"
+        )
     else:
-        say(f"expected duration: {settings['epochs']} epochs of {len(train)} objects take hours on a GPU and far "
-            f"longer on a CPU; every epoch line shows the time left (eta) measured on this machine")
+        say(
+            f"expected duration: {settings['epochs']} epochs of {len(train)} objects take hours on a GPU and far "
+            f"longer on a CPU; every epoch line shows the time left (eta) measured on this machine"
+        )
     say("=" * 100)
 
 
@@ -334,23 +470,32 @@ def _load_checkpoint_arg(args: argparse.Namespace, say: Callable[[str], None]) -
     return path, ckpt
 
 
-def _evaluate(trainer: Trainer, ckpt: Dict[str, Any], output: Path, ctx: DistributedContext,
-              say: Callable[[str], None]) -> int:
+def _evaluate(
+    trainer: Trainer, ckpt: Dict[str, Any], output: Path, ctx: DistributedContext, say: Callable[[str], None]
+) -> int:
     metrics = trainer.evaluate()
     stored = ckpt.get("test_metrics", {})
     say(f"test (evaluated now): loss {metrics['loss']:.4f}  OA {metrics['oa']:.2f}%  mAcc {metrics['macc']:.2f}%")
     if stored:
-        say(f"test (stored with the checkpoint, epoch {stored['epoch']}): loss {stored['test_loss']:.4f}  "
-            f"OA {stored['test_oa']:.2f}%  mAcc {stored['test_macc']:.2f}%")
+        say(
+            f"test (stored with the checkpoint, epoch {stored['epoch']}): loss {stored['test_loss']:.4f}  "
+            f"OA {stored['test_oa']:.2f}%  mAcc {stored['test_macc']:.2f}%"
+        )
     if ctx.is_main:
-        result = {"checkpoint_epoch": ckpt["epoch"], "test_loss": metrics["loss"], "test_oa": metrics["oa"],
-                  "test_macc": metrics["macc"], "stored": stored}
+        result = {
+            "checkpoint_epoch": ckpt["epoch"],
+            "test_loss": metrics["loss"],
+            "test_oa": metrics["oa"],
+            "test_macc": metrics["macc"],
+            "stored": stored,
+        }
         atomic_write(output / "eval.json", json.dumps(result, indent=2) + "\n")
     return 0
 
 
-def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str], None], start: float,
-         state: Dict[str, Any]) -> int:
+def _run(
+    args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str], None], start: float, state: Dict[str, Any]
+) -> int:
     loaded = _load_checkpoint_arg(args, say)
     path, ckpt = loaded if loaded is not None else (None, None)
     settings = _resolve(args, ckpt, say)
@@ -366,12 +511,25 @@ def _run(args: argparse.Namespace, ctx: DistributedContext, say: Callable[[str],
     seed_everything(settings["seed"] + ctx.rank)
     try:
         model, adapter = build_model(settings)
-        trainer = Trainer(model, train, test, adapter=adapter, num_classes=len(CLASS_NAMES),
-                          epochs=settings["epochs"], optimizer=settings["optimizer"],
-                          batch_size=settings["batch_size"], lr=settings["lr"], weight_decay=settings["weight_decay"],
-                          seed=settings["seed"], workers=workers, ctx=ctx, amp=settings["amp"],
-                          output_dir=output if not args.eval_only else None, run_args=settings,
-                          progress=False if args.no_progress else None)
+        trainer = Trainer(
+            model,
+            train,
+            test,
+            adapter=adapter,
+            num_classes=len(CLASS_NAMES),
+            epochs=settings["epochs"],
+            optimizer=settings["optimizer"],
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            weight_decay=settings["weight_decay"],
+            seed=settings["seed"],
+            workers=workers,
+            ctx=ctx,
+            amp=settings["amp"],
+            output_dir=output if not args.eval_only else None,
+            run_args=settings,
+            progress=False if args.no_progress else None,
+        )
         state["trainer"] = trainer
         if ckpt is not None and args.resume:
             trainer.resume(path)
@@ -404,14 +562,17 @@ def _interrupted_message(trainer: Optional[Trainer]) -> str:
     last = _rel(trainer.output_dir / "last.pt")
     if trainer.saved_epoch is None:
         return "interrupted before the first epoch of this run finished: this run saved no checkpoint"
-    return (f"interrupted: {last} holds epoch {trainer.saved_epoch} of {trainer.epochs}; re-run with --resume "
-            f"to continue")
+    return (
+        f"interrupted: {last} holds epoch {trainer.saved_epoch} of {trainer.epochs}; re-run with --resume to continue"
+    )
 
 
 def _default_output(args: argparse.Namespace, settings: Optional[Dict[str, Any]] = None) -> Path:
     if settings is None:  # before the settings are known: --resume / --eval-only with the command line's choices
-        demo = bool(args.demo) or (args.data_dir is None and not any(
-            dataset_file(REAL_ROOT, args.variant or "PB_T50_RS", s).exists() for s in ("train", "test")))
+        demo = bool(args.demo) or (
+            args.data_dir is None
+            and not any(dataset_file(REAL_ROOT, args.variant or "PB_T50_RS", s).exists() for s in ("train", "test"))
+        )
         model, variant = args.model or (DEMO if demo else RECIPE)["model"], args.variant or "PB_T50_RS"
     else:
         demo, model, variant = settings["demo"], settings["model"], settings["variant"]

@@ -26,6 +26,7 @@ Mistakes (a missing or unreadable file, an out-of-range ``--stage`` / ``--block`
 ``--head``, a checkpoint that is not one of the variant) print one ``error:`` line and exit
 with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,18 @@ from torch_geometric.data import Batch
 import pointcoc as pc
 from pointcoc import viz
 
-__all__ = ["fail", "open_image", "read_checkpoint", "load_model", "image_points", "cloud_points", "read_input", "draw",
-           "build_parser", "main"]
+__all__ = [
+    "fail",
+    "open_image",
+    "read_checkpoint",
+    "load_model",
+    "image_points",
+    "cloud_points",
+    "read_input",
+    "draw",
+    "build_parser",
+    "main",
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -93,8 +104,9 @@ def load_model(name: str, checkpoint: Optional[Path], in_chans: int, pos_dim: in
     return model.eval()
 
 
-def image_points(image: Image.Image, channels: int, keep: Optional[float], mask_path: Optional[Path],
-                 seed: int) -> Batch:
+def image_points(
+    image: Image.Image, channels: int, keep: Optional[float], mask_path: Optional[Path], seed: int
+) -> Batch:
     """The image (gray for 1 channel, else RGB) as points, optionally masked and/or subsampled."""
     array = np.array(image.convert("L" if channels == 1 else "RGB"))  # a writable copy
     mask = None
@@ -137,11 +149,13 @@ def cloud_points(path: Path) -> Batch:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--image", type=Path,
-                        help="PNG/JPEG image (default: the synthetic RGB-D colour frame, 320x240)")
+    source.add_argument(
+        "--image", type=Path, help="PNG/JPEG image (default: the synthetic RGB-D colour frame, 320x240)"
+    )
     source.add_argument("--points", type=Path, help="point cloud: ASCII .ply, .npy or text, columns x y z [r g b]")
     parser.add_argument("--model", default="coc_tiny", help="CoC variant (pc.list_models('coc*'))")
     parser.add_argument("--checkpoint", type=Path, help="weights (released CoC checkpoint or state dict)")
@@ -154,12 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", type=float, help="keep this random fraction of the pixels (discrete pixels)")
     parser.add_argument("--mask", type=Path, help="PNG mask of the image's size: nonzero pixels are kept")
     parser.add_argument("--gray", action="store_true", help="feed the image as one gray channel (in_chans=1)")
-    parser.add_argument("--mode", choices=("auto", "lattice", "point"), default="auto",
-                        help="auto: lattice mode on full images, point mode otherwise; lattice: also on "
-                             "masked / discrete images (sparse convolutions on the pixel lattice)")
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "lattice", "point"),
+        default="auto",
+        help="auto: lattice mode on full images, point mode otherwise; lattice: also on "
+        "masked / discrete images (sparse convolutions on the pixel lattice)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of untrained weights and --keep")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1; more only pay off on large inputs and idle cores)",
+    )
     parser.add_argument("--out", type=Path, default=Path("cluster_map.png"), help="output PNG")
     return parser
 
@@ -190,8 +212,10 @@ def draw(args: argparse.Namespace, record: viz.StageAssignment, points: Batch) -
     heads = list(range(record.heads)) if args.all_heads else [args.head]
     if args.points is not None:
         pos = points.pos.numpy()
-        pictures = [viz.point_cloud_image(pos, viz.cluster_colours(record, points, h), size=(480, 400),
-                                          title=f"head {h}")[0] for h in heads]
+        pictures = [
+            viz.point_cloud_image(pos, viz.cluster_colours(record, points, h), size=(480, 400), title=f"head {h}")[0]
+            for h in heads
+        ]
     else:
         pictures = [viz.cluster_map(record, points, head=h, alpha=args.alpha) for h in heads]
         if args.with_input:
@@ -220,8 +244,10 @@ def main(argv: Optional[List[str]] = None) -> Path:
     viz.save_png(picture, args.out)
     height, width = picture.shape[:2]
     heads = "all" if args.all_heads else args.head
-    print(f"{args.model} stage {args.stage} block {args.block} head(s) {heads}: {record.pos.size(0)} stage points, "
-          f"{record.clusters_per_sample} cluster ids per sample; wrote {args.out} ({width}x{height})")
+    print(
+        f"{args.model} stage {args.stage} block {args.block} head(s) {heads}: {record.pos.size(0)} stage points, "
+        f"{record.clusters_per_sample} cluster ids per sample; wrote {args.out} ({width}x{height})"
+    )
     return args.out
 
 

@@ -5,6 +5,7 @@ irregular images, RGB-D frames, ordinary grid images - is an unordered set of
 points ``(x, pos, batch)``; one context-cluster operation extracts features from
 all of them.
 """
+
 from . import models, nn, ops
 from .checkpoint import convert_official_state_dict
 from .models import create_model, list_models, register_model

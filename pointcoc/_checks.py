@@ -4,6 +4,7 @@ Each check raises ``TypeError`` (wrong kind of object / dtype) or ``ValueError``
 (wrong shape or content) with a message that names the offending argument and
 says what was expected.
 """
+
 from __future__ import annotations
 
 import os
@@ -192,8 +193,11 @@ def check_module_input(module: nn.Module, t: object, name: str) -> Tensor:
 
 def check_batch_norm_batch(module: nn.Module, num_samples: int, name: str = "batch") -> None:
     """In training mode, BatchNorm needs at least two samples to estimate a variance."""
-    if module.training and num_samples < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                  for m in module.modules()):
+    if (
+        module.training
+        and num_samples < 2
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    ):
         raise ValueError(
             f"{name} holds {num_samples} sample(s), but the model has BatchNorm layers, which need at least 2 "
             f"samples per batch in training mode; use a larger batch or call model.eval()"

@@ -9,6 +9,7 @@ read-only folder) leaves the old file intact and raises :class:`WriteError`, a
 one-line ``OSError`` naming the path and the cause. :func:`remove_stray_temporaries`
 deletes the temporary files of killed writers on the next start.
 """
+
 from __future__ import annotations
 
 import errno
@@ -108,7 +109,7 @@ def remove_stray_temporaries(folder: PathLike, names: Optional[Iterable[str]] = 
     wanted = None if names is None else set(names)
     removed = []
     for tmp in folder.glob(".*.tmp"):
-        stem, _, pid = tmp.name[1:-len(".tmp")].rpartition(".")
+        stem, _, pid = tmp.name[1 : -len(".tmp")].rpartition(".")
         if not pid.isdigit() or (wanted is not None and stem not in wanted) or _alive(int(pid)):
             continue
         try:
@@ -140,6 +141,9 @@ def check_writable_dir(folder: PathLike, need_bytes: int = 0, name: str = "outpu
         raise WriteError(exc.errno or errno.EIO, f"cannot write to {name} {folder}: {_cause(exc)}") from None
     free = shutil.disk_usage(folder).free
     if need_bytes > free:
-        raise WriteError(errno.ENOSPC, f"cannot write to {name} {folder}: no space left on device "
-                         f"({free / 2**20:.1f} MiB free, about {need_bytes / 2**20:.1f} MiB needed)")
+        raise WriteError(
+            errno.ENOSPC,
+            f"cannot write to {name} {folder}: no space left on device "
+            f"({free / 2**20:.1f} MiB free, about {need_bytes / 2**20:.1f} MiB needed)",
+        )
     return folder

@@ -13,6 +13,7 @@ Target naming (docs/design.md §12):
 
 The conversion is idempotent: converting a converted dict returns it unchanged.
 """
+
 from __future__ import annotations
 
 import re
@@ -76,7 +77,7 @@ def _unwrap(state_dict: object) -> Mapping:
 
 def _strip_module(key: str) -> str:
     while key.startswith("module."):
-        key = key[len("module."):]
+        key = key[len("module.") :]
     return key
 
 

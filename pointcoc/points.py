@@ -17,6 +17,7 @@ division by zero. Points of a sample are in row-major pixel order.
 :func:`points_to_image` scatters per-point values back onto the pixel grid and
 inverts :func:`image_to_points` exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,17 @@ MaskLike = Union[Tensor, np.ndarray]
 _PER_SAMPLE_KEYS = ("ptr", "grid_size")
 
 # PIL modes converted before decoding; every other mode is read with its own channels
-_PIL_CONVERT = {"1": "L", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB",
-                "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+_PIL_CONVERT = {
+    "1": "L",
+    "PA": "RGBA",
+    "La": "LA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
 _PIL_DIRECT = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 

@@ -29,6 +29,7 @@ item and epoch (its ``set_epoch``), and every checkpoint holds the RNG states of
 every rank, so training ``2k`` epochs straight or ``k`` epochs then resuming for
 ``k`` more gives the same weights (on the same hardware and settings).
 """
+
 from __future__ import annotations
 
 import csv
@@ -87,7 +88,15 @@ CHECKPOINT_FORMAT = "pointcoc-classification-v2"
 """Value of the ``format`` key of every checkpoint this module writes."""
 
 METRIC_FIELDS = (
-    "epoch", "lr", "train_loss", "train_oa", "train_macc", "test_loss", "test_oa", "test_macc", "epoch_seconds",
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_oa",
+    "train_macc",
+    "test_loss",
+    "test_oa",
+    "test_macc",
+    "epoch_seconds",
 )
 """Columns of ``metrics.csv`` (OA and mAcc in percent; ``lr`` is the rate the epoch trained with)."""
 
@@ -119,7 +128,9 @@ def smooth_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.2)
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """``[K, K]`` int64 counts: row = true class, column = predicted class. ``pred, target: [B]``."""
     if pred.shape != target.shape or pred.dim() != 1:
-        raise ValueError(f"pred and target must be 1-D of the same length, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"pred and target must be 1-D of the same length, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     flat = target.long() * num_classes + pred.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
@@ -220,8 +231,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "best", "rng", "args", "digest",
-                    "best_digest")
+_CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "history",
+    "best",
+    "rng",
+    "args",
+    "digest",
+    "best_digest",
+)
 
 
 def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
@@ -249,8 +271,10 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {path}: unexpected content ({_one_line(exc)})") from None
     if digest != ckpt["digest"]:
-        raise ValueError(f"checkpoint {path}: content does not match its digest (the file is corrupted: "
-                         f"stored {str(ckpt['digest'])[:12]}..., computed {digest[:12]}...)")
+        raise ValueError(
+            f"checkpoint {path}: content does not match its digest (the file is corrupted: "
+            f"stored {str(ckpt['digest'])[:12]}..., computed {digest[:12]}...)"
+        )
     return ckpt
 
 
@@ -277,8 +301,10 @@ def repair_best_checkpoint(folder: Union[str, Path]) -> Optional[str]:
     except ValueError as exc:
         found = str(exc)
     if last["best_digest"] != last["digest"]:
-        raise ValueError(f"checkpoint {best_path}: does not hold the best epoch ({last['best'].get('epoch')}) that "
-                         f"{last_path} expects ({found}) and cannot be rebuilt from {last_path}")
+        raise ValueError(
+            f"checkpoint {best_path}: does not hold the best epoch ({last['best'].get('epoch')}) that "
+            f"{last_path} expects ({found}) and cannot be rebuilt from {last_path}"
+        )
     atomic_write(best_path, last_path.read_bytes())
     return f"repaired {best_path}: restored epoch {last['epoch']} from {last_path} ({found})"
 
@@ -422,10 +448,12 @@ def _set_epoch(dataset: Dataset, epoch: int) -> None:
 
 
 def _format_row(row: Dict[str, float], eta: float) -> str:
-    return (f"epoch {row['epoch']:>3d} | train loss {row['train_loss']:.4f} OA {row['train_oa']:6.2f} "
-            f"mAcc {row['train_macc']:6.2f} | test loss {row['test_loss']:.4f} OA {row['test_oa']:6.2f} "
-            f"mAcc {row['test_macc']:6.2f} | lr {row['lr']:.2e} | {row['epoch_seconds']:.1f}s | "
-            f"eta {eta / 60:.1f} min")
+    return (
+        f"epoch {row['epoch']:>3d} | train loss {row['train_loss']:.4f} OA {row['train_oa']:6.2f} "
+        f"mAcc {row['train_macc']:6.2f} | test loss {row['test_loss']:.4f} OA {row['test_oa']:6.2f} "
+        f"mAcc {row['test_macc']:6.2f} | lr {row['lr']:.2e} | {row['epoch_seconds']:.1f}s | "
+        f"eta {eta / 60:.1f} min"
+    )
 
 
 def _checkpoint_bytes_estimate(model: nn.Module, optimizer: str) -> int:
@@ -511,12 +539,17 @@ class Trainer:
         self.model = model.to(device)
         self.net: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            if self.ctx.distributed else self.model
+            if self.ctx.distributed
+            else self.model
         )
         self.optimizer: torch.optim.Optimizer = (
             torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-            if optimizer == "sgd" else torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay))
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs, eta_min=lr * min_lr_ratio)
+            if optimizer == "sgd"
+            else torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=epochs, eta_min=lr * min_lr_ratio
+        )
         self.amp = amp
         self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
@@ -534,23 +567,44 @@ class Trainer:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if batch_size < 1 or batch_size % self.ctx.world_size:
-            raise ValueError(f"batch_size must be a positive multiple of the {self.ctx.world_size} processes, got {batch_size}")
+            raise ValueError(
+                f"batch_size must be a positive multiple of the {self.ctx.world_size} processes, got {batch_size}"
+            )
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
         check_batch_norm_batch(model, batch_size // self.ctx.world_size, "batch_size per process")
 
     def _make_loaders(self, train_set: Dataset, test_set: Dataset, batch_size: int, workers: int) -> None:
         per_rank = batch_size // self.ctx.world_size
-        self.train_sampler = DistributedSampler(train_set, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
-                                                shuffle=True, seed=self.seed, drop_last=True)
+        self.train_sampler = DistributedSampler(
+            train_set,
+            num_replicas=self.ctx.world_size,
+            rank=self.ctx.rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+        )
         self._loader_generator = torch.Generator()
         pin = self.ctx.device.type == "cuda"
-        self.train_loader = DataLoader(train_set, batch_size=per_rank, sampler=self.train_sampler, drop_last=True,
-                                       num_workers=workers, pin_memory=pin, generator=self._loader_generator)
+        self.train_loader = DataLoader(
+            train_set,
+            batch_size=per_rank,
+            sampler=self.train_sampler,
+            drop_last=True,
+            num_workers=workers,
+            pin_memory=pin,
+            generator=self._loader_generator,
+        )
         if len(self.train_loader) == 0:
             raise ValueError(f"the training set ({len(train_set)} items) is smaller than one batch of {batch_size}")
-        self.test_loader = DataLoader(test_set, batch_size=per_rank, shuffle=False, num_workers=workers, pin_memory=pin,
-                                      sampler=ShardSampler(len(test_set), self.ctx.rank, self.ctx.world_size))
+        self.test_loader = DataLoader(
+            test_set,
+            batch_size=per_rank,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin,
+            sampler=ShardSampler(len(test_set), self.ctx.rank, self.ctx.world_size),
+        )
 
     # -- one pass ------------------------------------------------------------------------------
     def _forward(self, net: nn.Module, points: Tensor) -> Tensor:
@@ -580,8 +634,13 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.int64, device=device)
         conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs} train", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{self.epochs} train",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         for step, (points, labels) in enumerate(bar):
             labels = labels.to(device, non_blocking=True)
             logits = self._forward(self.net, points)
@@ -597,8 +656,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{float(loss_sum) / max(int(count), 1):.4f}")
         metrics = self._reduce(loss_sum, count, conf)
         if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"training loss is {metrics['loss']} in epoch {epoch + 1}; "
-                                     "lower the learning rate or run without AMP")
+            raise FloatingPointError(
+                f"training loss is {metrics['loss']} in epoch {epoch + 1}; lower the learning rate or run without AMP"
+            )
         return metrics
 
     @torch.no_grad()
@@ -615,8 +675,9 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.int64, device=device)
         conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
-        for points, labels in tqdm(self.test_loader, desc="test", leave=False, disable=not self.progress,
-                                   dynamic_ncols=True):
+        for points, labels in tqdm(
+            self.test_loader, desc="test", leave=False, disable=not self.progress, dynamic_ncols=True
+        ):
             labels = labels.to(device, non_blocking=True)
             logits = self._forward(self.model, points)
             loss_sum += smooth_cross_entropy(logits, labels, self.label_smoothing).double() * labels.numel()
@@ -653,8 +714,10 @@ class Trainer:
     def load_state_dict(self, ckpt: Dict[str, Any]) -> None:
         """Continue from a checkpoint of :meth:`state_dict` (same number of processes)."""
         if len(ckpt["rng"]) != self.ctx.world_size:
-            raise ValueError(f"the checkpoint was written by {len(ckpt['rng'])} processes; resume it with as many "
-                             f"(this run has {self.ctx.world_size})")
+            raise ValueError(
+                f"the checkpoint was written by {len(ckpt['rng'])} processes; resume it with as many "
+                f"(this run has {self.ctx.world_size})"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -694,8 +757,12 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write(self.output_dir / "metrics.csv", buf.getvalue())
-        summary = {"args": self.run_args, "epochs": self.history, "best": self.best,
-                   "last": self.history[-1] if self.history else {}}
+        summary = {
+            "args": self.run_args,
+            "epochs": self.history,
+            "best": self.best,
+            "last": self.history[-1] if self.history else {},
+        }
         atomic_write(self.output_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
 
     def _save(self, state: Dict[str, Any]) -> None:
@@ -727,9 +794,13 @@ class Trainer:
             train = self.train_one_epoch(epoch)
             self.scheduler.step()
             test = self.evaluate()
-            row = {"epoch": epoch + 1, "lr": lr,
-                   **{f"train_{k}": v for k, v in train.items()}, **{f"test_{k}": v for k, v in test.items()},
-                   "epoch_seconds": time.perf_counter() - start}
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                **{f"train_{k}": v for k, v in train.items()},
+                **{f"test_{k}": v for k, v in test.items()},
+                "epoch_seconds": time.perf_counter() - start,
+            }
             self.history.append(row)
             self.epoch = epoch + 1
             if not self.best or row["test_oa"] > self.best["test_oa"]:
@@ -752,4 +823,3 @@ def summary_lines(result: Dict[str, Any]) -> Sequence[str]:
         f"last epoch ({last['epoch']}): test OA {last['test_oa']:.2f}%  mAcc {last['test_macc']:.2f}%",
         f"best epoch ({best['epoch']}, highest test OA): test OA {best['test_oa']:.2f}%  mAcc {best['test_macc']:.2f}%",
     )
-

@@ -26,6 +26,7 @@ Cluster ids are *sample-local*: ``region * c + j`` for centre ``j`` of region
 every sample. matplotlib is optional (``pip install pointcoc[viz]``) and only
 imported when a point cloud is drawn with it.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -170,8 +171,14 @@ def record_assignments(model: nn.Module, points: Any, stage: int = 0, block: int
     c = plan.num_centres
     local = record.assignments[block] - (geo.batch * (regions * c)).unsqueeze(1)
     return StageAssignment(
-        assignment=local, pos=geo.pos, batch=geo.batch, num_samples=geo.num_samples,
-        regions=regions, centres_per_region=c, stage=stage, block=block,
+        assignment=local,
+        pos=geo.pos,
+        batch=geo.batch,
+        num_samples=geo.num_samples,
+        regions=regions,
+        centres_per_region=c,
+        stage=stage,
+        block=block,
     )
 
 
@@ -296,8 +303,9 @@ def tile_columns(n: int) -> int:
     return min(candidates, key=lambda c: (-(-n // c) * c - n, c))
 
 
-def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: int = 2,
-              gap_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+def head_grid(
+    maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: int = 2, gap_colour: Sequence[int] = (255, 255, 255)
+) -> np.ndarray:
     """Tile equally sized ``uint8 [H, W, 3]`` maps row by row into one ``uint8`` picture.
 
     ``columns`` defaults to :func:`tile_columns` of the number of maps; tiles are separated
@@ -316,7 +324,7 @@ def head_grid(maps: Sequence[np.ndarray], columns: Optional[int] = None, gap: in
     out[:] = np.asarray(gap_colour, dtype=np.uint8)
     for i, m in enumerate(maps):
         r, c = divmod(i, columns)
-        out[r * (height + gap): r * (height + gap) + height, c * (width + gap): c * (width + gap) + width] = m
+        out[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = m
     return out
 
 
@@ -379,8 +387,15 @@ def _rotation(elev: float, azim: float) -> np.ndarray:
     return np.stack([right, up, toward])
 
 
-def _render_pil(pos: np.ndarray, colours: np.ndarray, size: Tuple[int, int], elev: float, azim: float,
-                point_size: int, background: Sequence[int]) -> np.ndarray:
+def _render_pil(
+    pos: np.ndarray,
+    colours: np.ndarray,
+    size: Tuple[int, int],
+    elev: float,
+    azim: float,
+    point_size: int,
+    background: Sequence[int],
+) -> np.ndarray:
     """Orthographic z-buffered projection of the points (nearest point wins each pixel)."""
     width, height = size
     view = (pos - pos.mean(0)) @ _rotation(elev, azim).T  # [N, 3] (right, up, toward viewer)
@@ -447,8 +462,7 @@ def point_cloud_image(
             fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)  # no pyplot: no global state
             canvas = FigureCanvasAgg(fig)
             ax = fig.add_subplot(projection="3d")
-            ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=colours / 255.0, s=point_size, depthshade=False,
-                       linewidths=0)
+            ax.scatter(pos[:, 0], pos[:, 1], pos[:, 2], c=colours / 255.0, s=point_size, depthshade=False, linewidths=0)
             ax.set_box_aspect(np.maximum(np.ptp(pos, axis=0), 1e-9), zoom=1.35)
             ax.view_init(elev=elev, azim=azim)
             ax.set_axis_off()
@@ -529,8 +543,10 @@ def read_ply(path: PathLike) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         empty = np.zeros((0, len(properties)))
         table = np.loadtxt(handle, dtype=np.float64, max_rows=count, ndmin=2) if count else empty
     if table.shape != (count, len(properties)):
-        raise ValueError(f"PLY file {os.fspath(path)!r} declares {count} vertices with {len(properties)} "
-                         f"properties but holds a {table.shape} table")
+        raise ValueError(
+            f"PLY file {os.fspath(path)!r} declares {count} vertices with {len(properties)} "
+            f"properties but holds a {table.shape} table"
+        )
     pos = table[:, [properties.index(axis) for axis in "xyz"]]
     colours = None
     if all(name in properties for name in ("red", "green", "blue")):

@@ -1,4 +1,5 @@
 """Shared test utilities (devices, grid-image point batches)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,5 +1,6 @@
 """Tests of convert_official_state_dict: every released form (old/new naming, module. prefixes,
 checkpoint wrappers) converts to the same points-mode state dict; idempotence; errors."""
+
 import re
 
 import pytest

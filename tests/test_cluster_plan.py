@@ -1,4 +1,5 @@
 """Point-mode cluster plans, hand-built: regions of the lattice, FPS centres, memberships, automatic k."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,20 +44,24 @@ def test_point_mode_plan_hand_built():
 
 def test_automatic_k_is_the_group_share_rounded_up():
     geo = _lattice([(float(i), 0.0) for i in range(10)])
-    plan = make_plan(geo.pos, geo.batch, proposal="fps", centres=3, regions=None, pixel=geo.pixel,
-                     grid_size=geo.grid_size)
+    plan = make_plan(
+        geo.pos, geo.batch, proposal="fps", centres=3, regions=None, pixel=geo.pixel, grid_size=geo.grid_size
+    )
     # centres at points 0, 9, then 4 (4 and 5 tie at distance 4); k = ceil(10 / 3) = 4, ties by index
-    assert _memberships(plan) == sorted([(0, p) for p in (0, 1, 2, 3)] + [(1, p) for p in (9, 8, 7, 6)]
-                                        + [(2, p) for p in (4, 3, 5, 2)])
-    fixed = make_plan(geo.pos, geo.batch, proposal="fps", centres=3, regions=None, k=2, pixel=geo.pixel,
-                      grid_size=geo.grid_size)
+    assert _memberships(plan) == sorted(
+        [(0, p) for p in (0, 1, 2, 3)] + [(1, p) for p in (9, 8, 7, 6)] + [(2, p) for p in (4, 3, 5, 2)]
+    )
+    fixed = make_plan(
+        geo.pos, geo.batch, proposal="fps", centres=3, regions=None, k=2, pixel=geo.pixel, grid_size=geo.grid_size
+    )
     assert fixed.centre_count.tolist() == [2, 2, 2]
 
 
 def test_small_regions_propose_every_point_and_absent_centres_are_invalid():
     geo = _lattice([(0.0, 0.0), (0.0, 1.0), (5.0, 5.0)], torch.tensor([0, 0, 1]))
-    plan = make_plan(geo.pos, geo.batch, proposal="fps", centres=2, regions=None, pixel=geo.pixel,
-                     grid_size=geo.grid_size)
+    plan = make_plan(
+        geo.pos, geo.batch, proposal="fps", centres=2, regions=None, pixel=geo.pixel, grid_size=geo.grid_size
+    )
     assert plan.centre_valid.tolist() == [[True, True], [True, False]]
     assert _memberships(plan) == [(0, 0), (1, 1), (2, 2)]
 

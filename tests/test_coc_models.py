@@ -1,4 +1,5 @@
 """Points-mode CoC models: equivalence with the grid reference, parameter counts, point sets of every kind."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -24,8 +25,13 @@ PARAMS = {
 # smallest image side each variant's grid reference accepts below 224 (folds must divide every stage)
 SMALL = {"coc_tiny": 64, "coc_tiny2": 112, "coc_tiny_plain": 64, "coc_small": 64, "coc_medium": 64}
 # image sizes (H, W) the grid reference accepts where some stage has an odd side
-ODD = {"coc_tiny": (32, 96), "coc_tiny2": (56, 56), "coc_tiny_plain": (68, 44), "coc_small": (32, 96),
-       "coc_medium": (32, 96)}
+ODD = {
+    "coc_tiny": (32, 96),
+    "coc_tiny2": (56, 56),
+    "coc_tiny_plain": (68, 44),
+    "coc_small": (32, 96),
+    "coc_medium": (32, 96),
+}
 # point mode with the grid-bin centre proposal: the computation of the grid reference
 POINT = dict(mode="point", point_proposal="grid")
 
@@ -105,7 +111,9 @@ def test_lattice_mode_equals_grid_model_224_float32():
     images = torch.rand(1, 3, 224, 224, dtype=torch.float64)
     grid32, points32 = grid.float(), points.float()
     ref = grid32(images.float())
-    torch.testing.assert_close(points32(pc.image_to_points(images.float())), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    torch.testing.assert_close(
+        points32(pc.image_to_points(images.float())), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item()
+    )
 
 
 def test_lattice_mode_gradients_match_grid_model():
@@ -149,8 +157,9 @@ def test_runs_on_discrete_masked_and_point_clouds(device, proposal, regions):
     cloud_model = pc.create_model("coc_tiny", pos_dim=3, in_chans=1, **kw).to(device)
     n = torch.tensor([900, 700])
     xyz = torch.randn(int(n.sum()), 3, device=device)
-    pts = SimpleNamespace(x=xyz.norm(dim=1, keepdim=True), pos=xyz,
-                          batch=torch.arange(2, device=device).repeat_interleave(n.to(device)))
+    pts = SimpleNamespace(
+        x=xyz.norm(dim=1, keepdim=True), pos=xyz, batch=torch.arange(2, device=device).repeat_interleave(n.to(device))
+    )
     assert _check_backward(cloud_model, pts).shape == (2, 7)
 
 
@@ -208,7 +217,11 @@ def test_model_bad_input():
 
 def _old_naming(sd):
     """The older released naming: token_mixer fc1/fc2/fc_v and 1x1-conv MLP weights."""
-    rename = {"token_mixer.f.": "token_mixer.fc1.", "token_mixer.proj.": "token_mixer.fc2.", "token_mixer.v.": "token_mixer.fc_v."}
+    rename = {
+        "token_mixer.f.": "token_mixer.fc1.",
+        "token_mixer.proj.": "token_mixer.fc2.",
+        "token_mixer.v.": "token_mixer.fc_v.",
+    }
     out = {}
     for k, v in sd.items():
         for a, b in rename.items():
@@ -241,9 +254,12 @@ def test_released_state_dicts_load_and_match_grid_logits(form):
 def _permuted(points, generator):
     """The same point batch with the points of every sample in a random order."""
     ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(points.batch).cumsum(0)])
-    perm = torch.cat([int(ptr[b]) + torch.randperm(int(ptr[b + 1] - ptr[b]), generator=generator)
-                      for b in range(len(ptr) - 1)])
-    fields = {k: getattr(points, k)[perm] for k in ("x", "pos", "batch", "pixel") if getattr(points, k, None) is not None}
+    perm = torch.cat(
+        [int(ptr[b]) + torch.randperm(int(ptr[b + 1] - ptr[b]), generator=generator) for b in range(len(ptr) - 1)]
+    )
+    fields = {
+        k: getattr(points, k)[perm] for k in ("x", "pos", "batch", "pixel") if getattr(points, k, None) is not None
+    }
     if getattr(points, "grid_size", None) is not None:
         fields["grid_size"] = points.grid_size
     return SimpleNamespace(**fields)
@@ -270,15 +286,20 @@ def test_point_mode_is_order_invariant_on_images():
 
 
 @settings(max_examples=6, deadline=None)
-@given(sizes=st.lists(st.integers(40, 400), min_size=1, max_size=2), seed=st.integers(0, 2**16),
-       pitch=st.sampled_from([None, 0.2]))
+@given(
+    sizes=st.lists(st.integers(40, 400), min_size=1, max_size=2),
+    seed=st.integers(0, 2**16),
+    pitch=st.sampled_from([None, 0.2]),
+)
 def test_point_mode_is_order_invariant_on_3d_clouds(sizes, seed, pitch):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = pc.create_model("coc_mini", num_classes=4, in_chans=1, pos_dim=3, mode="point", pitch=pitch).double()
     counts = torch.tensor(sizes)
     xyz = torch.randn(int(counts.sum()), 3, generator=g, dtype=torch.float64)
-    cloud = SimpleNamespace(x=xyz.norm(dim=1, keepdim=True), pos=xyz, batch=torch.arange(len(sizes)).repeat_interleave(counts))
+    cloud = SimpleNamespace(
+        x=xyz.norm(dim=1, keepdim=True), pos=xyz, batch=torch.arange(len(sizes)).repeat_interleave(counts)
+    )
     _assert_order_invariant(model, cloud, seeds=[seed])
 
 
@@ -287,8 +308,13 @@ def test_point_mode_is_order_invariant_on_the_rgbd_example_cloud():
 
     rgbd = load_example("rgbd")
     rgb, depth, intrinsics, scale = rgbd.synthetic_frame(48, 64)
-    cloud = pc.rgbd_to_points(torch.from_numpy(rgb).permute(2, 0, 1).double() / 255, depth, intrinsics=intrinsics,
-                              depth_scale=scale, mode="xyz")
+    cloud = pc.rgbd_to_points(
+        torch.from_numpy(rgb).permute(2, 0, 1).double() / 255,
+        depth,
+        intrinsics=intrinsics,
+        depth_scale=scale,
+        mode="xyz",
+    )
     torch.manual_seed(0)
     model = pc.create_model("coc_tiny", num_classes=3, in_chans=3, pos_dim=3, mode="point").double()
     out = _assert_order_invariant(model, cloud)
@@ -325,7 +351,9 @@ def test_stem_trailing_rows_point_mode_keeps_them_lattice_mode_drops_them():
 def test_point_mode_pitch_argument_and_attribute():
     torch.manual_seed(0)
     xyz = torch.rand(300, 3, dtype=torch.float64)
-    cloud = SimpleNamespace(x=torch.ones(300, 1, dtype=torch.float64), pos=xyz, batch=torch.zeros(300, dtype=torch.long))
+    cloud = SimpleNamespace(
+        x=torch.ones(300, 1, dtype=torch.float64), pos=xyz, batch=torch.zeros(300, dtype=torch.long)
+    )
     model = pc.create_model("coc_mini", num_classes=2, in_chans=1, pos_dim=3, mode="point").double().eval()
     assert model.forward_intermediates(cloud)[0].geometry.pitch[0, 0] != 0.05 * 2
     model.pitch = 0.05
@@ -340,8 +368,13 @@ def test_point_mode_pitch_argument_and_attribute():
 
 
 def test_mode_names_and_bad_options():
-    for kw, match in ((dict(mode="grid"), "mode"), (dict(mode="knn"), "mode"), (dict(point_proposal="mean"), "point_proposal"),
-                      (dict(point_anchors="voxel"), "point_anchors"), (dict(pos_dim=4), "pos_dim")):
+    for kw, match in (
+        (dict(mode="grid"), "mode"),
+        (dict(mode="knn"), "mode"),
+        (dict(point_proposal="mean"), "point_proposal"),
+        (dict(point_anchors="voxel"), "point_anchors"),
+        (dict(pos_dim=4), "pos_dim"),
+    ):
         with pytest.raises(ValueError, match=match):
             pc.create_model("coc_mini", **kw)
     cloud = SimpleNamespace(x=torch.rand(50, 3), pos=torch.rand(50, 3), batch=torch.zeros(50, dtype=torch.long))

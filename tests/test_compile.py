@@ -6,6 +6,7 @@ default backend, which used to fail), the rest through dynamo + AOT autograd. FP
 plans run eagerly inside the compiled models (``torch.compiler.disable`` or graph breaks:
 they read sizes on the host), everything else is compiled.
 """
+
 from __future__ import annotations
 
 import copy
@@ -79,6 +80,7 @@ def test_coc_point_mode_compiled_matches_eager():
     another size recompiles, see docs/design.md section 8)."""
     torch.manual_seed(0)
     model = ContextClusterNet(_SMALL_COC, num_classes=3, mode="point")
-    points = pc.sample_pixels(pc.image_to_points(torch.rand(2, 3, 32, 32)), ratio=0.5,
-                              generator=torch.Generator().manual_seed(0))
+    points = pc.sample_pixels(
+        pc.image_to_points(torch.rand(2, 3, 32, 32)), ratio=0.5, generator=torch.Generator().manual_seed(0)
+    )
     _compiled_matches_eager(model, points, "aot_eager", train=False)

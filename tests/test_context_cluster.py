@@ -1,4 +1,5 @@
 """The points-mode context-cluster operation against the grid reference and brute force."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,13 +22,17 @@ def _copy_grid_weights(grid: Cluster, layer: ContextCluster) -> None:
         layer.sim_beta.copy_(grid.sim_beta)
 
 
-def _grid_vs_points(fold, centres, heads, size=(56, 56), batch=1, dim=4, head_dim=3, normalize="similarity",
-                    device="cpu", alpha=None):
+def _grid_vs_points(
+    fold, centres, heads, size=(56, 56), batch=1, dim=4, head_dim=3, normalize="similarity", device="cpu", alpha=None
+):
     torch.manual_seed(fold * 100 + centres * 10 + heads)
     H, W = size
     grid = Cluster(dim, dim + 1, centres, centres, fold, fold, heads, head_dim, normalize).double().to(device)
-    layer = ContextCluster(dim, dim + 1, heads, head_dim, "grid", (centres, centres), fold,
-                           normalize=normalize).double().to(device)
+    layer = (
+        ContextCluster(dim, dim + 1, heads, head_dim, "grid", (centres, centres), fold, normalize=normalize)
+        .double()
+        .to(device)
+    )
     with torch.no_grad():  # non-trivial similarity parameters
         grid.sim_alpha.fill_(1.7 if alpha is None else alpha)
         grid.sim_beta.fill_(-0.3)
@@ -46,8 +51,12 @@ def _grid_vs_points(fold, centres, heads, size=(56, 56), batch=1, dim=4, head_di
     for name in ("f", "v", "proj"):
         for p in ("weight", "bias"):
             gp = getattr(getattr(grid, name), p).grad
-            torch.testing.assert_close(getattr(getattr(layer, name), p).grad, gp.reshape(gp.size(0), -1).squeeze(-1)
-                                       if p == "weight" else gp, rtol=0, atol=1e-10)
+            torch.testing.assert_close(
+                getattr(getattr(layer, name), p).grad,
+                gp.reshape(gp.size(0), -1).squeeze(-1) if p == "weight" else gp,
+                rtol=0,
+                atol=1e-10,
+            )
     for p in ("sim_alpha", "sim_beta"):
         torch.testing.assert_close(getattr(layer, p).grad, getattr(grid, p).grad, rtol=0, atol=1e-10)
 
@@ -90,8 +99,9 @@ def test_mean_proposal_matches_brute_force():
     f = torch.randn(14, 2, 3, dtype=torch.float64)
     v = torch.randn(14, 2, 3, dtype=torch.float64)
     plan = pc.nn.make_plan(None, group, proposal="mean", regions=None)
-    out, centre = pc.nn.context_cluster(f, v, plan, torch.tensor([1.3], dtype=torch.float64),
-                                        torch.tensor([0.2], dtype=torch.float64))
+    out, centre = pc.nn.context_cluster(
+        f, v, plan, torch.tensor([1.3], dtype=torch.float64), torch.tensor([0.2], dtype=torch.float64)
+    )
     members = {g: [(group == g).nonzero().flatten()] for g in range(3)}
     torch.testing.assert_close(out, _brute_force(f, v, group, members, 1.3, 0.2), rtol=0, atol=1e-12)
     assert torch.equal(centre, group[:, None].expand(14, 2))
@@ -106,8 +116,9 @@ def test_index_proposal_matches_brute_force():
     index = torch.tensor([3, 0, 7, 15, 12])
     plan = pc.nn.make_plan(pos, batch, proposal="index", index=index, k=3, regions=None)
     assert plan.num_centres == 3 and plan.centre_valid is not None
-    out, _ = pc.nn.context_cluster(f, v, plan, torch.tensor([2.0], dtype=torch.float64),
-                                   torch.tensor([-0.5], dtype=torch.float64))
+    out, _ = pc.nn.context_cluster(
+        f, v, plan, torch.tensor([2.0], dtype=torch.float64), torch.tensor([-0.5], dtype=torch.float64)
+    )
     members = {}
     for g, props in ((0, [3, 0, 7]), (1, [15, 12])):
         pts = (batch == g).nonzero().flatten()
@@ -127,14 +138,16 @@ def test_block_checkpointing_keeps_values_and_gradients(device, proposal):
     from pointcoc.nn.geometry import point_lattice
 
     torch.manual_seed(0)
-    pts = pc.sample_pixels(pc.image_to_points(torch.rand(3, 1, 12, 10, dtype=torch.float64, device=device)), 0.7,
-                           generator=torch.Generator(device=device).manual_seed(1))
+    pts = pc.sample_pixels(
+        pc.image_to_points(torch.rand(3, 1, 12, 10, dtype=torch.float64, device=device)),
+        0.7,
+        generator=torch.Generator(device=device).manual_seed(1),
+    )
     geo = point_lattice(pc.models.coc.as_point_batch(pts)[1])
     block = CocBlock(6, 2.0, 2, 3, 2, 2, drop_path=0.5).double().to(device).train()
     with torch.no_grad():
         block.layer_scale_1.fill_(0.7), block.layer_scale_2.fill_(-0.4), block.token_mixer.sim_alpha.fill_(1.9)
-    plan = block.token_mixer.make_plan(geo.pos, geo.batch, pixel=geo.pixel, grid_size=geo.grid_size,
-                                       proposal=proposal)
+    plan = block.token_mixer.make_plan(geo.pos, geo.batch, pixel=geo.pixel, grid_size=geo.grid_size, proposal=proposal)
     x = torch.randn(geo.pos.size(0), 6, dtype=torch.float64, device=device)
     results = []
     for checkpointing in (True, False):

@@ -1,4 +1,5 @@
 """ScanObjectNN loading/validation/augmentation and the generated demo set."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,19 +41,37 @@ def random_split(rng: np.random.Generator, objects: int = 6, points: int = 64):
 
 # ----------------------------------------------------------------------------- layout and names
 def test_class_names_in_label_order():
-    assert CLASS_NAMES == ("bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
-                           "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet")
+    assert CLASS_NAMES == (
+        "bag",
+        "bin",
+        "box",
+        "cabinet",
+        "chair",
+        "desk",
+        "display",
+        "door",
+        "shelf",
+        "table",
+        "bed",
+        "pillow",
+        "sink",
+        "sofa",
+        "toilet",
+    )
     assert ScanObjectNN.classes == CLASS_NAMES
 
 
-@pytest.mark.parametrize("variant, split, expected", [
-    ("PB_T50_RS", "train", "h5_files/main_split/training_objectdataset_augmentedrot_scale75.h5"),
-    ("PB_T50_RS", "test", "h5_files/main_split/test_objectdataset_augmentedrot_scale75.h5"),
-    ("OBJ_BG", "train", "h5_files/main_split/training_objectdataset.h5"),
-    ("OBJ_BG", "test", "h5_files/main_split/test_objectdataset.h5"),
-    ("OBJ_ONLY", "train", "h5_files/main_split_nobg/training_objectdataset.h5"),
-    ("OBJ_ONLY", "test", "h5_files/main_split_nobg/test_objectdataset.h5"),
-])
+@pytest.mark.parametrize(
+    "variant, split, expected",
+    [
+        ("PB_T50_RS", "train", "h5_files/main_split/training_objectdataset_augmentedrot_scale75.h5"),
+        ("PB_T50_RS", "test", "h5_files/main_split/test_objectdataset_augmentedrot_scale75.h5"),
+        ("OBJ_BG", "train", "h5_files/main_split/training_objectdataset.h5"),
+        ("OBJ_BG", "test", "h5_files/main_split/test_objectdataset.h5"),
+        ("OBJ_ONLY", "train", "h5_files/main_split_nobg/training_objectdataset.h5"),
+        ("OBJ_ONLY", "test", "h5_files/main_split_nobg/test_objectdataset.h5"),
+    ],
+)
 def test_dataset_file_layout(variant, split, expected):
     assert dataset_file("root", variant, split) == Path("root") / expected
     assert set(VARIANTS) == {"PB_T50_RS", "OBJ_BG", "OBJ_ONLY"}
@@ -144,22 +163,25 @@ def _data_is_group(path, data, label):
         f["label"] = label
 
 
-@pytest.mark.parametrize("make, what", [
-    (_missing_label, "missing dataset 'label'"),
-    (_wrong_data_shape, r"'data' must have shape \[S, P, 3\], got \[6, 64, 2\]"),
-    (_flat_data, r"'data' must have shape \[S, P, 3\], got \[6, 192\]"),
-    (_float_labels, "'label' must hold integers, got dtype float32"),
-    (_int_data, "'data' must hold floats, got dtype int32"),
-    (_label_matrix, r"'label' must have shape \[S\] or \[S, 1\], got \[6, 2\]"),
-    (_count_mismatch, "'data' holds 6 objects but 'label' holds 5"),
-    (_label_out_of_range, r"labels must be in \[0, 15\), found 15 at object 0 \(range \[15, 15\]\)"),
-    (_nan, "NaN or inf"),
-    (_empty, "holds no objects"),
-    (_too_few_points, "objects have 10 points, fewer than the 32 requested"),
-    (_truncated, "cannot be read as HDF5"),
-    (_not_hdf5, "cannot be read as HDF5"),
-    (_data_is_group, "'data' is a group"),
-])
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (_missing_label, "missing dataset 'label'"),
+        (_wrong_data_shape, r"'data' must have shape \[S, P, 3\], got \[6, 64, 2\]"),
+        (_flat_data, r"'data' must have shape \[S, P, 3\], got \[6, 192\]"),
+        (_float_labels, "'label' must hold integers, got dtype float32"),
+        (_int_data, "'data' must hold floats, got dtype int32"),
+        (_label_matrix, r"'label' must have shape \[S\] or \[S, 1\], got \[6, 2\]"),
+        (_count_mismatch, "'data' holds 6 objects but 'label' holds 5"),
+        (_label_out_of_range, r"labels must be in \[0, 15\), found 15 at object 0 \(range \[15, 15\]\)"),
+        (_nan, "NaN or inf"),
+        (_empty, "holds no objects"),
+        (_too_few_points, "objects have 10 points, fewer than the 32 requested"),
+        (_truncated, "cannot be read as HDF5"),
+        (_not_hdf5, "cannot be read as HDF5"),
+        (_data_is_group, "'data' is a group"),
+    ],
+)
 def test_bad_files_give_one_clear_error(tmp_path, make, what):
     data, label = random_split(np.random.default_rng(1))
     path = tmp_path / "bad.h5"

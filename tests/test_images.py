@@ -1,4 +1,5 @@
 """Images as point sets: round trips, any image size, masked images as sparse lattices, the examples."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ from tests.helpers import DEVICES, load_example
 @pytest.mark.parametrize("device", DEVICES)
 def test_round_trip_odd_and_ragged_sizes(device):
     a = torch.rand(3, 17, 23, device=device)
-    torch.testing.assert_close(pc.points_to_image(pc.image_to_points(a).x, pc.image_to_points(a)), a[None],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        pc.points_to_image(pc.image_to_points(a).x, pc.image_to_points(a)), a[None], rtol=0, atol=0
+    )
     b, c = torch.rand(3, 20, 20, device=device), torch.rand(3, 31, 17, device=device)
     pts = pc.image_to_points([b, c])
     canvas = pc.points_to_image(pts.x, pts, fill_value=-1.0)
@@ -131,8 +133,10 @@ def test_digit_formats():
     assert ((h * w - 64).abs() <= 8).all() and (h <= 2 * w).all() and (w <= 2 * h).all()
     disc = images.format_mask("disc", 2, 8, g)
     assert disc[0].int().tolist()[0] == [0, 0, 1, 1, 1, 1, 0, 0] and torch.equal(disc[0], disc[1])
-    torch.testing.assert_close(images.format_mask("discrete", 3, 8, torch.Generator().manual_seed(5)),
-                               images.format_mask("discrete", 3, 8, torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(
+        images.format_mask("discrete", 3, 8, torch.Generator().manual_seed(5)),
+        images.format_mask("discrete", 3, 8, torch.Generator().manual_seed(5)),
+    )
 
 
 def test_digits_quick_mode_full_grid(tmp_path):
@@ -169,8 +173,12 @@ def test_rgbd_example_on_synthetic_frame(tmp_path):
 def test_digit_table_has_three_columns():
     images = load_example("images")
     run = lambda a: dict(accuracy=a)  # noqa: E731
-    table = images._table({"grid": {"point": run(0.98), "lattice": run(0.97)},
-                           "masked": {"point": run(0.9), "lattice": run(0.91), "zeros": run(0.88)}})
+    table = images._table(
+        {
+            "grid": {"point": run(0.98), "lattice": run(0.97)},
+            "masked": {"point": run(0.9), "lattice": run(0.91), "zeros": run(0.88)},
+        }
+    )
     assert table.splitlines() == [
         "| format | point mode (FPS centres) | lattice mode | zero-filled grid |",
         "|---|---|---|---|",

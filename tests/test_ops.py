@@ -3,6 +3,7 @@
 Oracles are plain numpy loops (float64, or float32 arithmetic where stated), started at
 each sample's first point for FPS, ordered by (distance, index) for kNN.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -658,6 +659,16 @@ def test_grid_rejects_bad_input():
 
 
 def test_public_exports():
-    for name in ("fps", "knn", "knn_padded", "knn_dense", "random_sample", "grid_proposal",
-                 "set_backend", "get_backend", "use_backend", "to_dense_batch"):
+    for name in (
+        "fps",
+        "knn",
+        "knn_padded",
+        "knn_dense",
+        "random_sample",
+        "grid_proposal",
+        "set_backend",
+        "get_backend",
+        "use_backend",
+        "to_dense_batch",
+    ):
         assert name in pc.ops.__all__ and callable(getattr(pc.ops, name))

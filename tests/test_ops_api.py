@@ -5,6 +5,7 @@ Hand-built geometries with expected indices worked out by hand from the semantic
 (float64) and scipy cKDTree oracles on random ragged batches; equality with torch-cluster where
 it is installed (skipped otherwise).
 """
+
 from __future__ import annotations
 
 import math
@@ -278,8 +279,9 @@ def test_fps_tensor_ratio_per_sample(device):
     for (lo, hi), r in zip([(0, 10), (10, 17), (17, 21)], [0.2, 0.5, 1.0]):
         alone += (fps(pos[lo:hi], ratio=r, random_start=False) + lo).tolist()
     assert out.tolist() == alone and len(alone) == 2 + 4 + 4
-    assert torch.equal(fps(pos, batch, ratio=torch.tensor(0.5), random_start=False),
-                       fps(pos, batch, ratio=0.5, random_start=False))
+    assert torch.equal(
+        fps(pos, batch, ratio=torch.tensor(0.5), random_start=False), fps(pos, batch, ratio=0.5, random_start=False)
+    )
     with pytest.raises(ValueError, match="ratio"):
         fps(pos, batch, ratio=torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="ratio"):

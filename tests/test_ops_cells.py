@@ -6,6 +6,7 @@ bound against the float64 distance of every point outside the block; a wrong cel
 run or ring radius fails here. End to end, knn_padded with the grid forced equals a float64
 brute force on dense clouds (many cells, so most queries rely on the region bound).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ brute force on the input values as given, ties by index, for 2-8 coordinates, of
 1e4 x the spread, duplicates, and every float dtype; ValueError where float64 overflows.
 scipy's cKDTree is an independent oracle for the neighbour distances.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -8,6 +8,7 @@ state dict (``{'net': {'module.' + name: tensor}}``, 1x1 weights ``[out, in, 1]`
 ``fc1``/``fc_v``/``fc2`` in the context clusters), and pointcoc's model loads the
 same checkpoint through ``pc.convert_official_state_dict``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -221,7 +222,7 @@ def _pair(name: str, points: int, k: int):
     _randomise(model)
     released = to_released(model)
     ref = ReferencePointMLP(name, points=points, k=k).double()
-    ref.load_state_dict({key[len("module."):]: v for key, v in released["net"].items()})
+    ref.load_state_dict({key[len("module.") :]: v for key, v in released["net"].items()})
     with torch.no_grad():  # forget everything, then load the released checkpoint
         for t in list(model.parameters()) + list(model.buffers()):
             t.zero_()

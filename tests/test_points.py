@@ -1,4 +1,5 @@
 """Tests for pointcoc.points: images / masks / pixels / RGB-D -> point sets, and back."""
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,20 @@ def test_positions_3x4_hand_computed_float64():
     pts = image_to_points(img)
     third = 1.0 / 3.0
     expected = torch.tensor(
-        [[-0.5, -0.5], [-0.5, third - 0.5], [-0.5, 2 * third - 0.5], [-0.5, 0.5],
-         [0.0, -0.5], [0.0, third - 0.5], [0.0, 2 * third - 0.5], [0.0, 0.5],
-         [0.5, -0.5], [0.5, third - 0.5], [0.5, 2 * third - 0.5], [0.5, 0.5]],
+        [
+            [-0.5, -0.5],
+            [-0.5, third - 0.5],
+            [-0.5, 2 * third - 0.5],
+            [-0.5, 0.5],
+            [0.0, -0.5],
+            [0.0, third - 0.5],
+            [0.0, 2 * third - 0.5],
+            [0.0, 0.5],
+            [0.5, -0.5],
+            [0.5, third - 0.5],
+            [0.5, 2 * third - 0.5],
+            [0.5, 0.5],
+        ],
         dtype=torch.float64,
     )
     assert pts.pos.dtype == torch.float64 and pts.x.dtype == torch.float64
@@ -83,7 +95,7 @@ def test_batched_tensor(device):
     assert torch.equal(pts.pixel.cpu(), row_major_pixels(4, 5).repeat(3, 1))
     assert torch.equal(pts.pos.cpu(), reference_pos(4, 5).repeat(3, 1))
     for b in range(3):
-        assert torch.equal(pts.x[20 * b:20 * (b + 1)], imgs[b].permute(1, 2, 0).reshape(20, 3))
+        assert torch.equal(pts.x[20 * b : 20 * (b + 1)], imgs[b].permute(1, 2, 0).reshape(20, 3))
     assert all(t.device.type == device for t in (pts.x, pts.pos, pts.batch, pts.ptr, pts.pixel, pts.grid_size))
 
 

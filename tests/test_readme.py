@@ -1,4 +1,5 @@
 """The README's code works as written: every ```python block runs on its own, and CI runs the README's commands."""
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,20 @@ PYTHON_BLOCKS = fenced_blocks(README, "python")
 def block_results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readme")
     (folder / "blocks.json").write_text(json.dumps(PYTHON_BLOCKS))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(folder / "results.json")],
-                         cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(folder / "blocks.json"), str(folder / "results.json")],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr
     return json.loads((folder / "results.json").read_text())
 
@@ -70,8 +81,11 @@ def test_readme_python_block_runs(block_results, index):
 def test_runner_catches_a_block_that_needs_another_blocks_names(tmp_path):
     """A block using a name only an earlier block defines fails: the namespaces are separate."""
     (tmp_path / "blocks.json").write_text(json.dumps(["import math\nx = 1\nprint(x)\n", "print(x, math.pi)\n"]))
-    subprocess.run([sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), str(tmp_path / "out.json")],
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), str(tmp_path / "out.json")],
+        check=True,
+        timeout=60,
+    )
     first, second = json.loads((tmp_path / "out.json").read_text())
     assert first == {"stdout": "1\n", "error": None}
     assert "NameError" in second["error"]
@@ -79,8 +93,12 @@ def test_runner_catches_a_block_that_needs_another_blocks_names(tmp_path):
 
 def test_ci_runs_the_readme_test_command():
     """.ci/run installs and tests with exactly the README's test command (``pip`` as ``python -m pip``)."""
-    command = next(line for block in fenced_blocks(README, "bash") for line in block.splitlines()
-                   if "pytest" in line and line.startswith("pip install"))
+    command = next(
+        line
+        for block in fenced_blocks(README, "bash")
+        for line in block.splitlines()
+        if "pytest" in line and line.startswith("pip install")
+    )
     install, test = (part.strip() for part in command.split("&&"))
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert f"python -m {install}" in ci

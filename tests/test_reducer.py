@@ -1,4 +1,5 @@
 """Point-mode reducer: lattices and pitch, grid-subsampled anchors, kernel taps with linear influence."""
+
 from __future__ import annotations
 
 import itertools
@@ -96,8 +97,9 @@ def test_grid_subsample_hand_built():
     geo = _cloud(pos, pitch=1.0)
     new = grid_subsample(geo, (3, 3), (2, 2), (1, 1))
     assert new.pixel.tolist() == [[0, 0], [0, 2], [1, 0], [2, 2]]  # cell (0,0) holds points 0 and 1
-    torch.testing.assert_close(new.pos, torch.tensor([[0.0, 0.0], [0.0, 4.0], [2.0, 0.0], [4.0, 4.0]],
-                                                     dtype=torch.float64))
+    torch.testing.assert_close(
+        new.pos, torch.tensor([[0.0, 0.0], [0.0, 4.0], [2.0, 0.0], [4.0, 4.0]], dtype=torch.float64)
+    )
     assert new.grid_size.tolist() == [[3, 3]]
     torch.testing.assert_close(new.pitch, torch.full((1, 2), 2.0, dtype=torch.float64))
     stem = grid_subsample(geo, (4, 4), (4, 4), (0, 0))  # cells of 4, anchors at the window centres 1.5
@@ -122,7 +124,11 @@ def test_fps_starts_farthest_from_the_bounding_box_centre():
     picks = fps_from_centre(pos, torch.zeros(6, dtype=torch.long), 1, num_points=3)
     assert picks.tolist() == [0, 3, 1]
     other = torch.tensor([[0.0, 1.0], [4.0, 0.0], [1.0, 3.0], [2.0, 1.0]])  # box centre (2, 1.5): point 1 is farthest
-    assert fps_from_centre(other, torch.zeros(4, dtype=torch.long), 1, num_points=3).tolist() == [1, 2, 0]  # then 0 and 3 tie (5): the lower
+    assert fps_from_centre(other, torch.zeros(4, dtype=torch.long), 1, num_points=3).tolist() == [
+        1,
+        2,
+        0,
+    ]  # then 0 and 3 tie (5): the lower
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,8 +146,11 @@ def test_tap_coverage_hand_built():
     """Lattice 3x3 (pitch 1, origin 0), 3x3 kernel: inside taps are those whose node rounds into the extent."""
     nodes = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij"), -1).reshape(-1, 2)
     geo = _cloud(nodes.double(), pitch=1.0)
-    anchors = PointGeometry(pos=torch.tensor([[0.0, 0.0], [1.0, 1.5]], dtype=torch.float64),
-                            batch=torch.zeros(2, dtype=torch.long), num_samples=1)
+    anchors = PointGeometry(
+        pos=torch.tensor([[0.0, 0.0], [1.0, 1.5]], dtype=torch.float64),
+        batch=torch.zeros(2, dtype=torch.long),
+        num_samples=1,
+    )
     influence = torch.zeros(2, 9, dtype=torch.float64)
     # anchor 0: taps at nodes -1..1 per axis, inside: rows 1-2 x cols 1-2 = taps 4, 5, 7, 8;
     # tap 0 (outside) is ignored, tap 4 counts at most 1: (1 + 0.5 + 0.25) / 4
@@ -188,7 +197,10 @@ def test_point_reducer_matches_brute_force_off_lattice(pos_dim, anchors):
         reducer = PointReducer(3, 4, kernel, stride, padding, pos_dim=pos_dim, anchors=anchors).double()
         out, new = reducer(x, geo, "point", generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(out, _brute_force(reducer, x, geo, new), rtol=0, atol=1e-12)
-        assert new.counts.tolist() == grid_subsample(geo, kernel, (stride,) * pos_dim, (padding,) * pos_dim).counts.tolist()
+        assert (
+            new.counts.tolist()
+            == grid_subsample(geo, kernel, (stride,) * pos_dim, (padding,) * pos_dim).counts.tolist()
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -239,7 +251,9 @@ def test_lattice_anchors_are_the_occupied_cells():
     """3x3 stride 2: an anchor exists when its cell (2x2 pixels from 2 * anchor) holds a point,
     even if its window reaches other points; the same in point and lattice mode."""
     mask = torch.zeros(6, 6, dtype=torch.bool)
-    mask[1, 1] = mask[4, 3] = True  # cells (0, 0) and (2, 1); pixel (1, 1) is also in the windows of (0, 1), (1, 0), (1, 1)
+    mask[1, 1] = mask[4, 3] = (
+        True  # cells (0, 0) and (2, 1); pixel (1, 1) is also in the windows of (0, 1), (1, 0), (1, 1)
+    )
     pts = pc.image_to_points(torch.rand(1, 6, 6, dtype=torch.float64), mask=mask)
     x, geo = as_point_batch(pts)
     reducer = PointReducer(1, 2, 3, 2, 1).double()

@@ -1,5 +1,6 @@
 """Tests of the reference implementation: the plain context cluster (against a float64 numpy
 oracle and hand-built cases) and the CoC image models (names, shapes, parameter counts)."""
+
 import dataclasses
 import math
 
@@ -59,7 +60,9 @@ def cluster_oracle(layer: Cluster, x: np.ndarray) -> np.ndarray:
                     assign, weight = [], []
                     for p in pts_f:
                         sims = [
-                            _sigmoid(beta + alpha * (c @ p) / (max(np.linalg.norm(c), 1e-12) * max(np.linalg.norm(p), 1e-12)))
+                            _sigmoid(
+                                beta + alpha * (c @ p) / (max(np.linalg.norm(c), 1e-12) * max(np.linalg.norm(p), 1e-12))
+                            )
                             for c in centres
                         ]
                         assign.append(int(np.argmax(sims)))  # first maximum
@@ -68,7 +71,9 @@ def cluster_oracle(layer: Cluster, x: np.ndarray) -> np.ndarray:
                     for m in range(len(centres)):
                         members = [n for n, a in enumerate(assign) if a == m]
                         num = vcentres[m] + sum((weight[n] * pts_v[n] for n in members), np.zeros(layer.head_dim))
-                        den = 1.0 + (sum(weight[n] for n in members) if layer.normalize == "similarity" else len(members))
+                        den = 1.0 + (
+                            sum(weight[n] for n in members) if layer.normalize == "similarity" else len(members)
+                        )
                         g.append(num / den)
                     out = np.stack([weight[n] * g[assign[n]] for n in range(len(assign))])  # [N, c]
                     mixed[b, chs, rows, cols] = out.T.reshape(layer.head_dim, th, tw)
@@ -104,8 +109,15 @@ def _randomised(layer: Cluster, seed: int) -> Cluster:
 def test_cluster_matches_numpy_oracle(device, normalize, size, prop_hw, regions_hw, heads):
     torch.manual_seed(0)
     layer = Cluster(
-        5, 4, centres_w=prop_hw[1], centres_h=prop_hw[0], regions_w=regions_hw[1], regions_h=regions_hw[0],
-        heads=heads, head_dim=3, normalize=normalize,
+        5,
+        4,
+        centres_w=prop_hw[1],
+        centres_h=prop_hw[0],
+        regions_w=regions_hw[1],
+        regions_h=regions_hw[0],
+        heads=heads,
+        head_dim=3,
+        normalize=normalize,
     ).double()
     _randomised(layer, seed=sum(size) + heads)
     x = torch.randn(2, 5, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -140,7 +152,9 @@ def test_cluster_hand_computed_single_centre():
 
 def test_cluster_ties_go_to_lowest_centre():
     # Two centres (1 row x 2 columns of bins) with identical similarity features, different value centres.
-    layer = Cluster(3, 2, centres_w=2, centres_h=1, regions_w=1, regions_h=1, heads=1, head_dim=2, normalize="count").double()
+    layer = Cluster(
+        3, 2, centres_w=2, centres_h=1, regions_w=1, regions_h=1, heads=1, head_dim=2, normalize="count"
+    ).double()
     with torch.no_grad():
         layer.f.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)[:, :, None, None])
         layer.v.weight.copy_(torch.tensor([[0, 0, 1.0], [1.0, 0, 0]], dtype=torch.float64)[:, :, None, None])
@@ -359,7 +373,9 @@ def test_mlp_is_per_pixel_linear():
 
 def test_block_residual_structure():
     torch.manual_seed(0)
-    block = reference.ClusterBlock(8, 2, heads=2, head_dim=4, centres=2, regions=1, layer_scale_init_value=0.25).double()
+    block = reference.ClusterBlock(
+        8, 2, heads=2, head_dim=4, centres=2, regions=1, layer_scale_init_value=0.25
+    ).double()
     x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
     y = x + 0.25 * block.token_mixer(block.norm1(x))
     y = y + 0.25 * block.mlp(block.norm2(y))

@@ -1,5 +1,6 @@
 """Reliability under faults and hostile inputs (issue 10): kills at every write boundary, bit flips,
 full disks, unwritable outputs, memory-exhausting and non-finite inputs, clear errors everywhere."""
+
 from __future__ import annotations
 
 import errno
@@ -66,8 +67,20 @@ PLAIN = BatchAdapter(channels_first)
 
 def tiny_trainer(out, epochs=4, **kw) -> Trainer:
     torch.manual_seed(0)
-    return Trainer(PointNetLike(), Clouds(4, 1), Clouds(3, 2), adapter=PLAIN, num_classes=3, epochs=epochs,
-                   batch_size=4, lr=0.05, output_dir=out, progress=False, log=False, **kw)
+    return Trainer(
+        PointNetLike(),
+        Clouds(4, 1),
+        Clouds(3, 2),
+        adapter=PLAIN,
+        num_classes=3,
+        epochs=epochs,
+        batch_size=4,
+        lr=0.05,
+        output_dir=out,
+        progress=False,
+        log=False,
+        **kw,
+    )
 
 
 def assert_same_tensors(a, b):
@@ -141,7 +154,11 @@ def test_kill_at_every_write_boundary_resumes_bitwise(straight_run, tmp_path, mo
 
 def test_kill_between_last_and_best_is_repaired(straight_run, tmp_path, monkeypatch):
     _, _, calls = straight_run
-    k = calls.index("best.pt", 1 + calls.index("best.pt")) + 1 if calls.count("best.pt") > 1 else calls.index("best.pt") + 1
+    k = (
+        calls.index("best.pt", 1 + calls.index("best.pt")) + 1
+        if calls.count("best.pt") > 1
+        else calls.index("best.pt") + 1
+    )
     out = tmp_path / "run"
     kill_at_write(monkeypatch, k)
     with pytest.raises(Killed):
@@ -196,10 +213,13 @@ def test_digest_covers_every_tensor_and_value():
     state = {"model": {"w": torch.arange(4.0)}, "epoch": 3, "history": [{"a": 1.5}], "best_digest": "x"}
     base = training.checkpoint_digest(state)
     assert training.checkpoint_digest({**state, "best_digest": "y"}) == base  # the digests themselves excluded
-    for changed in ({**state, "epoch": 4}, {**state, "history": [{"a": 1.25}]},
-                    {**state, "model": {"w": torch.tensor([0.0, 1.0, 2.0, 3.0000002])}},
-                    {**state, "model": {"w": torch.arange(4.0).double()}},
-                    {**state, "model": {"w": torch.arange(4.0).view(2, 2)}}):
+    for changed in (
+        {**state, "epoch": 4},
+        {**state, "history": [{"a": 1.25}]},
+        {**state, "model": {"w": torch.tensor([0.0, 1.0, 2.0, 3.0000002])}},
+        {**state, "model": {"w": torch.arange(4.0).double()}},
+        {**state, "model": {"w": torch.arange(4.0).view(2, 2)}},
+    ):
         assert training.checkpoint_digest(changed) != base
     deep = {}
     node = deep
@@ -286,8 +306,9 @@ def test_output_checked_before_any_work(tmp_path, monkeypatch):
 
 
 def test_stray_temporaries_of_dead_writers_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stray = tmp_path / f".last.pt.{dead}.tmp"
     live = tmp_path / f".best.pt.{os.getppid()}.tmp"
     other = tmp_path / ".notes.txt.tmp"
@@ -327,18 +348,22 @@ def test_hdf5_declared_shape_is_refused_before_reading(tmp_path):
 
 def png_header_only(path: Path, width: int, height: int) -> None:
     """A valid-looking PNG of a few dozen bytes that declares ``width x height`` 8-bit gray pixels."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_png_decompression_bomb_is_a_value_error(tmp_path, monkeypatch):
     path = tmp_path / "bomb.png"
     png_header_only(path, 12_000, 10_000)  # 1.2e8 pixels
-    with pytest.raises(ValueError, match=r"too large to decode \(120000000 pixels\).*POINTCOC_MAX_IMAGE_PIXELS=16777216"):
+    with pytest.raises(
+        ValueError, match=r"too large to decode \(120000000 pixels\).*POINTCOC_MAX_IMAGE_PIXELS=16777216"
+    ):
         pc.image_to_points(str(path))
     monkeypatch.setenv("POINTCOC_MAX_IMAGE_PIXELS", str(10**10))
     png_header_only(path, 20_000, 10_000)  # beyond PIL's own bomb limit
@@ -385,8 +410,11 @@ def test_absurd_and_non_finite_coordinates_name_file_and_object(tmp_path):
     data = np.zeros((3, 16, 3), np.float32)
     data[1, 4, 2] = 1e30
     path = write_split(tmp_path / "huge.h5", data)
-    with pytest.raises(ValueError, match=rf"{path}: 'data' of object 1 has a coordinate of 1e\+30, beyond "
-                                         r"max_abs_coordinate=10000"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path}: 'data' of object 1 has a coordinate of 1e\+30, beyond "
+        r"max_abs_coordinate=10000",
+    ):
         load_h5_split(path)
     assert load_h5_split(path, max_abs_coordinate=1e31)[0].shape == (3, 16, 3)
     data[1, 4, 2], data[2, 0, 0] = 0.0, np.nan
@@ -399,7 +427,9 @@ def test_rgbd_overflowing_depth_names_sample_and_pixel():
     rgb = np.zeros((2, 3, 4, 4), np.float32)
     depth = np.ones((2, 4, 4), np.float32)
     depth[1, 2, 0] = 3e38
-    with pytest.raises(ValueError, match=r"depth of sample 1 at pixel \(2, 0\) is 3e\+38 m.*not finite in torch.float32"):
+    with pytest.raises(
+        ValueError, match=r"depth of sample 1 at pixel \(2, 0\) is 3e\+38 m.*not finite in torch.float32"
+    ):
         pc.rgbd_to_points(torch.from_numpy(rgb), depth, intrinsics=(0.5, 0.5, 3.0, 3.0))
     points = pc.rgbd_to_points(torch.from_numpy(rgb).double(), depth.astype(np.float64), intrinsics=(0.5, 0.5, 3, 3))
     assert bool(torch.isfinite(points.pos).all())
@@ -448,10 +478,23 @@ def test_sample_pixels_generator_must_be_a_generator():
 # ----------------------------------------------------------------------------- one Trainer for any model
 def run_twice(make_model, adapter, tmp_path):
     """Two epochs straight vs one epoch, kill, resume: returns both trainers."""
+
     def make(out):
         torch.manual_seed(0)
-        return Trainer(make_model(), Clouds(4, 1), Clouds(2, 2), adapter=adapter, num_classes=3, epochs=2,
-                       batch_size=4, lr=0.01, optimizer="adamw", output_dir=out, progress=False, log=False)
+        return Trainer(
+            make_model(),
+            Clouds(4, 1),
+            Clouds(2, 2),
+            adapter=adapter,
+            num_classes=3,
+            epochs=2,
+            batch_size=4,
+            lr=0.01,
+            optimizer="adamw",
+            output_dir=out,
+            progress=False,
+            log=False,
+        )
 
     straight = make(tmp_path / "a")
     straight.fit()
@@ -469,6 +512,7 @@ def test_one_trainer_trains_pointmlp_and_coc_with_bitwise_resume(tmp_path):
     def fps_start(value):
         def hook(model):
             model.fps_random_start = value
+
         return hook
 
     pointmlp = BatchAdapter(channels_first, on_train=fps_start(True), on_eval=fps_start(False))
@@ -480,17 +524,19 @@ def test_one_trainer_trains_pointmlp_and_coc_with_bitwise_resume(tmp_path):
     for i, (make_model, adapter) in enumerate(cases):
         straight, resumed = run_twice(make_model, adapter, tmp_path / str(i))
         assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
-        a, b = load_checkpoint(tmp_path / str(i) / "a" / "best.pt"), load_checkpoint(tmp_path / str(i) / "b" / "best.pt")
+        a, b = (
+            load_checkpoint(tmp_path / str(i) / "a" / "best.pt"),
+            load_checkpoint(tmp_path / str(i) / "b" / "best.pt"),
+        )
         assert a["epoch"] == b["epoch"]
         assert_same_tensors(a["model"], b["model"])
     source = Path(training.__file__).read_text()
-    trainer_source = source[source.index("class Trainer"):]
+    trainer_source = source[source.index("class Trainer") :]
     assert "fps_random_start" not in trainer_source and "transpose" not in trainer_source
 
 
 def test_progress_bars_only_on_a_terminal(tmp_path, capsys):
-    trainer = Trainer(PointNetLike(), Clouds(4, 1), Clouds(1, 2), adapter=PLAIN, num_classes=3, epochs=2,
-                      batch_size=4)
+    trainer = Trainer(PointNetLike(), Clouds(4, 1), Clouds(1, 2), adapter=PLAIN, num_classes=3, epochs=2, batch_size=4)
     assert trainer.progress is False  # stderr is captured, not a terminal
     trainer.fit()
     captured = capsys.readouterr()
@@ -535,8 +581,7 @@ def test_example_eval_only_after_kill_between_last_and_best(scan_example, scan_d
         scan_example.main(["--data-dir", str(scan_data), "--epochs", "2", *EXAMPLE_TINY, "--output", str(out)])
     assert calls == ["last.pt", "best.pt"] and not (out / "best.pt").exists()
     monkeypatch.undo()
-    assert scan_example.main(["--eval-only", "--output", str(out), "--data-dir", str(scan_data),
-                              "--workers", "0"]) == 0
+    assert scan_example.main(["--eval-only", "--output", str(out), "--data-dir", str(scan_data), "--workers", "0"]) == 0
     text = capsys.readouterr().out
     assert f"note: repaired {out / 'best.pt'}: restored epoch 1" in text and "(after epoch 1)" in text
 
@@ -544,24 +589,31 @@ def test_example_eval_only_after_kill_between_last_and_best(scan_example, scan_d
 def test_example_full_disk_is_one_line(scan_example, scan_data, tmp_path, monkeypatch, capsys):
     full_disk(monkeypatch, after_bytes=100)
     out = tmp_path / "out"
-    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY,
-                              "--output", str(out)]) == 2
+    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY, "--output", str(out)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line == f"error: cannot write {out / 'last.pt'}: no space left on device"
 
 
 def test_example_refuses_unwritable_output_before_training(scan_example, scan_data, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY,
-                              "--output", str(tmp_path / "file" / "out")]) == 2
+    assert (
+        scan_example.main(
+            ["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY, "--output", str(tmp_path / "file" / "out")]
+        )
+        == 2
+    )
     line = one_error_line(capsys.readouterr().err)
     assert "is a file, not a folder" in line
 
 
 def test_example_flipped_bit_and_flags(scan_example, scan_data, tmp_path, capsys):
     out = tmp_path / "out"
-    assert scan_example.main(["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY, "--no-progress",
-                              "--output", str(out)]) == 0
+    assert (
+        scan_example.main(
+            ["--data-dir", str(scan_data), "--epochs", "1", *EXAMPLE_TINY, "--no-progress", "--output", str(out)]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "expected duration:" in text
     weight = load_checkpoint(out / "last.pt")["model"]["classifier.0.weight"]
@@ -587,8 +639,11 @@ def run_rgbd(example, args, capsys) -> str:
 
 def test_rgbd_bad_files_and_checkpoints_are_one_line(rgbd_example, tmp_path, capsys):
     small = ["--height", "12", "--width", "16", "--output", str(tmp_path / "out")]
-    line = run_rgbd(rgbd_example, ["--rgb", str(tmp_path / "none.png"), "--depth", "d.png", "--fx", "1", "--fy", "1",
-                                   "--cx", "0", "--cy", "0"], capsys)
+    line = run_rgbd(
+        rgbd_example,
+        ["--rgb", str(tmp_path / "none.png"), "--depth", "d.png", "--fx", "1", "--fy", "1", "--cx", "0", "--cy", "0"],
+        capsys,
+    )
     assert "none.png" in line and "not found" in line
     (tmp_path / "junk.pt").write_bytes(b"junk")
     line = run_rgbd(rgbd_example, [*small, "--checkpoint", str(tmp_path / "junk.pt")], capsys)
@@ -601,8 +656,11 @@ def test_rgbd_bad_files_and_checkpoints_are_one_line(rgbd_example, tmp_path, cap
 
 def test_padded_knn_far_wider_than_any_sample_is_refused(monkeypatch):
     x = torch.rand(10, 3)
-    with pytest.raises(ValueError, match=r"k=1000000000 exceeds every sample's size \(the largest has 10 points\)"
-                                         r".*POINTCOC_MAX_PADDED_ENTRIES"):
+    with pytest.raises(
+        ValueError,
+        match=r"k=1000000000 exceeds every sample's size \(the largest has 10 points\)"
+        r".*POINTCOC_MAX_PADDED_ENTRIES",
+    ):
         pc.ops.knn_padded(x, x, 10**9)
     index, _ = pc.ops.knn_padded(x, x, 12)  # a little padding stays allowed
     assert index.shape == (10, 12) and bool((index[:, 10:] == -1).all())

@@ -1,4 +1,5 @@
 """pointcoc.data.rgbd_frames: exact ray casting, the camera convention, rendered frame sets."""
+
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ from pointcoc.data.rgbd_frames import (
     DEPTH_SCALE,
     MAX_RANGE,
     Camera,
+    _bounds,
     cast_rays,
     generate_frames,
     look_at,
@@ -23,10 +25,9 @@ from pointcoc.data.rgbd_frames import (
     render_object_frame,
     torus_arc_centres,
 )
-from pointcoc.data.rgbd_frames import _bounds
 from pointcoc.data.scanobjectnn import CLASS_NAMES
 
-O = np.array([0.0, 0.0, -5.0])
+ORIGIN = np.array([0.0, 0.0, -5.0])
 Z = np.array([[0.0, 0.0, 1.0]])
 
 
@@ -39,9 +40,9 @@ def _hit(fn, o, d, *args, **kwargs):
 # primitives, against hand-computed hits
 # ----------------------------------------------------------------------------------------------
 def test_box_front_face_and_open_face():
-    t, normal = _hit(ray_cuboid, O, Z, (0, 0, 0), (2, 2, 2))
+    t, normal = _hit(ray_cuboid, ORIGIN, Z, (0, 0, 0), (2, 2, 2))
     assert t == [4.0] and normal.tolist() == [[0.0, 0.0, -1.0]]
-    t, normal = _hit(ray_cuboid, O, Z, (0, 0, 0), (2, 2, 2), open_faces=("-z",))
+    t, normal = _hit(ray_cuboid, ORIGIN, Z, (0, 0, 0), (2, 2, 2), open_faces=("-z",))
     assert t == [6.0] and normal.tolist() == [[0.0, 0.0, 1.0]]  # through the missing face onto the inside back
     # off-axis: the ray (0.5, 0.25, -5) + t (0, 0, 1) still meets the front face; one at x = 1.5 misses
     t, _ = _hit(ray_cuboid, [[0.5, 0.25, -5.0]][0], Z, (0, 0, 0), (2, 2, 2))
@@ -64,12 +65,13 @@ def test_cylinder_side_caps_and_open_inside():
     t, normal = _hit(ray_cylinder, [0.0, 3.0, -0.5], [[0.0, -1.0, 1.0]], (0, 0, 0), 1.0, 2.0, top=False)
     assert t == [1.5] and np.allclose(normal, [[0.0, 0.0, 1.0]])
     # the same ray above the rim of a lower tube (height 1) misses the wall: the inside is below y = 1.5
-    assert _hit(ray_cylinder, [0.0, 3.0, -0.5], [[0.0, -1.0, 1.0]], (0, 0, 0), 1.0, 1.0, bottom=False,
-                top=False)[0] == [math.inf]
+    assert _hit(ray_cylinder, [0.0, 3.0, -0.5], [[0.0, -1.0, 1.0]], (0, 0, 0), 1.0, 1.0, bottom=False, top=False)[
+        0
+    ] == [math.inf]
 
 
 def test_ellipsoid_and_open_bowl():
-    t, normal = _hit(ray_ellipsoid, O, Z, (0, 0, 0), (1, 2, 3))
+    t, normal = _hit(ray_ellipsoid, ORIGIN, Z, (0, 0, 0), (1, 2, 3))
     assert t == [2.0] and np.allclose(normal / np.linalg.norm(normal), [[0.0, 0.0, -1.0]])
     t, _ = _hit(ray_ellipsoid, [0.0, 0.0, 0.0], [[0.0, 0.0, 1.0]], (0, 0, 5), (1, 1, 1))
     assert t == [4.0]
@@ -93,9 +95,10 @@ def test_torus_arc_chain_follows_the_arc():
 
 
 def test_cast_rays_nearest_surface_and_part_ids():
-    shapes = [Shape("cuboid", dict(center=np.array([0.0, 1.0, 0.0]), size=np.array([2.0, 2.0, 2.0]), open_faces=())),
-              Shape("ellipsoid", dict(center=np.array([0.0, 1.0, -3.0]), radii=np.array([0.3, 0.3, 0.3]),
-                                      lower_half=False))]
+    shapes = [
+        Shape("cuboid", dict(center=np.array([0.0, 1.0, 0.0]), size=np.array([2.0, 2.0, 2.0]), open_faces=())),
+        Shape("ellipsoid", dict(center=np.array([0.0, 1.0, -3.0]), radii=np.array([0.3, 0.3, 0.3]), lower_half=False)),
+    ]
     o = np.array([0.0, 1.0, -5.0])
     d = np.array([[0.0, 0.0, 1.0], [0.2, 0.0, 1.0], [0.0, -1.0, 1.0], [0.0, 1.0, 0.0]])
     t, normal, which = cast_rays(o, d, shapes)
@@ -131,8 +134,9 @@ def test_render_box_exact_depth_colour_and_sky():
     camera = _camera([0.0, 1.0, -5.0], [0.0, 1.0, 0.0])
     box = Shape("cuboid", dict(center=np.array([0.0, 1.0, 0.0]), size=np.array([2.0, 2.0, 2.0]), open_faces=()))
     colour = np.array([[0.8, 0.4, 0.2]])
-    rgb, depth, which = render(camera, [box], colour, floor_colour=(0.5, 0.5, 0.5), background=(0.0, 0.0, 1.0),
-                               light=(0.0, 0.0, -1.0))
+    rgb, depth, which = render(
+        camera, [box], colour, floor_colour=(0.5, 0.5, 0.5), background=(0.0, 0.0, 1.0), light=(0.0, 0.0, -1.0)
+    )
     assert which[2, 3] == 1 and depth[2, 3] == 4000  # centre pixel: the front face, 4 m in front
     assert rgb[2, 3].tolist() == [204, 102, 51]  # facing the light: the albedo itself
     # pixel (row 2, col 0): ray direction (1.5/4, 0, 1) in camera = (-0.375, 0, 1) world hits the face at x = -1.5,
@@ -147,8 +151,9 @@ def test_back_projection_recovers_the_surfaces():
     """rgbd_to_points of an exact frame, moved to the world by the camera pose, lies on the floor and the box."""
     camera = _camera([1.0, 2.0, -4.0], [0.0, 0.5, 0.0], size=(24, 32), focal=20.0)
     box = Shape("cuboid", dict(center=np.array([0.0, 0.5, 0.0]), size=np.array([1.0, 1.0, 1.0]), open_faces=()))
-    rgb, depth, which = render(camera, [box], np.array([[0.9, 0.1, 0.1]]), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2),
-                               (0.3, 1.0, -0.2))
+    rgb, depth, which = render(
+        camera, [box], np.array([[0.9, 0.1, 0.1]]), (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), (0.3, 1.0, -0.2)
+    )
     points = pc.rgbd_to_points(rgb, depth.astype(np.float64), intrinsics=camera.intrinsics, depth_scale=DEPTH_SCALE)
     world = points.pos.double().numpy() @ camera.rotation.T + camera.origin
     ids = which[depth > 0]
@@ -207,10 +212,15 @@ def test_generate_frames_deterministic_and_order_independent():
     assert a.object_mask.any(axis=(1, 2)).all()  # every frame shows its object
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(per_class=0), "per_class"), (dict(per_class=1, split="val"), "split"),
-    (dict(per_class=1, height=1), "height"), (dict(per_class=1, width=2.5), "width"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(per_class=0), "per_class"),
+        (dict(per_class=1, split="val"), "split"),
+        (dict(per_class=1, height=1), "height"),
+        (dict(per_class=1, width=2.5), "width"),
+    ],
+)
 def test_generate_frames_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate_frames(**kwargs)

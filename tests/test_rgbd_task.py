@@ -1,4 +1,5 @@
 """examples/rgbd.py --train: the four inputs of a frame, and the task in its quick mode."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import pointcoc as pc
 from pointcoc.data.rgbd_frames import generate_frames
-
 from tests.helpers import load_example
 
 

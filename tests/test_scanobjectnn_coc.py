@@ -1,4 +1,5 @@
 """examples/scanobjectnn.py with a CoC backbone in point mode: same trainer, resume and eval-only as PointMLP."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,19 @@ import torch
 
 from tests.test_training import load_example, write_real_format
 
-COC_TINY = ["--model", "coc_mini", "--num-points", "96", "--batch-size", "8", "--workers", "0", "--device", "cpu",
-            "--no-progress"]
+COC_TINY = [
+    "--model",
+    "coc_mini",
+    "--num-points",
+    "96",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -57,14 +69,27 @@ def test_coc_trains_resumes_bitwise_and_evaluates(example, tiny_data, tmp_path, 
     monkeypatch.setattr(example.Trainer, "train_one_epoch", killed_in_epoch_two)
     assert example.main([*common, "--output", str(tmp_path / "killed")]) == 130
     monkeypatch.setattr(example.Trainer, "train_one_epoch", real_epoch)
-    assert example.main(["--resume", "--data-dir", str(tiny_data), "--output", str(tmp_path / "killed"),
-                         "--no-progress"]) == 0
+    assert (
+        example.main(["--resume", "--data-dir", str(tiny_data), "--output", str(tmp_path / "killed"), "--no-progress"])
+        == 0
+    )
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 2 and a["args"]["model"] == "coc_mini" and a["args"]["model_kwargs"] == {}
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     capsys.readouterr()
-    assert example.main(["--eval-only", "--checkpoint", str(tmp_path / "straight" / "last.pt"),
-                         "--data-dir", str(tiny_data), "--no-progress"]) == 0
+    assert (
+        example.main(
+            [
+                "--eval-only",
+                "--checkpoint",
+                str(tmp_path / "straight" / "last.pt"),
+                "--data-dir",
+                str(tiny_data),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert f"OA {a['test_metrics']['test_oa']:.2f}%" in capsys.readouterr().out  # evaluated now == stored

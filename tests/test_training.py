@@ -1,4 +1,5 @@
 """The training engine (pointcoc.training) and examples/scanobjectnn.py."""
+
 from __future__ import annotations
 
 import csv
@@ -79,6 +80,7 @@ class TinyNet(nn.Module):
 def _set_flag(value):
     def hook(model):
         model.fps_random_start = value
+
     return hook
 
 
@@ -193,8 +195,20 @@ def test_shard_sampler_covers_every_item_once():
 def test_model_learns_separable_data(tmp_path):
     torch.manual_seed(0)
     model = TinyNet(classes=3)
-    trainer = Trainer(model, AxisClouds(16, seed=1), AxisClouds(8, seed=2), adapter=ADAPTER, num_classes=3, epochs=6,
-                      batch_size=8, lr=0.05, seed=0, output_dir=tmp_path, progress=False, run_args={"note": "t"})
+    trainer = Trainer(
+        model,
+        AxisClouds(16, seed=1),
+        AxisClouds(8, seed=2),
+        adapter=ADAPTER,
+        num_classes=3,
+        epochs=6,
+        batch_size=8,
+        lr=0.05,
+        seed=0,
+        output_dir=tmp_path,
+        progress=False,
+        run_args={"note": "t"},
+    )
     result = trainer.fit()
     history = trainer.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -221,8 +235,17 @@ def test_model_learns_separable_data(tmp_path):
 
 
 def test_learning_rate_follows_cosine_to_one_hundredth(tmp_path):
-    trainer = Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=4, batch_size=4,
-                      lr=0.1, progress=False)
+    trainer = Trainer(
+        TinyNet(3),
+        AxisClouds(4, 0),
+        AxisClouds(1, 1),
+        adapter=ADAPTER,
+        num_classes=3,
+        epochs=4,
+        batch_size=4,
+        lr=0.1,
+        progress=False,
+    )
     trainer.fit()
     lrs = [r["lr"] for r in trainer.history]
     expected = [0.001 + (0.1 - 0.001) * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)]
@@ -232,15 +255,27 @@ def test_learning_rate_follows_cosine_to_one_hundredth(tmp_path):
 
 def test_adamw_option_learns_too():
     torch.manual_seed(0)
-    trainer = Trainer(TinyNet(3), AxisClouds(16, 1), AxisClouds(8, 2), adapter=ADAPTER, num_classes=3, epochs=6, batch_size=8,
-                      optimizer="adamw", lr=0.01, progress=False)
+    trainer = Trainer(
+        TinyNet(3),
+        AxisClouds(16, 1),
+        AxisClouds(8, 2),
+        adapter=ADAPTER,
+        num_classes=3,
+        epochs=6,
+        batch_size=8,
+        optimizer="adamw",
+        lr=0.01,
+        progress=False,
+    )
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert trainer.fit()["last"]["test_oa"] == 100.0
 
 
 def test_trainer_rejects_bad_settings():
     with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adamw'"):
-        Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=1, optimizer="adam")
+        Trainer(
+            TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=1, optimizer="adam"
+        )
     with pytest.raises(ValueError, match="epochs"):
         Trainer(TinyNet(3), AxisClouds(4, 0), AxisClouds(1, 1), adapter=ADAPTER, num_classes=3, epochs=0)
     with pytest.raises(ValueError, match="smaller than one batch"):
@@ -256,8 +291,19 @@ def _scan_sets(root: Path):
 def _make_trainer(root: Path, out: Path) -> Trainer:
     torch.manual_seed(1)  # initialisation; overwritten by the checkpoint on resume
     train, test = _scan_sets(root)
-    return Trainer(TinyNet(), train, test, adapter=ADAPTER, num_classes=15, epochs=2, batch_size=8, seed=3, workers=0,
-                   output_dir=out, progress=False)
+    return Trainer(
+        TinyNet(),
+        train,
+        test,
+        adapter=ADAPTER,
+        num_classes=15,
+        epochs=2,
+        batch_size=8,
+        seed=3,
+        workers=0,
+        output_dir=out,
+        progress=False,
+    )
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
@@ -298,8 +344,18 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the example
-EXAMPLE_TINY = ["--model", "pointmlp_elite", "--num-points", "192", "--batch-size", "16", "--workers", "0",
-                "--device", "cpu"]
+EXAMPLE_TINY = [
+    "--model",
+    "pointmlp_elite",
+    "--num-points",
+    "192",
+    "--batch-size",
+    "16",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -329,8 +385,22 @@ def test_example_resume_and_eval_only(example, tiny_data, tmp_path, monkeypatch,
     assert example.main([*common, "--output", str(tmp_path / "killed")]) == 130
     assert "re-run with --resume" in capsys.readouterr().err
     monkeypatch.setattr(example.Trainer, "train_one_epoch", real_epoch)
-    assert example.main(["--resume", "--data-dir", str(tiny_data), "--output", str(tmp_path / "killed"),
-                         "--workers", "0", "--lr", "0.5"]) == 0
+    assert (
+        example.main(
+            [
+                "--resume",
+                "--data-dir",
+                str(tiny_data),
+                "--output",
+                str(tmp_path / "killed"),
+                "--workers",
+                "0",
+                "--lr",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "note: ignoring --lr 0.5" in out and "resuming from" in out
 
@@ -341,8 +411,20 @@ def test_example_resume_and_eval_only(example, tiny_data, tmp_path, monkeypatch,
         assert torch.equal(a["model"][key], b["model"][key]), key
 
     best = torch.load(tmp_path / "straight" / "best.pt")
-    assert example.main(["--eval-only", "--checkpoint", str(tmp_path / "straight" / "best.pt"),
-                         "--data-dir", str(tiny_data), "--workers", "0"]) == 0
+    assert (
+        example.main(
+            [
+                "--eval-only",
+                "--checkpoint",
+                str(tmp_path / "straight" / "best.pt"),
+                "--data-dir",
+                str(tiny_data),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "straight" / "eval.json").read_text())
     stored = best["test_metrics"]
     assert result["checkpoint_epoch"] == best["epoch"]
@@ -368,17 +450,21 @@ def _reshape_data(path: Path) -> None:
         f["data"] = data.reshape(len(data), -1)
 
 
-@pytest.mark.parametrize("damage, what", [
-    (_truncate, "cannot be read as HDF5"),
-    (_drop_label, "missing dataset 'label'"),
-    (_reshape_data, "'data' must have shape [S, P, 3]"),
-])
+@pytest.mark.parametrize(
+    "damage, what",
+    [
+        (_truncate, "cannot be read as HDF5"),
+        (_drop_label, "missing dataset 'label'"),
+        (_reshape_data, "'data' must have shape [S, P, 3]"),
+    ],
+)
 def test_example_reports_bad_file_in_one_line(example, tmp_path, damage, what, capsys):
     root = write_real_format(tmp_path / "data", train_per_class=1, test_per_class=1)
     bad = dataset_file(root, "PB_T50_RS", "test")
     damage(bad)
-    assert example.main(["--data-dir", str(root), "--epochs", "1", *EXAMPLE_TINY,
-                         "--output", str(tmp_path / "out")]) == 2
+    assert (
+        example.main(["--data-dir", str(root), "--epochs", "1", *EXAMPLE_TINY, "--output", str(tmp_path / "out")]) == 2
+    )
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: ScanObjectNN file {bad}: ")
@@ -386,8 +472,14 @@ def test_example_reports_bad_file_in_one_line(example, tmp_path, damage, what, c
 
 
 def test_example_missing_file_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, str(EXAMPLE), "--data-dir", str(tmp_path), "--epochs", "1"],
-                          capture_output=True, text=True, cwd=tmp_path, env=one_thread_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--data-dir", str(tmp_path), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=one_thread_env(),
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     expected = dataset_file(tmp_path, "PB_T50_RS", "train")
@@ -415,9 +507,26 @@ def test_example_falls_back_to_demo_only_without_real_files(example, tmp_path, m
 
 def test_example_help_explains_every_flag(example):
     text = example.build_parser().format_help()
-    for flag in ("--model", "--data-dir", "--variant", "--epochs", "--optimizer", "--batch-size", "--lr", "--weight-decay",
-                 "--num-points", "--seed", "--workers", "--device", "--amp", "--output", "--resume", "--eval-only",
-                 "--checkpoint", "--demo"):
+    for flag in (
+        "--model",
+        "--data-dir",
+        "--variant",
+        "--epochs",
+        "--optimizer",
+        "--batch-size",
+        "--lr",
+        "--weight-decay",
+        "--num-points",
+        "--seed",
+        "--workers",
+        "--device",
+        "--amp",
+        "--output",
+        "--resume",
+        "--eval-only",
+        "--checkpoint",
+        "--demo",
+    ):
         assert flag in text
     assert "250 epochs" in text  # the stated default on real data
     helps = [a.help for a in example.build_parser()._actions]
@@ -427,9 +536,28 @@ def test_example_help_explains_every_flag(example):
 def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(EXAMPLE),
-         "--data-dir", str(tiny_data), "--epochs", "1", *EXAMPLE_TINY, "--output", str(out)],
-        capture_output=True, text=True, cwd=tmp_path, env=one_thread_env(), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(EXAMPLE),
+            "--data-dir",
+            str(tiny_data),
+            "--epochs",
+            "1",
+            *EXAMPLE_TINY,
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=one_thread_env(),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch   1 | train loss") == 1  # only rank 0 prints
     assert "x 2 process(es)" in proc.stdout

@@ -1,4 +1,5 @@
 """pointcoc.viz and examples/visualize_clusters.py: recorded assignments, clustering maps, point-cloud pictures."""
+
 from __future__ import annotations
 
 import os
@@ -108,8 +109,22 @@ def test_cluster_map_png_of_17x23_image_equals_recorded_assignment(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     cli = load_example("visualize_clusters")
-    out = cli.main(["--image", str(tmp_path / "in.png"), "--model", "coc_mini", "--stage", "0", "--block", "1",
-                    "--head", "1", "--out", str(tmp_path / "map.png")])
+    out = cli.main(
+        [
+            "--image",
+            str(tmp_path / "in.png"),
+            "--model",
+            "coc_mini",
+            "--stage",
+            "0",
+            "--block",
+            "1",
+            "--head",
+            "1",
+            "--out",
+            str(tmp_path / "map.png"),
+        ]
+    )
     image = np.array(Image.open(out))
     assert image.shape == (17, 23, 3)
     torch.manual_seed(0)  # the CLI's default seed: the same untrained weights
@@ -149,8 +164,9 @@ def test_cluster_map_alpha_blends_over_input():
     record = viz.record_assignments(model, points)
     pure = viz.cluster_map(record, points).astype(np.float64)
     gray = np.repeat(image[0].float().numpy()[:, :, None] * np.float32(255.0), 3, axis=2)  # as viz: float32 colours
-    np.testing.assert_array_equal(viz.cluster_map(record, points, alpha=0.25),
-                                  np.rint(0.25 * pure + 0.75 * gray).astype(np.uint8))
+    np.testing.assert_array_equal(
+        viz.cluster_map(record, points, alpha=0.25), np.rint(0.25 * pure + 0.75 * gray).astype(np.uint8)
+    )
     np.testing.assert_array_equal(viz.cluster_map(record, points, alpha=0.0), np.rint(gray).astype(np.uint8))
     with pytest.raises(ValueError, match="alpha"):
         viz.cluster_map(record, points, alpha=1.5)
@@ -166,8 +182,21 @@ def test_cli_all_heads_and_checkpoint(tmp_path):
     model = pc.create_model("coc_mini", num_classes=5).eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "ckpt.pth")
     cli = load_example("visualize_clusters")
-    out = cli.main(["--model", "coc_mini", "--image", str(tmp_path / "in.png"), "--checkpoint",
-                    str(tmp_path / "ckpt.pth"), "--stage", "1", "--all-heads", "--out", str(tmp_path / "heads.png")])
+    out = cli.main(
+        [
+            "--model",
+            "coc_mini",
+            "--image",
+            str(tmp_path / "in.png"),
+            "--checkpoint",
+            str(tmp_path / "ckpt.pth"),
+            "--stage",
+            "1",
+            "--all-heads",
+            "--out",
+            str(tmp_path / "heads.png"),
+        ]
+    )
     tiled = np.array(Image.open(out))
     assert tiled.shape == (2 * 21 + 2, 2 * 13 + 2, 3)  # 4 heads as 2 x 2, 2-pixel gaps
     points = pc.image_to_points(np.array(Image.open(tmp_path / "in.png")))
@@ -175,7 +204,7 @@ def test_cli_all_heads_and_checkpoint(tmp_path):
     maps = [viz.cluster_map(record, points, head=h) for h in range(4)]
     for h in range(4):
         r, c = divmod(h, 2)
-        np.testing.assert_array_equal(tiled[23 * r:23 * r + 21, 15 * c:15 * c + 13], maps[h])
+        np.testing.assert_array_equal(tiled[23 * r : 23 * r + 21, 15 * c : 15 * c + 13], maps[h])
     assert any(not np.array_equal(maps[0], m) for m in maps[1:])
 
 
@@ -184,8 +213,20 @@ def test_cli_with_input_all_heads_fills_the_canvas(tmp_path):
     rng = np.random.default_rng(4)
     Image.fromarray(rng.integers(0, 256, (15, 11, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     cli = load_example("visualize_clusters")
-    out = cli.main(["--model", "coc_mini", "--image", str(tmp_path / "in.png"), "--stage", "1", "--all-heads",
-                    "--with-input", "--out", str(tmp_path / "heads.png")])
+    out = cli.main(
+        [
+            "--model",
+            "coc_mini",
+            "--image",
+            str(tmp_path / "in.png"),
+            "--stage",
+            "1",
+            "--all-heads",
+            "--with-input",
+            "--out",
+            str(tmp_path / "heads.png"),
+        ]
+    )
     tiled = np.array(Image.open(out))
     assert tiled.shape == (15, 5 * 11 + 4 * 2, 3)
     np.testing.assert_array_equal(tiled[:, :11], np.array(Image.open(tmp_path / "in.png")))
@@ -194,11 +235,13 @@ def test_cli_with_input_all_heads_fills_the_canvas(tmp_path):
     points = pc.image_to_points(np.array(Image.open(tmp_path / "in.png")))
     record = viz.record_assignments(model, points, stage=1)
     for h in range(4):
-        np.testing.assert_array_equal(tiled[:, 13 * (h + 1):13 * (h + 1) + 11], viz.cluster_map(record, points, h))
+        np.testing.assert_array_equal(tiled[:, 13 * (h + 1) : 13 * (h + 1) + 11], viz.cluster_map(record, points, h))
 
 
-@pytest.mark.parametrize("n, columns", [(1, 1), (2, 2), (3, 3), (4, 2), (5, 5), (6, 3), (7, 4), (8, 4), (9, 3),
-                                        (12, 4), (13, 7), (16, 4), (17, 6)])
+@pytest.mark.parametrize(
+    "n, columns",
+    [(1, 1), (2, 2), (3, 3), (4, 2), (5, 5), (6, 3), (7, 4), (8, 4), (9, 3), (12, 4), (13, 7), (16, 4), (17, 6)],
+)
 def test_tile_columns(n, columns):
     assert viz.tile_columns(n) == columns
     assert viz.head_grid([np.zeros((1, 1, 3), np.uint8)] * n, gap=0).shape[1] == columns
@@ -227,18 +270,22 @@ def small_image(tmp_path):
     return tmp_path / "in.png"
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--stage", "3"], "--stage must be in [0, 3)"),
-    (["--stage", "-1"], "--stage must be in [0, 3)"),
-    (["--block", "2"], "block must be in [0, 2)"),
-    (["--head", "2"], "--head must be in [0, 2)"),
-    (["--alpha", "2"], "--alpha"),
-    (["--keep", "0"], "--keep"),
-    (["--model", "resnet"], "--model 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--stage", "3"], "--stage must be in [0, 3)"),
+        (["--stage", "-1"], "--stage must be in [0, 3)"),
+        (["--block", "2"], "block must be in [0, 2)"),
+        (["--head", "2"], "--head must be in [0, 2)"),
+        (["--alpha", "2"], "--alpha"),
+        (["--keep", "0"], "--keep"),
+        (["--model", "resnet"], "--model 'resnet'"),
+    ],
+)
 def test_cli_out_of_range_arguments(capsys, tmp_path, small_image, args, expected):
-    err = _cli_error(capsys, ["--model", "coc_mini", "--image", str(small_image), "--out", str(tmp_path / "m.png")]
-                     + args)
+    err = _cli_error(
+        capsys, ["--model", "coc_mini", "--image", str(small_image), "--out", str(tmp_path / "m.png")] + args
+    )
     assert expected in err
     assert not (tmp_path / "m.png").exists()
 
@@ -281,8 +328,9 @@ def test_depth_preview_colours_valid_depth_and_blacks_out_the_rest(tmp_path):
     assert tuple(preview[1, 2]) == tuple(preview[1, 1])  # beyond the high percentile: clipped to the far end
     Image.fromarray(depth).save(tmp_path / "depth.png")
     np.testing.assert_array_equal(viz.depth_preview(tmp_path / "depth.png", low=0, high=75), preview)
-    np.testing.assert_array_equal(viz.depth_preview(torch.tensor(depth.astype(np.float32))[None], low=0, high=75),
-                                  preview)
+    np.testing.assert_array_equal(
+        viz.depth_preview(torch.tensor(depth.astype(np.float32))[None], low=0, high=75), preview
+    )
 
 
 def test_depth_preview_edge_cases():
@@ -302,8 +350,9 @@ def test_depth_preview_edge_cases():
 def test_pil_renderer_nearest_point_wins():
     pos = np.array([[0.0, 0.0, 0.0], [0.0, -1.0, 0.0], [1.0, 0.0, 1.0], [-1.0, 0.0, -1.0]])
     colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], dtype=np.uint8)
-    image, backend = viz.point_cloud_image(pos, colours, size=(41, 41), elev=0.0, azim=-90.0, point_size=1,
-                                           backend="pil")
+    image, backend = viz.point_cloud_image(
+        pos, colours, size=(41, 41), elev=0.0, azim=-90.0, point_size=1, backend="pil"
+    )
     assert backend == "pil" and image.shape == (41, 41, 3)
     # looking along +y (azim -90): points 0 and 1 share a pixel; 1 (y = -1) is nearer the viewer
     centre = image[20, 20]
@@ -331,8 +380,10 @@ def test_ply_roundtrip_and_errors(tmp_path):
     (tmp_path / "c.ply").write_text("ply\nformat binary_little_endian 1.0\nend_header\n")
     with pytest.raises(ValueError, match="ASCII"):
         viz.read_ply(tmp_path / "c.ply")
-    (tmp_path / "d.ply").write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
-                                    "property float z\nend_header\n0 0 0\n1 1 1\n")
+    (tmp_path / "d.ply").write_text(
+        "ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+        "property float z\nend_header\n0 0 0\n1 1 1\n"
+    )
     with pytest.raises(ValueError, match="3 vertices"):
         viz.read_ply(tmp_path / "d.ply")
 

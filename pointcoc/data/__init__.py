@@ -1,5 +1,6 @@
 """Datasets: ScanObjectNN from its HDF5 files, a generated demo set in the same format, and
 rendered RGB-D frames of the demo classes."""
+
 from .demo_objects import ensure_demo_dataset, generate_object, generate_split, write_demo_dataset
 from .rgbd_frames import RGBDFrames, generate_frames
 from .scanobjectnn import (

@@ -23,6 +23,7 @@ float32 ``[S, 2048, 3]``, ``label`` int64 ``[S]``, ``mask`` int32 ``[S, 2048]``
 ``<root>/h5_files/main_split/``, so :class:`pointcoc.data.ScanObjectNN` reads them
 unchanged.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -174,8 +175,12 @@ def _torus_arc(center, major: float, minor: float, arc: float, plane: str, scale
         normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
         return pts + center, normals, np.zeros(n, dtype=bool)
 
-    shape = Shape("torus_arc", dict(center=center, major=float(major), minor=float(minor), arc=float(arc), plane=plane,
-                                    scale_z=float(scale_z)))
+    shape = Shape(
+        "torus_arc",
+        dict(
+            center=center, major=float(major), minor=float(minor), arc=float(arc), plane=plane, scale_z=float(scale_z)
+        ),
+    )
     return Part(float(area), sample, shape)
 
 
@@ -245,7 +250,12 @@ def _desk(rng):
     parts = [_cuboid((0, h - t / 2, 0), (w, t, d))]
     parts.append(_cuboid((side * (w / 2 - ped_w / 2), (h - t) / 2, 0), (ped_w, h - t, d * 0.95)))
     for k in range(3):  # drawer fronts
-        parts.append(_cuboid((side * (w / 2 - ped_w / 2), (h - t) * (k + 0.5) / 3, d * 0.475 + 0.01), (ped_w * 0.9, (h - t) / 3 * 0.85, 0.02)))
+        parts.append(
+            _cuboid(
+                (side * (w / 2 - ped_w / 2), (h - t) * (k + 0.5) / 3, d * 0.475 + 0.01),
+                (ped_w * 0.9, (h - t) / 3 * 0.85, 0.02),
+            )
+        )
     parts.append(_cuboid((-side * (w / 2 - 0.02), (h - t) / 2, 0), (0.04, h - t, d * 0.95)))
     parts.append(_cuboid((0, h - t - 0.2, -d / 2 + 0.02), (w - ped_w, 0.4, 0.02)))
     return parts
@@ -302,7 +312,10 @@ def _table(rng):
 def _bed(rng):
     w, length, hm = _j(rng, 1.5), _j(rng, 2.0, 0.1), _j(rng, 0.5)
     head = _j(rng, 1.0)
-    parts = [_cuboid((0, hm / 2, 0), (w, hm, length)), _cuboid((0, head / 2, -length / 2 - 0.03), (w + 0.04, head, 0.06))]
+    parts = [
+        _cuboid((0, hm / 2, 0), (w, hm, length)),
+        _cuboid((0, head / 2, -length / 2 - 0.03), (w + 0.04, head, 0.06)),
+    ]
     if rng.random() < 0.6:  # a pillow at the head end
         parts.append(_ellipsoid((0, hm + 0.06, -length / 2 + 0.3), (w * 0.35, 0.07, 0.2)))
     if rng.random() < 0.5:  # footboard
@@ -447,7 +460,9 @@ def object_shapes(class_index: int, rng: np.random.Generator) -> List[Shape]:
     return [part.shape for part in _BUILDERS[CLASS_NAMES[class_index]](rng)]
 
 
-def generate_object(class_index: int, rng: np.random.Generator, num_points: int = DEMO_POINTS) -> Tuple[np.ndarray, np.ndarray]:
+def generate_object(
+    class_index: int, rng: np.random.Generator, num_points: int = DEMO_POINTS
+) -> Tuple[np.ndarray, np.ndarray]:
     """Build one scanned-looking object of class ``class_index``.
 
     Returns ``points: [num_points, 3]`` float32 (in the unit sphere, y up, random
@@ -495,7 +510,9 @@ def generate_object(class_index: int, rng: np.random.Generator, num_points: int 
     return points[order].astype(np.float32), mask[order]
 
 
-def generate_split(per_class: int, seed: int, split: str, progress: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_split(
+    per_class: int, seed: int, split: str, progress: bool = False
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate ``per_class`` objects of each class for ``split`` ('train' or 'test').
 
     Returns ``data: [S, 2048, 3]`` float32, ``label: [S]`` int64 and
@@ -533,7 +550,9 @@ def _demo_attrs(per_class: int, seed: int) -> dict:
     return {"pointcoc_demo_version": DEMO_FORMAT_VERSION, "per_class": per_class, "seed": seed}
 
 
-def write_demo_dataset(root: Union[str, Path], train_per_class: int, test_per_class: int, seed: int = 0, progress: bool = True) -> Path:
+def write_demo_dataset(
+    root: Union[str, Path], train_per_class: int, test_per_class: int, seed: int = 0, progress: bool = True
+) -> Path:
     """Generate the demo set and write it under ``root`` in the PB_T50_RS layout; returns ``root``."""
     root = Path(root)
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
@@ -550,7 +569,9 @@ def _matches(path: Path, attrs: dict) -> bool:
         return False
 
 
-def ensure_demo_dataset(root: Union[str, Path], train_per_class: int, test_per_class: int, seed: int = 0, progress: bool = True) -> bool:
+def ensure_demo_dataset(
+    root: Union[str, Path], train_per_class: int, test_per_class: int, seed: int = 0, progress: bool = True
+) -> bool:
     """Make sure the demo set with these settings exists under ``root``.
 
     Files written earlier with the same generator version, counts and seed are

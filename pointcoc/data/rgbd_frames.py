@@ -23,6 +23,7 @@ Frame ``i`` of a split is drawn from its own seed sequence ``(seed, split, i)``,
 set is reproducible and independent of generation order. Classes are interleaved
 (frame ``i`` has label ``i % 15``).
 """
+
 from __future__ import annotations
 
 import math
@@ -96,8 +97,9 @@ class Camera:
 
         Along ray ``d`` the point ``origin + t d`` has camera-frame depth ``t``.
         """
-        v, u = np.meshgrid(np.arange(self.height, dtype=np.float64), np.arange(self.width, dtype=np.float64),
-                           indexing="ij")
+        v, u = np.meshgrid(
+            np.arange(self.height, dtype=np.float64), np.arange(self.width, dtype=np.float64), indexing="ij"
+        )
         cam = np.stack([(u - self.cx) / self.fx, (v - self.cy) / self.fy, np.ones_like(u)], -1).reshape(-1, 3)
         return cam @ self.rotation.T
 
@@ -172,8 +174,9 @@ def ray_cuboid(o: np.ndarray, d: np.ndarray, center, size, open_faces: Sequence[
     return _nearest(hits) if hits else (np.full(len(d), np.inf), np.zeros_like(d))
 
 
-def ray_cylinder(o: np.ndarray, d: np.ndarray, center, radius: float, height: float, bottom: bool = True,
-                 top: bool = True) -> Hit:
+def ray_cylinder(
+    o: np.ndarray, d: np.ndarray, center, radius: float, height: float, bottom: bool = True, top: bool = True
+) -> Hit:
     """Vertical cylinder whose bottom centre is ``center``; the caps are optional (open tubes show their inside)."""
     center = np.asarray(center, dtype=np.float64)
     oc = o - center
@@ -263,8 +266,9 @@ def ray_floor(o: np.ndarray, d: np.ndarray, level: float = 0.0) -> Hit:
     return np.where(t > _EPS, t, np.inf), np.broadcast_to(_UP, d.shape)
 
 
-def cast_rays(o: np.ndarray, d: np.ndarray, shapes: Sequence[Shape],
-              floor: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cast_rays(
+    o: np.ndarray, d: np.ndarray, shapes: Sequence[Shape], floor: bool = True
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest surface along every ray among the floor (``y = 0``, when ``floor``) and ``shapes``.
 
     Returns ``t [R]`` (inf: nothing hit), unit normals ``[R, 3]`` turned towards the camera,
@@ -296,9 +300,16 @@ def _sensor_depth(t: np.ndarray, normal: np.ndarray, d: np.ndarray, rng: np.rand
     return np.where(readable, z, 0.0)
 
 
-def render(camera: Camera, shapes: Sequence[Shape], colours: np.ndarray, floor_colour: Sequence[float],
-           background: Sequence[float], light: Sequence[float], rng: np.random.Generator | None = None,
-           ambient: float = 0.35) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render(
+    camera: Camera,
+    shapes: Sequence[Shape],
+    colours: np.ndarray,
+    floor_colour: Sequence[float],
+    background: Sequence[float],
+    light: Sequence[float],
+    rng: np.random.Generator | None = None,
+    ambient: float = 0.35,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render ``shapes`` (part ``j`` in colour ``colours[j]``, RGB in [0, 1]) on the floor ``y = 0``.
 
     Lambert shading with the unit ``light`` direction (towards the light) plus ``ambient``;
@@ -359,15 +370,17 @@ def _random_camera(lo: np.ndarray, hi: np.ndarray, height: int, width: int, rng:
     distance = radius / math.sin(half_fov) * rng.uniform(0.85, 1.25)
     azimuth, elevation = rng.uniform(0.0, 2 * math.pi), math.radians(rng.uniform(10.0, 50.0))
     target = (lo + hi) / 2 + rng.normal(scale=0.08 * radius, size=3)
-    direction = np.array([math.cos(elevation) * math.cos(azimuth), math.sin(elevation),
-                          math.cos(elevation) * math.sin(azimuth)])
+    direction = np.array(
+        [math.cos(elevation) * math.cos(azimuth), math.sin(elevation), math.cos(elevation) * math.sin(azimuth)]
+    )
     origin = target + distance * direction
     rotation = look_at(origin, target, roll=math.radians(rng.uniform(-5.0, 5.0)))
     return Camera(fx, fy, cx, cy, height, width, rotation, origin)
 
 
-def render_object_frame(class_index: int, rng: np.random.Generator, height: int = 32, width: int = 32,
-                        noise: bool = True) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Camera]:
+def render_object_frame(
+    class_index: int, rng: np.random.Generator, height: int = 32, width: int = 32, noise: bool = True
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Camera]:
     """One random frame of a class-``class_index`` demo object (see the module notes).
 
     Returns ``rgb uint8 [H, W, 3]``, ``depth uint16 [H, W]`` (millimetres), ``which [H, W]``
@@ -406,8 +419,9 @@ class RGBDFrames:
         return len(self.label)
 
 
-def generate_frames(per_class: int, seed: int = 0, split: str = "train", height: int = 32, width: int = 32,
-                    noise: bool = True) -> RGBDFrames:
+def generate_frames(
+    per_class: int, seed: int = 0, split: str = "train", height: int = 32, width: int = 32, noise: bool = True
+) -> RGBDFrames:
     """``per_class`` frames of each of the 15 classes for ``split`` (``'train'`` or ``'test'``).
 
     Frame ``i`` comes from the seed sequence ``(seed, split, i)``; labels are ``i % 15``.
@@ -426,7 +440,8 @@ def generate_frames(per_class: int, seed: int = 0, split: str = "train", height:
     mask = np.empty((total, height, width), dtype=bool)
     split_id = 0 if split == "train" else 1
     for i in range(total):  # one frame per iteration; every frame is vectorised over its pixels
-        rgb[i], depth[i], which, _ = render_object_frame(int(label[i]), np.random.default_rng([seed, split_id, i]),
-                                                         height, width, noise)
+        rgb[i], depth[i], which, _ = render_object_frame(
+            int(label[i]), np.random.default_rng([seed, split_id, i]), height, width, noise
+        )
         mask[i] = which >= 1
     return RGBDFrames(rgb, depth, label, mask, _pinhole(height, width, FIELD_OF_VIEW))

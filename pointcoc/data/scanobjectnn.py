@@ -17,6 +17,7 @@ U(-0.2, 0.2) and shuffles the points. The augmentation of item ``i`` in epoch
 ``e`` comes from its own generator seeded with ``(seed, e, i)``: it does not
 depend on loader workers or processes, and a resumed run sees the same data.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,21 @@ __all__ = [
 ]
 
 CLASS_NAMES: Tuple[str, ...] = (
-    "bag", "bin", "box", "cabinet", "chair", "desk", "display", "door",
-    "shelf", "table", "bed", "pillow", "sink", "sofa", "toilet",
+    "bag",
+    "bin",
+    "box",
+    "cabinet",
+    "chair",
+    "desk",
+    "display",
+    "door",
+    "shelf",
+    "table",
+    "bed",
+    "pillow",
+    "sink",
+    "sofa",
+    "toilet",
 )
 """The 15 ScanObjectNN classes, in label order."""
 
@@ -94,8 +108,11 @@ def _check_values(path: Path, data: np.ndarray, max_abs_coordinate: float) -> No
     large = (np.abs(data) > max_abs_coordinate).any(axis=(1, 2))
     if large.any():
         index = int(np.argmax(large))
-        raise _bad(path, f"'data' of object {index} has a coordinate of {float(np.abs(data[index]).max()):.3g}, "
-                   f"beyond max_abs_coordinate={max_abs_coordinate:g} (raise it if the values are meant)")
+        raise _bad(
+            path,
+            f"'data' of object {index} has a coordinate of {float(np.abs(data[index]).max()):.3g}, "
+            f"beyond max_abs_coordinate={max_abs_coordinate:g} (raise it if the values are meant)",
+        )
 
 
 def _check_layout(path: Path, f: "h5py.File", num_points: Optional[int], max_bytes: int) -> None:
@@ -123,9 +140,12 @@ def _check_layout(path: Path, f: "h5py.File", num_points: Optional[int], max_byt
     kept = data_ds.shape[1] if num_points is None else num_points
     size = data_ds.shape[0] * kept * 3 * max(data_ds.dtype.itemsize, 4) + label_ds.shape[0] * 8
     if size > max_bytes:
-        raise _bad(path, f"'data' declares shape {list(data_ds.shape)}: reading {kept} points per object needs "
-                   f"{size / 2**30:.2f} GiB, above max_bytes={max_bytes} ({max_bytes / 2**30:.2f} GiB); raise "
-                   f"max_bytes if the file is meant to be that large")
+        raise _bad(
+            path,
+            f"'data' declares shape {list(data_ds.shape)}: reading {kept} points per object needs "
+            f"{size / 2**30:.2f} GiB, above max_bytes={max_bytes} ({max_bytes / 2**30:.2f} GiB); raise "
+            f"max_bytes if the file is meant to be that large",
+        )
 
 
 def load_h5_split(
@@ -159,8 +179,11 @@ def load_h5_split(
     _check_values(path, data, max_abs_coordinate)
     if labels.min() < 0 or labels.max() >= num_classes:
         bad = int(np.argmax((labels < 0) | (labels >= num_classes)))
-        raise _bad(path, f"labels must be in [0, {num_classes}), found {labels[bad]} at object {bad} "
-                   f"(range [{labels.min()}, {labels.max()}])")
+        raise _bad(
+            path,
+            f"labels must be in [0, {num_classes}), found {labels[bad]} at object {bad} "
+            f"(range [{labels.min()}, {labels.max()}])",
+        )
     return data, labels
 
 
@@ -218,8 +241,9 @@ class ScanObjectNN(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.path = dataset_file(root, variant, split)
-        self.points, self.labels = load_h5_split(self.path, num_points, max_bytes=max_bytes,
-                                                 max_abs_coordinate=max_abs_coordinate)
+        self.points, self.labels = load_h5_split(
+            self.path, num_points, max_bytes=max_bytes, max_abs_coordinate=max_abs_coordinate
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before iterating each epoch)."""
@@ -235,5 +259,7 @@ class ScanObjectNN(Dataset):
         return torch.from_numpy(np.array(points, dtype=np.float32)), torch.tensor(self.labels[index])
 
     def __repr__(self) -> str:
-        return (f"ScanObjectNN(variant={self.variant!r}, split={self.split!r}, objects={len(self)}, "
-                f"num_points={self.num_points}, augment={self.augment}, file={str(self.path)!r})")
+        return (
+            f"ScanObjectNN(variant={self.variant!r}, split={self.split!r}, objects={len(self)}, "
+            f"num_points={self.num_points}, augment={self.augment}, file={str(self.path)!r})"
+        )

@@ -15,6 +15,7 @@ one of two modes with the same weights:
   reference (:mod:`pointcoc.reference`) number for number, and so does point mode with
   ``point_proposal="grid"``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -96,7 +97,13 @@ class CocBlock(nn.Module):
         super().__init__()
         self.norm1 = PointGroupNorm(dim)
         self.token_mixer = ContextCluster(
-            dim, dim, heads=heads, head_dim=head_dim, proposal="grid", centres=(centres, centres), regions=regions,
+            dim,
+            dim,
+            heads=heads,
+            head_dim=head_dim,
+            proposal="grid",
+            centres=(centres, centres),
+            regions=regions,
             normalize=normalize,
         )
         self.norm2 = PointGroupNorm(dim)
@@ -188,8 +195,9 @@ class ContextClusterNet(nn.Module):
         pitch: Optional[float] = None,
     ) -> None:
         super().__init__()
-        check_model_kwargs(dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim,
-                                drop_path_rate=drop_path_rate))
+        check_model_kwargs(
+            dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim, drop_path_rate=drop_path_rate)
+        )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if point_proposal not in POINT_PROPOSALS:
@@ -211,8 +219,15 @@ class ContextClusterNet(nn.Module):
             network.append(
                 nn.ModuleList(
                     CocBlock(
-                        dims[s], config.mlp_ratios[s], config.heads[s], config.head_dim, config.centres[s],
-                        config.regions[s], rates[start + j], layer_scale_init_value, normalize,
+                        dims[s],
+                        config.mlp_ratios[s],
+                        config.heads[s],
+                        config.head_dim,
+                        config.centres[s],
+                        config.regions[s],
+                        rates[start + j],
+                        layer_scale_init_value,
+                        normalize,
                     )
                     for j in range(depth)
                 )
@@ -239,8 +254,15 @@ class ContextClusterNet(nn.Module):
         if lattice:
             return mixer.make_plan(geo.pos, geo.batch, pixel=pixel, grid_size=grid_size)
         regions = mixer.regions if self.point_regions else 1
-        return mixer.make_plan(geo.pos, geo.batch, pixel=pixel, grid_size=grid_size, proposal=self.point_proposal,
-                               regions=regions, random_start=self.training)
+        return mixer.make_plan(
+            geo.pos,
+            geo.batch,
+            pixel=pixel,
+            grid_size=grid_size,
+            proposal=self.point_proposal,
+            regions=regions,
+            random_start=self.training,
+        )
 
     def _use_lattice(self, geo: PointGeometry) -> bool:
         """Lattice mode for ``mode="lattice"``; for ``"auto"`` on full image grids at least the stem's window."""

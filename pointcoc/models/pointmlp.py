@@ -12,6 +12,7 @@ Parameter names follow the released checkpoints (``embedding.net.0.weight``,
 ``pre_blocks_list.{s}.operation.{j}.net1.*``, ``pos_blocks_list...``,
 ``classifier.{0,1,4,5,8}.*``); 1x1 weights are 2-D ``[out, in]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -386,8 +387,16 @@ class PointMLP(nn.Module):
         pos_blocks = _four(pos_blocks, "pos_blocks")
         k_neighbors = _four(k_neighbors, "k_neighbors")
         reducers = _four(reducers, "reducers")
-        check_model_kwargs(dict(num_classes=num_classes, points=points, embed_dim=embed_dim, dropout=dropout,
-                                reducers=reducers, k_neighbors=k_neighbors))
+        check_model_kwargs(
+            dict(
+                num_classes=num_classes,
+                points=points,
+                embed_dim=embed_dim,
+                dropout=dropout,
+                reducers=reducers,
+                k_neighbors=k_neighbors,
+            )
+        )
         if isinstance(recompute, bool):
             recompute = DEFAULT_RECOMPUTE if recompute else "none"
         recompute = _four(recompute, "recompute")

@@ -1,4 +1,5 @@
 """Model registry in the timm manner: ``register_model``, ``create_model``, ``list_models``."""
+
 from __future__ import annotations
 
 import fnmatch

@@ -1,4 +1,5 @@
 """Neural-network layers on point sets: the context-cluster operation and its companions."""
+
 from .anchors import fps_from_centre, grid_subsample
 from .cluster_plan import ClusterPlan, make_plan
 from .context_cluster import ContextCluster, assign_centres, context_cluster

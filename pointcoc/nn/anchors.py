@@ -9,6 +9,7 @@ anchors of a stage form the next stage's lattice: pitch ``s * pitch``, node ``c`
 FPS and random anchors (options) pick as many input points per sample as grid
 subsampling has cells.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -57,13 +58,20 @@ def grid_subsample(geo: PointGeometry, kernel, stride, padding) -> PointGeometry
         coords[:, axis] = local % size
         local = torch.div(local, size, rounding_mode="floor")
     pos = origin[batch] + coords.to(origin.dtype) * pitch[batch]
-    return PointGeometry(pos=pos, batch=batch, num_samples=geo.num_samples, pixel=coords, grid_size=extent,
-                         pitch=pitch, origin=origin)
+    return PointGeometry(
+        pos=pos, batch=batch, num_samples=geo.num_samples, pixel=coords, grid_size=extent, pitch=pitch, origin=origin
+    )
 
 
-def fps_from_centre(pos: Tensor, group: Tensor, num_groups: int, ratio: Optional[float] = None,
-                    num_points: Optional[int] = None, random_start: bool = False,
-                    generator: Optional[torch.Generator] = None) -> Tensor:
+def fps_from_centre(
+    pos: Tensor,
+    group: Tensor,
+    num_groups: int,
+    ratio: Optional[float] = None,
+    num_points: Optional[int] = None,
+    random_start: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """FPS in every group (``group`` sorted), ``ceil(ratio * n_g)`` (or ``num_points``) points.
 
     Unless ``random_start``, each group starts at its point farthest from the centre of its
@@ -82,7 +90,8 @@ def fps_from_centre(pos: Tensor, group: Tensor, num_groups: int, ratio: Optional
     idx = torch.arange(pos.size(0), device=pos.device)
     cand = torch.where(dist == far[group], idx, torch.full_like(idx, pos.size(0)))
     start = torch.full((num_groups,), pos.size(0), dtype=torch.long, device=pos.device).index_reduce_(
-        0, group, cand, "amin")
+        0, group, cand, "amin"
+    )
     first = torch.zeros(pos.size(0), dtype=torch.bool, device=pos.device)
     first[start[start < pos.size(0)]] = True
     order = torch.argsort(group * 2 + (~first).long(), stable=True)  # each group's start first
@@ -92,8 +101,15 @@ def fps_from_centre(pos: Tensor, group: Tensor, num_groups: int, ratio: Optional
 # Eager under torch.compile: anchors are position-only integer work (cell ids, FPS) with
 # data-dependent sizes; the reducer's float maths around them stays compiled.
 @torch.compiler.disable
-def reduce_anchors(geo: PointGeometry, kernel, stride, padding, anchors: str = "grid", random_start: bool = False,
-                   generator: Optional[torch.Generator] = None) -> PointGeometry:
+def reduce_anchors(
+    geo: PointGeometry,
+    kernel,
+    stride,
+    padding,
+    anchors: str = "grid",
+    random_start: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> PointGeometry:
     """Anchors of a point-mode reducer as the next stage's geometry (see the module docstring)."""
     cells = grid_subsample(geo, kernel, stride, padding)
     if anchors == "grid":

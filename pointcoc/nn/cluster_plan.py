@@ -9,6 +9,7 @@ Terminology (docs/design.md §6): a *group* is one (sample, region) pair; each
 group has up to ``c`` centres; centre ``j`` of group ``g`` has the global id
 ``g * c + j``. A centre's features are the mean of its *member* points.
 """
+
 from __future__ import annotations
 
 import math
@@ -400,8 +401,16 @@ def _fps_capped(pos: Tensor, group: Tensor, counts: Tensor, c: int, random_start
     picked = [torch.nonzero(small).flatten()]
     if big_idx.numel():
         picked.append(
-            big_idx[fps_from_centre(pos[big_idx], group[big_idx], counts.numel(), num_points=c,
-                                    random_start=random_start, generator=generator)]
+            big_idx[
+                fps_from_centre(
+                    pos[big_idx],
+                    group[big_idx],
+                    counts.numel(),
+                    num_points=c,
+                    random_start=random_start,
+                    generator=generator,
+                )
+            ]
         )
     idx = torch.cat(picked)
     return idx[torch.argsort(group[idx], stable=True)]

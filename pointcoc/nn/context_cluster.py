@@ -7,6 +7,7 @@ size points x centres x channels is allocated: the hard assignment is an argmax
 computed without gradient (chunked), and only the assigned similarity is
 recomputed with gradient, which gives the reference's values and gradients.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union

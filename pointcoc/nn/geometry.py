@@ -7,6 +7,7 @@ the origin, rounded to the nearest node. For image points the lattice is the pix
 corner and the pitch is given or estimated (mean nearest-neighbour spacing). Reducers
 multiply the pitch by their stride, so every stage keeps a lattice of its own.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -131,5 +132,7 @@ def check_cells(extent: Tensor) -> None:
     """Reject lattices too large to number their cells in int64 (a pitch far below the spacing)."""
     cells = extent.double().prod(1).max() * extent.size(0) if extent.numel() else 0.0
     if float(cells) >= MAX_CELLS:
-        raise ValueError(f"pitch is too small for these point sets: {float(cells):.3g} lattice cells "
-                         f"(extent per axis up to {extent.max(0).values.tolist()}); give a larger pitch")
+        raise ValueError(
+            f"pitch is too small for these point sets: {float(cells):.3g} lattice cells "
+            f"(extent per axis up to {extent.max(0).values.tolist()}); give a larger pitch"
+        )

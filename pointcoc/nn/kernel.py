@@ -14,6 +14,7 @@ lattice); the reducer multiplies the taps with the weight and divides by the cov
 Only points within ``(k + 1) / 2`` pitches of an anchor (per axis) can reach a tap: they
 are found by hashing the points' lattice cells.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,8 +50,7 @@ def kernel_pairs(geo: PointGeometry, anchors: PointGeometry, kernel: Sequence[in
     order = torch.argsort(point_ids, stable=True)
     sorted_ids = point_ids[order]
     M, Q = inside.shape
-    cand_ids, _ = cell_ids(b[:, None].expand(M, Q).reshape(-1), cand.clamp(min=0).reshape(M * Q, -1),
-                            geo.grid_size)
+    cand_ids, _ = cell_ids(b[:, None].expand(M, Q).reshape(-1), cand.clamp(min=0).reshape(M * Q, -1), geo.grid_size)
     start = torch.searchsorted(sorted_ids, cand_ids)
     count = torch.where(inside.reshape(-1), torch.searchsorted(sorted_ids, cand_ids, right=True) - start, 0)
     slot = torch.repeat_interleave(torch.arange(M * Q, device=device), count)

@@ -1,4 +1,5 @@
 """Small building blocks of the MetaFormer block: MLP and per-sample stochastic depth."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """GroupNorm with one group on ragged point batches."""
+
 from __future__ import annotations
 
 from typing import Optional

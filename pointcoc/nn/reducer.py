@@ -21,6 +21,7 @@ layout; ``Conv3d`` layout for 3-D positions), two ways to apply it:
   small, e.g. the 4x4 stride-4 stem on a side that is not a multiple of 4), point mode
   keeps an anchor for them and lattice mode drops them, as the convolution does.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -51,7 +52,8 @@ def _lookup_table(geo: PointGeometry) -> Tuple[Tensor, Tensor]:
     offset = batch_ptr(cells)
     table = torch.full((int(cells.sum()),), -1, dtype=torch.long, device=size.device)
     table[offset[geo.batch] + geo.pixel[:, 0] * size[geo.batch, 1] + geo.pixel[:, 1]] = torch.arange(
-        geo.batch.numel(), device=size.device)
+        geo.batch.numel(), device=size.device
+    )
     return table, offset
 
 
@@ -84,15 +86,22 @@ def lattice_windows(
     osz = out_size[ob]
     anchor = torch.stack((torch.div(local, osz[:, 1], rounding_mode="floor"), local % osz[:, 1]), 1)
     table, offset = _lookup_table(geo)
-    ki, kj = torch.meshgrid(torch.arange(kernel[0], device=device), torch.arange(kernel[1], device=device), indexing="ij")
+    ki, kj = torch.meshgrid(
+        torch.arange(kernel[0], device=device), torch.arange(kernel[1], device=device), indexing="ij"
+    )
     rows = anchor[:, :1] * stride[0] - padding[0] + ki.reshape(1, -1)
     cols = anchor[:, 1:] * stride[1] - padding[1] + kj.reshape(1, -1)
     bsz = size[ob]
     valid = (rows >= 0) & (rows < bsz[:, :1]) & (cols >= 0) & (cols < bsz[:, 1:])
     lin = offset[ob, None] + rows.clamp(min=0) * bsz[:, 1:] + cols.clamp(min=0)
     index = torch.where(valid, table[torch.where(valid, lin, torch.zeros_like(lin))], torch.full_like(lin, -2))
-    new = PointGeometry(pos=pixel_positions(anchor, osz, geo.pos.dtype), batch=ob, num_samples=geo.num_samples,
-                        pixel=anchor, grid_size=out_size)
+    new = PointGeometry(
+        pos=pixel_positions(anchor, osz, geo.pos.dtype),
+        batch=ob,
+        num_samples=geo.num_samples,
+        pixel=anchor,
+        grid_size=out_size,
+    )
     return index, new
 
 
@@ -159,8 +168,10 @@ class PointReducer(nn.Module):
             index, new = lattice_windows(geo, self.kernel, self.stride, self.padding)
             if bool((new.counts == 0).any()):
                 empty = (new.counts == 0).nonzero().flatten().tolist()
-                raise ValueError(f"points of sample(s) {empty} lie outside every {self.kernel} window "
-                                 f"(stride {self.stride}, padding {self.padding}): nothing is left to reduce")
+                raise ValueError(
+                    f"points of sample(s) {empty} lie outside every {self.kernel} window "
+                    f"(stride {self.stride}, padding {self.padding}): nothing is left to reduce"
+                )
             padded = torch.cat([x, x.new_zeros(1, x.size(1))])
             taps = padded[torch.where(index < 0, torch.full_like(index, x.size(0)), index)]
             coverage = (index >= 0).sum(1).to(x.dtype) / (index > -2).sum(1).clamp(min=1).to(x.dtype)
@@ -170,7 +181,8 @@ class PointReducer(nn.Module):
         if geo.pitch is None:
             raise ValueError("mode='point' needs the points on a lattice (pointcoc.nn.geometry.point_lattice)")
         if geo.pos.size(1) != len(self.kernel):
-            raise ValueError(f"positions have {geo.pos.size(1)} coordinates but the kernel {self.kernel} has "
-                             f"{len(self.kernel)} axes")
+            raise ValueError(
+                f"positions have {geo.pos.size(1)} coordinates but the kernel {self.kernel} has {len(self.kernel)} axes"
+            )
         new = reduce_anchors(geo, self.kernel, self.stride, self.padding, self.anchors, random_start, generator)
         return self._fuse(*kernel_taps(x, geo, new, self.kernel)), new

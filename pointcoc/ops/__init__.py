@@ -1,5 +1,6 @@
 """Point-set operations: sampling, neighbours (kNN, radius, nearest), voxels, interpolation,
 grid proposal, ragged-batch utilities. Pure PyTorch; signatures follow torch-cluster / PyG."""
+
 from .backend import get_backend, set_backend, use_backend
 from .batch import batch_counts, batch_ptr, to_dense_batch
 from .fps import fps

@@ -12,6 +12,7 @@ selection boundary (the k-th neighbour of kNN, the farthest point of an FPS
 step): torch-cluster's kernels do not promise which of the tied points wins.
 The setting is process-wide (not per thread).
 """
+
 from __future__ import annotations
 
 import contextlib

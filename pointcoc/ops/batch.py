@@ -4,6 +4,7 @@ A ragged batch is a flat tensor ``x: [N, C]`` with a sorted sample-id vector
 ``batch: [N]``; the dense form pads every sample to the largest one and carries
 a validity mask.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

@@ -13,6 +13,7 @@ float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine` the
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
 points it did not keep; every other query is searched again in float64 by the caller.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -27,6 +27,7 @@ more than about 1e19), the search runs in float64 directly; when it does not fit
 (spread above about 1e153) a ``ValueError`` is raised: the reference distances themselves
 overflow.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,7 +107,12 @@ def rank_by_distance(index: Tensor, dist: Tensor, k: int, num_points: int) -> Tu
 
 
 def refine(
-    x: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor,
+    x: Tensor,
+    y: Tensor,
+    index: Tensor,
+    dist_work: Tensor,
+    k: int,
+    complete: Tensor,
     region: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Re-rank float32 candidates by the float64 reference distance; prove the result exact.

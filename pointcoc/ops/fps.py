@@ -4,6 +4,7 @@ All samples run together: the batch is padded to ``[B, n_max, P]`` and the loop
 runs over FPS iterations only (as many as the largest per-sample pick count);
 each iteration is a handful of tensor operations on ``[B, n_max]``.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ half-open range ``[floor(t*L/n), ceil((t+1)*L/n))`` (as
 ``n > L`` several bins cover the same pixels. A point at position ``r`` lies
 in the bins ``t`` with ``floor(r*n/L) <= t <= ceil((r+1)*n/L) - 1``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple

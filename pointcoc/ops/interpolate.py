@@ -1,5 +1,6 @@
 """k-NN feature interpolation (PyG's ``knn_interpolate``): the feature-propagation step of
 point-cloud decoders."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -43,8 +44,10 @@ def knn_interpolate(
     if x.size(0) != pos_x.size(0):
         raise ValueError(f"x must have one row per point of pos_x ({pos_x.size(0)}), got {x.size(0)}")
     if pos_y.dtype != pos_x.dtype or pos_y.size(1) != pos_x.size(1):
-        raise ValueError(f"pos_y must match pos_x in dtype and coordinates ({pos_x.dtype}, {pos_x.size(1)}), "
-                         f"got {pos_y.dtype}, {pos_y.size(1)}")
+        raise ValueError(
+            f"pos_y must match pos_x in dtype and coordinates ({pos_x.dtype}, {pos_x.size(1)}), "
+            f"got {pos_y.dtype}, {pos_y.size(1)}"
+        )
     index, dist = knn_padded(pos_x, pos_y, k, batch_x, batch_y)
     if bool((index[:, 0] < 0).any()):
         raise ValueError("every sample holding points of pos_y needs at least one point of pos_x")

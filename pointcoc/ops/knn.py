@@ -12,6 +12,7 @@ Signatures and output layouts follow torch-cluster (``knn``, ``knn_graph``, ``ne
 pointcoc is stricter where noted (``knn`` requires ``k`` points of ``x`` in every sample that
 holds queries; ``knn_graph`` gives every node exactly ``min(k, n_b - 1)`` neighbours).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -164,7 +165,13 @@ def knn_dense(x: Tensor, y: Tensor, k: int, max_chunk_entries: int = DEFAULT_CHU
     counts_x = torch.full((num_samples,), n, device=x.device)
     counts_y = torch.full((num_samples,), m, device=x.device)
     index, _ = exact_knn(
-        x.detach().reshape(-1, dim), y.detach().reshape(-1, dim), k, batch_x, batch_y, counts_x, counts_y,
+        x.detach().reshape(-1, dim),
+        y.detach().reshape(-1, dim),
+        k,
+        batch_x,
+        batch_y,
+        counts_x,
+        counts_y,
         max_chunk_entries,
     )
     return (index - batch_y[:, None] * n).view(num_samples, m, k)
@@ -318,8 +325,17 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
 
 
 def validate_search_args(
-    x: object, y: object, k: object, batch_x: object, batch_y: object, ptr_x: object, ptr_y: object,
-    cosine: object, num_workers: object, batch_size: object, allow_empty: bool,
+    x: object,
+    y: object,
+    k: object,
+    batch_x: object,
+    batch_y: object,
+    ptr_x: object,
+    ptr_y: object,
+    cosine: object,
+    num_workers: object,
+    batch_size: object,
+    allow_empty: bool,
 ) -> Tuple[Tensor, Tensor, int, Tensor, Tensor, Tensor, Tensor]:
     """Check the arguments of the kNN functions; return them with per-sample counts ``[B]``."""
     x = check_tensor(x, "x", ndim=2)

@@ -10,6 +10,7 @@ The search reuses the k-d tree tiles of :mod:`pointcoc.ops.search`: every (query
 pair whose bounding boxes are closer than ``r`` (a float64 lower bound that never exceeds a
 pair's float64 distance) is compared exactly, pair by pair, in float64.
 """
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,9 @@ def radius_graph(
     )
     r2 = _check_radius(r)
     max_num_neighbors = check_k(max_num_neighbors, "max_num_neighbors")
-    node, neighbour = radius_pairs(x, x, r2, batch, batch, counts, counts, max_num_neighbors, not loop,
-                                   DEFAULT_CHUNK_ENTRIES)
+    node, neighbour = radius_pairs(
+        x, x, r2, batch, batch, counts, counts, max_num_neighbors, not loop, DEFAULT_CHUNK_ENTRIES
+    )
     if flow == "source_to_target":
         return torch.stack([neighbour, node])
     return torch.stack([node, neighbour])
@@ -108,8 +110,16 @@ def _check_radius(r: object) -> float:
 
 @torch.no_grad()
 def radius_pairs(
-    x: Tensor, y: Tensor, r2: float, batch_x: Tensor, batch_y: Tensor, counts_x: Tensor, counts_y: Tensor,
-    max_num: int, skip_self: bool, max_chunk_entries: int,
+    x: Tensor,
+    y: Tensor,
+    r2: float,
+    batch_x: Tensor,
+    batch_y: Tensor,
+    counts_x: Tensor,
+    counts_y: Tensor,
+    max_num: int,
+    skip_self: bool,
+    max_chunk_entries: int,
 ) -> Tensor:
     """``[2, E]`` (query, x) pairs with float64 distance ``< r2``, sorted, at most ``max_num`` per query."""
     empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
@@ -143,8 +153,15 @@ def radius_pairs(
 
 
 def _pairs_in_tiles(
-    tiles: Tiles, blocks: Tiles, sample: Tensor, block: Tensor, tile: Tensor, r2: float,
-    ptr_x: Tensor, ptr_y: Tensor, skip_self: bool,
+    tiles: Tiles,
+    blocks: Tiles,
+    sample: Tensor,
+    block: Tensor,
+    tile: Tensor,
+    r2: float,
+    ptr_x: Tensor,
+    ptr_y: Tensor,
+    skip_self: bool,
 ) -> Tensor:
     """Global (query, x) pairs closer than ``r2`` among the given (block, tile) pairs: ``[2, E]``."""
     queries = blocks.coords[:, sample, block]  # [D, P, TILE]

@@ -1,4 +1,5 @@
 """Random centre sampling on ragged batches (no Python loop over samples)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -42,8 +43,10 @@ def _ratio_per_sample(ratio: object, counts: Tensor) -> object:
     if not ratio.is_floating_point():
         raise TypeError(f"ratio must be a float or a floating-point tensor, got dtype {ratio.dtype}")
     if ratio.dim() > 1 or (ratio.dim() == 1 and ratio.numel() != counts.numel()):
-        raise ValueError(f"ratio must be a number, a 0-d tensor or one value per sample ([{counts.numel()}]), "
-                         f"got shape {tuple(ratio.shape)}")
+        raise ValueError(
+            f"ratio must be a number, a 0-d tensor or one value per sample ([{counts.numel()}]), "
+            f"got shape {tuple(ratio.shape)}"
+        )
     ratio = ratio.to(counts.device).expand(counts.shape)
     if not bool(((ratio > 0) & (ratio <= 1)).all()):
         raise ValueError("ratio must be in (0, 1] for every sample")
@@ -84,4 +87,3 @@ def random_sample(
     if sort:
         chosen = torch.sort(chosen).values
     return chosen
-

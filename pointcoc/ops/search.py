@@ -19,6 +19,7 @@ each row: the k-th value is found with ``topk`` and the ties at it resolved by i
 float32 they return *candidates*: k points with the smallest float32 distances, ties at the
 k-th in no fixed order, which :func:`pointcoc.ops.exact.refine` re-ranks in float64.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,15 @@ from torch import Tensor
 from .batch import batch_ptr, slot_in_sample
 
 __all__ = [
-    "TILED_MAX_DIM", "TILED_MIN_POINTS", "DEFAULT_CHUNK_ENTRIES", "TILE", "NO_ID",
-    "Tiles", "tile_lower_bound", "chunk_end", "search",
+    "TILED_MAX_DIM",
+    "TILED_MIN_POINTS",
+    "DEFAULT_CHUNK_ENTRIES",
+    "TILE",
+    "NO_ID",
+    "Tiles",
+    "tile_lower_bound",
+    "chunk_end",
+    "search",
 ]
 
 TILED_MAX_DIM = 4
@@ -270,7 +278,9 @@ def _kd_order(points: Tensor, batch: Tensor, counts: Tensor, ptr: Tensor) -> Ten
 def _same_points(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor) -> bool:
     """True when ``y`` is ``x`` (all-to-all search: the query blocks are the tiles themselves)."""
     return (
-        x.shape == y.shape and x.stride() == y.stride() and x.data_ptr() == y.data_ptr()
+        x.shape == y.shape
+        and x.stride() == y.stride()
+        and x.data_ptr() == y.data_ptr()
         and (batch_x.data_ptr() == batch_y.data_ptr() or torch.equal(batch_x, batch_y))
     )
 
@@ -333,8 +343,17 @@ def _knn_tiled(
         if width > 0:
             chunk = slice(start, stop)
             _tiled_chunk(
-                tiles, blocks, block_sample[chunk], block_index[chunk], width, k, ptr_x, ptr_y,
-                index_out, dist_out, workspace,
+                tiles,
+                blocks,
+                block_sample[chunk],
+                block_index[chunk],
+                width,
+                k,
+                ptr_x,
+                ptr_y,
+                index_out,
+                dist_out,
+                workspace,
             )
         start = stop
     return index_out, dist_out

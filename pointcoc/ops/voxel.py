@@ -7,6 +7,7 @@ start[q]) / size[q]) + 1``, i.e. the first coordinate varies fastest. ``start`` 
 default to the minimum / maximum over all points. Ids are not consecutive (PyG's
 ``consecutive_cluster`` or ``torch.unique(..., return_inverse=True)`` renumbers them).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union

@@ -12,6 +12,7 @@ Naming: ``*_h`` counts along rows (height, dim 2), ``*_w`` along columns
 the ``centres_h x centres_w`` bins of adaptive average pooling, numbered
 row-major (``bin_row * centres_w + bin_col``); points are numbered row-major.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,14 @@ class Cluster(nn.Module):
     ) -> None:
         super().__init__()
         for value, name in (
-            (dim, "dim"), (out_dim, "out_dim"), (centres_w, "centres_w"), (centres_h, "centres_h"),
-            (regions_w, "regions_w"), (regions_h, "regions_h"), (heads, "heads"), (head_dim, "head_dim"),
+            (dim, "dim"),
+            (out_dim, "out_dim"),
+            (centres_w, "centres_w"),
+            (centres_h, "centres_h"),
+            (regions_w, "regions_w"),
+            (regions_h, "regions_h"),
+            (heads, "heads"),
+            (head_dim, "head_dim"),
         ):
             check_k(value, name)
         if normalize not in NORMALIZATIONS:

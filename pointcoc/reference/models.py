@@ -4,6 +4,7 @@ The architectures come from :data:`pointcoc.models.configs.VARIANTS` (docs/desig
 parameter names follow the released checkpoints' "new naming", so an official
 state dict loads into :class:`ContextClusterNet` as is.
 """
+
 from __future__ import annotations
 
 from typing import List
@@ -37,9 +38,7 @@ def add_position_channels(x: Tensor) -> Tensor:
     batch, _, height, width = x.shape
     rows = pixel_positions(torch.arange(height, device=x.device), torch.tensor(height, device=x.device), x.dtype)
     cols = pixel_positions(torch.arange(width, device=x.device), torch.tensor(width, device=x.device), x.dtype)
-    pos = torch.stack(
-        (rows[:, None].expand(height, width), cols[None, :].expand(height, width)), dim=0
-    )  # [2, H, W]
+    pos = torch.stack((rows[:, None].expand(height, width), cols[None, :].expand(height, width)), dim=0)  # [2, H, W]
     return torch.cat((x, pos.unsqueeze(0).expand(batch, 2, height, width)), dim=1)
 
 
@@ -108,8 +107,15 @@ class ClusterBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(1, dim)
         self.token_mixer = Cluster(
-            dim, dim, centres_w=centres, centres_h=centres, regions_w=regions, regions_h=regions,
-            heads=heads, head_dim=head_dim, normalize=normalize,
+            dim,
+            dim,
+            centres_w=centres,
+            centres_h=centres,
+            regions_w=regions,
+            regions_h=regions,
+            heads=heads,
+            head_dim=head_dim,
+            normalize=normalize,
         )
         self.norm2 = nn.GroupNorm(1, dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -157,9 +163,15 @@ class ContextClusterNet(nn.Module):
         for stage, depth in enumerate(config.layers):
             blocks = [
                 ClusterBlock(
-                    dims[stage], config.mlp_ratios[stage], config.heads[stage], config.head_dim,
-                    config.centres[stage], config.regions[stage], drop_path=rates[first + i],
-                    layer_scale_init_value=layer_scale_init_value, normalize=normalize,
+                    dims[stage],
+                    config.mlp_ratios[stage],
+                    config.heads[stage],
+                    config.head_dim,
+                    config.centres[stage],
+                    config.regions[stage],
+                    drop_path=rates[first + i],
+                    layer_scale_init_value=layer_scale_init_value,
+                    normalize=normalize,
                 )
                 for i in range(depth)
             ]
