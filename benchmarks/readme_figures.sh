@@ -32,14 +32,17 @@ for part in "${parts[@]}"; do
             run cluster_map python examples/visualize_clusters.py --model coc_tiny --stage 2 --head 0 --with-input \
                 --out docs/cluster_map.png ;;
         digits)
-            run digits python examples/images.py --no-progress ;;
+            run digits python examples/images.py --jobs 4 --no-progress ;;
         scanobjectnn)
             for seed in 0 1 2; do
                 run "scanobjectnn_seed$seed" python examples/scanobjectnn.py --seed "$seed" --no-progress \
                     --output "$logs/scanobjectnn_seed$seed"
-            done ;;
+            done
+            run scanobjectnn_coc_mini python examples/scanobjectnn.py --model coc_mini --num-points 256 --no-progress \
+                --output "$logs/scanobjectnn_coc_mini" ;;
         rgbd)
-            run rgbd python examples/rgbd.py --train --output "$logs/rgbd" ;;
+            run rgbd python examples/rgbd.py --train --no-progress --output "$logs/rgbd"
+            cp "$logs/rgbd/clusters.png" docs/rgbd_clusters.png ;;
         ops)
             run ops python benchmarks/ops.py --threads 1 ;;
         cluster)

@@ -463,6 +463,15 @@ def _checkpoint_bytes_estimate(model: nn.Module, optimizer: str) -> int:
     return weights * (2 if optimizer == "sgd" else 3) + buffers + (1 << 20)
 
 
+def _make_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD with momentum (the reference recipe) or AdamW."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
 class Trainer:
     """Train and evaluate a point-cloud classifier (by default with the PointMLP ScanObjectNN recipe).
 
@@ -542,11 +551,7 @@ class Trainer:
             if self.ctx.distributed
             else self.model
         )
-        self.optimizer: torch.optim.Optimizer = (
-            torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-            if optimizer == "sgd"
-            else torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
-        )
+        self.optimizer = _make_optimizer(self.model, optimizer, lr, momentum, weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=epochs, eta_min=lr * min_lr_ratio
         )

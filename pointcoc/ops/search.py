@@ -295,6 +295,26 @@ def tile_lower_bound(y_low: Tensor, y_high: Tensor, x_low: Tensor, x_high: Tenso
 
 
 @torch.no_grad()
+def _candidate_tiles(tiles: Tiles, blocks: Tiles, k: int, max_chunk_entries: int, workspace: _Workspace) -> Tensor:
+    """Phase 1 of :func:`_knn_tiled`: per query block ``[B, Q]``, how many tiles lie within a
+    distance inside which every query of the block has ``k`` points."""
+    num_samples, num_tiles = tiles.valid.shape
+    num_blocks = blocks.valid.size(1)
+    probes = min(num_tiles, -(-k // TILE) + PROBE_EXTRA_TILES)
+    candidates = torch.empty(num_samples, num_blocks, dtype=torch.long, device=tiles.valid.device)
+    step = max(1, max_chunk_entries // (num_samples * max(num_tiles, probes * TILE * TILE)))
+    for q0 in range(0, num_blocks, step):
+        q = slice(q0, q0 + step)
+        lower = tile_lower_bound(
+            blocks.low[:, :, q, None], blocks.high[:, :, q, None], tiles.low[:, :, None], tiles.high[:, :, None]
+        )  # [B, qc, G]
+        lower.masked_fill_(~tiles.valid[:, None, :], math.inf)
+        probe = torch.topk(lower, probes, dim=-1, largest=False, sorted=False).indices  # [B, qc, probes]
+        reach = _probe_reach(tiles, blocks.coords[:, :, q], probe, k, workspace)  # [B, qc]
+        candidates[:, q] = ((lower <= reach[..., None]) & tiles.valid[:, None, :]).sum(-1)
+    return candidates
+
+
 def _knn_tiled(
     x: Tensor,
     y: Tensor,
@@ -309,24 +329,8 @@ def _knn_tiled(
     ptr_x, ptr_y = batch_ptr(counts_x), batch_ptr(counts_y)
     tiles = Tiles(x, batch_x, counts_x, ptr_x)
     blocks = tiles if _same_points(x, y, batch_x, batch_y) else Tiles(y, batch_y, counts_y, ptr_y)
-    num_samples, num_tiles = tiles.valid.shape
-    num_blocks = blocks.valid.size(1)
-
-    # phase 1: per query block, a distance within which every query has k points, and how many
-    # tiles lie within it
     workspace = _Workspace(x.device)
-    probes = min(num_tiles, -(-k // TILE) + PROBE_EXTRA_TILES)
-    candidates = torch.empty(num_samples, num_blocks, dtype=torch.long, device=x.device)
-    step = max(1, max_chunk_entries // (num_samples * max(num_tiles, probes * TILE * TILE)))
-    for q0 in range(0, num_blocks, step):
-        q = slice(q0, q0 + step)
-        lower = tile_lower_bound(
-            blocks.low[:, :, q, None], blocks.high[:, :, q, None], tiles.low[:, :, None], tiles.high[:, :, None]
-        )  # [B, qc, G]
-        lower.masked_fill_(~tiles.valid[:, None, :], math.inf)
-        probe = torch.topk(lower, probes, dim=-1, largest=False, sorted=False).indices  # [B, qc, probes]
-        reach = _probe_reach(tiles, blocks.coords[:, :, q], probe, k, workspace)  # [B, qc]
-        candidates[:, q] = ((lower <= reach[..., None]) & tiles.valid[:, None, :]).sum(-1)
+    candidates = _candidate_tiles(tiles, blocks, k, max_chunk_entries, workspace)
 
     # phase 2: blocks sorted by candidate count, processed in chunks that fit the budget
     block_sample, block_index = blocks.valid.nonzero(as_tuple=True)
