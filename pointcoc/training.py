@@ -473,7 +473,7 @@ def _make_optimizer(
 
 
 class Trainer:
-    """Train and evaluate a point-cloud classifier (by default with the PointMLP ScanObjectNN recipe).
+    """Train and evaluate a point-cloud classifier (by default with the reference ScanObjectNN recipe).
 
     Model-agnostic: ``adapter`` turns each batch of clouds into the model's input.
 
