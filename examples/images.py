@@ -2,6 +2,7 @@
 
     python examples/images.py             # all four formats, three ways each (about 12 CPU minutes)
     python examples/images.py --jobs 4    # the same, four runs at a time
+    python examples/images.py --seeds 0 1 2 --jobs 2   # three seeds (split, weights, masks): the README table
     python examples/images.py --quick     # a short point-mode run on the full grid only (the test uses it)
 
 Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1,797
@@ -38,7 +39,9 @@ normalisation, the clustering or the pooling.
 
 Training: AdamW (lr 3e-3, weight decay 0.05), one warm-up epoch then a cosine schedule,
 label smoothing 0.1, batch 64, 20 epochs, one CPU thread, seeded (the run is deterministic
-on one machine). Prints a table and writes ``results.json`` to ``--output``.
+on one machine). A seed fixes the train / test split, the initial weights, the batch order and
+the masks; with several ``--seeds`` each cell is the mean over them, with the range. Prints a
+table and writes ``results.json`` (every seed's accuracy too) to ``--output``.
 """
 
 from __future__ import annotations
@@ -209,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="resize the 8x8 digits to size x size, bilinear (default 16; 8 = no resizing)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds to run; cells show their mean (default: 0)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -227,7 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
+def _cell(run: Dict[str, object]) -> str:
+    """``98.0%``, or with several seeds their mean and range: ``97.6% (97.1-98.0)``."""
+    values = [100 * a for a in run.get("accuracies", [run["accuracy"]])]
+    mean = f"{100 * run['accuracy']:.1f}%"
+    return mean if len(values) == 1 else f"{mean} ({min(values):.1f}-{max(values):.1f})"
+
+
+def _table(results: Dict[str, Dict[str, Dict[str, object]]]) -> str:
     names = {"point": "point mode (FPS centres)", "lattice": "lattice mode", "zeros": "zero-filled grid"}
     feeds = [f for f in FEEDS if any(f in runs or (f == "zeros" and "lattice" in runs) for runs in results.values())]
     lines = ["| format | " + " | ".join(names[f] for f in feeds) + " |", "|---" * (len(feeds) + 1) + "|"]
@@ -236,68 +248,80 @@ def _table(results: Dict[str, Dict[str, Dict[str, float]]]) -> str:
         for feed in feeds:
             run = runs.get(feed, runs.get("lattice") if (feed, fmt) == ("zeros", "grid") else None)
             same = " (lattice run)" if (feed, fmt) == ("zeros", "grid") else ""
-            cells.append("-" if run is None else f"{100 * run['accuracy']:.1f}%{same}")
+            cells.append("-" if run is None else _cell(run) + same)
         lines.append(f"| {fmt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _train_run(run: Tuple[str, str], data, epochs: int, args: argparse.Namespace) -> Dict[str, float]:
+def _train_run(run: Tuple[int, str, str], splits, epochs: int, args: argparse.Namespace) -> Dict[str, float]:
     torch.set_num_threads(args.threads)
-    fmt, feed = run
+    seed, fmt, feed = run
     return train_and_test(
         fmt,
         feed,
-        data,
+        splits[seed],
         epochs,
         args.batch_size,
         args.lr,
         args.weight_decay,
         args.label_smoothing,
-        seed=args.seed,
+        seed=seed,
         progress=not args.no_progress and args.jobs == 1,
     )
 
 
-def _report(fmt: str, feed: str, run: Dict[str, float]) -> Dict[str, float]:
+def _report(run: Tuple[int, str, str], result: Dict[str, float]) -> Dict[str, float]:
+    seed, fmt, feed = run
     print(
-        f"{fmt:>8} {feed:>7}: test accuracy {100 * run['accuracy']:.1f}% "
-        f"({run['seconds']:.0f} s, CPU {run['cpu_seconds']:.0f} s)",
+        f"{fmt:>8} {feed:>7} seed {seed}: test accuracy {100 * result['accuracy']:.1f}% "
+        f"({result['seconds']:.0f} s, CPU {result['cpu_seconds']:.0f} s)",
         flush=True,
     )
-    return run
+    return result
+
+
+def _train_all(runs: List[Tuple[int, str, str]], train, jobs: int) -> List[Dict[str, float]]:
+    """Every run's result, in order: one by one, or in ``jobs`` forked workers (one thread each, seeded alike)."""
+    if jobs == 1:
+        return [_report(run, train(run)) for run in runs]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        return [_report(run, result) for run, result in zip(runs, pool.map(train, runs))]
+
+
+def _over_seeds(results: List[Dict[str, float]]) -> Dict[str, object]:
+    """One cell: the mean accuracy over seeds, every seed's accuracy, and the summed times."""
+    accuracies = [r["accuracy"] for r in results]
+    return dict(
+        accuracy=sum(accuracies) / len(accuracies),
+        accuracies=accuracies,
+        seconds=sum(r["seconds"] for r in results),
+        cpu_seconds=sum(r["cpu_seconds"] for r in results),
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
-    """Run the comparison; returns ``{"results": {format: {feed: {accuracy, seconds}}}, "seconds": ...}``."""
+    """Run the comparison; returns ``{"results": {format: {feed: {accuracy, accuracies, ...}}}, "seconds": ...}``."""
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     formats = args.formats or (["grid"] if args.quick else list(FORMATS))
     feeds = args.feeds or (["point"] if args.quick else list(FEEDS))
     epochs = args.epochs or (3 if args.quick else 20)
+    seeds = list(dict.fromkeys(args.seeds))
     start, cpu = time.perf_counter(), time.process_time()
-    data = load_digit_split(args.size, args.seed)
+    splits = {seed: load_digit_split(args.size, seed) for seed in seeds}
     resized = "" if args.size == 8 else f", resized to {args.size}x{args.size} (bilinear)"
     print(
-        f"digits: {len(data[1])} train / {len(data[3])} test images of 8x8{resized}; "
-        f"{MODEL} with stem {VARIANTS[MODEL].stem}, {epochs} epochs per run, seed {args.seed}"
+        f"digits: {len(splits[seeds[0]][1])} train / {len(splits[seeds[0]][3])} test images of 8x8{resized}; "
+        f"{MODEL} with stem {VARIANTS[MODEL].stem}, {epochs} epochs per run, seeds {seeds}"
     )
-    runs = [(fmt, feed) for fmt in formats for feed in feeds if not (fmt == "grid" and feed == "zeros")]
-    train = functools.partial(_train_run, data=data, epochs=epochs, args=args)
-    results: Dict[str, Dict[str, Dict[str, float]]] = {fmt: {} for fmt in formats}
-    if args.jobs > 1:  # forked workers, one thread each; every run is seeded on its own
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            done = pool.map(train, runs)
-            for (fmt, feed), run in zip(runs, done):
-                results[fmt][feed] = _report(fmt, feed, run)
-    else:
-        for fmt, feed in runs:
-            results[fmt][feed] = _report(fmt, feed, train((fmt, feed)))
+    pairs = [(fmt, feed) for fmt in formats for feed in feeds if not (fmt == "grid" and feed == "zeros")]
+    runs = [(seed, fmt, feed) for fmt, feed in pairs for seed in seeds]
+    done = _train_all(runs, functools.partial(_train_run, splits=splits, epochs=epochs, args=args), args.jobs)
+    results: Dict[str, Dict[str, Dict[str, object]]] = {fmt: {} for fmt in formats}
+    for fmt, feed in pairs:
+        results[fmt][feed] = _over_seeds([r for (_, f, d), r in zip(runs, done) if (f, d) == (fmt, feed)])
     seconds = time.perf_counter() - start
-    cpu_seconds = (
-        time.process_time()
-        - cpu
-        + (sum(r["cpu_seconds"] for v in results.values() for r in v.values()) if args.jobs > 1 else 0.0)
-    )
+    cpu_seconds = time.process_time() - cpu + (sum(r["cpu_seconds"] for r in done) if args.jobs > 1 else 0.0)
     print("\n" + _table(results) + f"\n\ntotal time {seconds:.0f} s (CPU time {cpu_seconds:.0f} s)")
     summary = dict(
         results=results,
@@ -305,7 +329,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         cpu_seconds=cpu_seconds,
         epochs=epochs,
         size=args.size,
-        seed=args.seed,
+        seeds=seeds,
         model=MODEL,
         stem=VARIANTS[MODEL].stem,
     )

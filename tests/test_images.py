@@ -177,6 +177,7 @@ def test_digit_table_has_three_columns():
         {
             "grid": {"point": run(0.98), "lattice": run(0.97)},
             "masked": {"point": run(0.9), "lattice": run(0.91), "zeros": run(0.88)},
+            "disc": {"point": dict(accuracy=0.975, accuracies=[0.97, 0.98]), "lattice": run(0.96)},
         }
     )
     assert table.splitlines() == [
@@ -184,4 +185,5 @@ def test_digit_table_has_three_columns():
         "|---|---|---|---|",
         "| grid | 98.0% | 97.0% | 97.0% (lattice run) |",
         "| masked | 90.0% | 91.0% | 88.0% |",
+        "| disc | 97.5% (97.0-98.0) | 96.0% | - |",
     ]
