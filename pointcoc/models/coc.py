@@ -19,6 +19,7 @@ one of two modes with the same weights:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, List, Optional, Tuple, Union
 
 import torch
@@ -55,12 +56,13 @@ PointsInput = Any  # torch_geometric Data/Batch, or any object with x, pos, batc
 def as_point_batch(points: PointsInput) -> Tuple[Tensor, PointGeometry]:
     """Features and geometry of a point batch (a PyG ``Data``/``Batch`` or look-alike).
 
-    A ``[B, C, H, W]`` / ``[C, H, W]`` image tensor is converted with ``pc.image_to_points``.
+    A ``[B, C, H, W]`` / ``[C, H, W]`` image tensor is converted as by ``pc.image_to_points``
+    (without building a PyG ``Batch``).
     """
     if isinstance(points, Tensor):
-        from ..points import image_to_points
+        from ..points import image_point_attributes
 
-        points = image_to_points(points)
+        points = SimpleNamespace(**image_point_attributes(points))
     x = getattr(points, "x", None)
     pos = getattr(points, "pos", None)
     if x is None or pos is None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
 from .._checks import check_batch_norm_batch, check_float, check_model_kwargs, check_module_input, check_tensor
+from .._compile import eager_under_compile
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
 from ..ops.fps import fps
@@ -164,7 +165,7 @@ class GroupedPoints:
         return torch.cat([normed, anchor.expand_as(nb)], dim=-1)
 
 
-@torch.compiler.disable
+@eager_under_compile
 def _group_indices(xyz: Tensor, groups: int, k: int, random_start: bool) -> Tuple[Tensor, Tensor]:
     """FPS anchors ``[B * S]`` of ``xyz: [B, n, 3]`` and their kNN ``[B * S * k]``, as rows of ``[B * n]``.
 
