@@ -113,11 +113,12 @@ class CocBlock(nn.Module):
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.drop_path = DropPath(drop_path)
-        # Activation checkpointing: in training only the block input is stored and the backward
-        # pass recomputes the block (its no-grad assignment included, with the same stochastic
-        # depth draws). Values and gradients are the same; a coc_tiny stage-1 block stores
-        # 0.13 KB per point instead of 6.7 KB, for one more forward pass of the block.
-        self.grad_checkpointing = True
+        # Activation checkpointing (set by the network for its first stages): in training only the
+        # block input is stored and the backward pass recomputes the block (its no-grad
+        # assignment included, with the same stochastic depth draws). Values and gradients are
+        # the same; a coc_tiny stage-1 block stores 0.13 KB per point instead of 4.7 KB, for one
+        # more forward pass of the block.
+        self.grad_checkpointing = False
 
     def forward(
         self, x: Tensor, geo: PointGeometry, plan: ClusterPlan, return_assignment: bool = False
@@ -177,6 +178,9 @@ class ContextClusterNet(nn.Module):
         pitch: lattice spacing of point sets without a pixel grid (a number, in position units);
             ``None``: each sample's mean nearest-neighbour distance. A point batch carrying a
             ``pitch`` attribute (``[B]`` or a number) overrides it. Image points use their grid.
+        checkpoint_stages: activation checkpointing in training for the blocks of this many
+            first stages (the high-resolution ones, which hold most of the activation memory,
+            e.g. 0.8 of coc_tiny's); 0 = none. See :meth:`set_grad_checkpointing`.
 
     ``forward(points) = forward_head(forward_features(points))`` -> logits ``[B, num_classes]``.
     """
@@ -195,6 +199,7 @@ class ContextClusterNet(nn.Module):
         point_regions: bool = True,
         point_anchors: str = "grid",
         pitch: Optional[float] = None,
+        checkpoint_stages: int = 2,
     ) -> None:
         super().__init__()
         check_model_kwargs(
@@ -241,6 +246,19 @@ class ContextClusterNet(nn.Module):
         self.norm = PointGroupNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        self.set_grad_checkpointing(checkpoint_stages)
+
+    def set_grad_checkpointing(self, enable: Union[bool, int] = True) -> None:
+        """Activation checkpointing in training: ``True`` every block, ``False`` none, an int
+        ``n`` the blocks of the first ``n`` stages (timm's method, with the stage count)."""
+        stages = [layer for layer in self.network if isinstance(layer, nn.ModuleList)]
+        if isinstance(enable, bool):
+            enable = len(stages) if enable else 0
+        if not isinstance(enable, int) or enable < 0:
+            raise ValueError(f"enable must be a bool or a stage count >= 0, got {enable!r}")
+        for s, stage in enumerate(stages):
+            for block in stage:
+                block.grad_checkpointing = s < enable
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
