@@ -156,6 +156,18 @@ class StageIntermediates:
     assignments: List[Tensor]
 
 
+def _check_options(mode: str, point_proposal: str, point_anchors: str, pos_dim: int) -> None:
+    """Refuse unknown modes, proposals and anchors, and position sizes other than 2 and 3."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if point_proposal not in POINT_PROPOSALS:
+        raise ValueError(f"point_proposal must be one of {POINT_PROPOSALS}, got {point_proposal!r}")
+    if point_anchors not in ANCHORS:
+        raise ValueError(f"point_anchors must be one of {ANCHORS}, got {point_anchors!r}")
+    if pos_dim not in (2, 3):
+        raise ValueError(f"pos_dim must be 2 (image coordinates) or 3 (xyz), got {pos_dim!r}")
+
+
 class ContextClusterNet(nn.Module):
     """CoC classifier on point sets.
 
@@ -205,14 +217,7 @@ class ContextClusterNet(nn.Module):
         check_model_kwargs(
             dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim, drop_path_rate=drop_path_rate)
         )
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if point_proposal not in POINT_PROPOSALS:
-            raise ValueError(f"point_proposal must be one of {POINT_PROPOSALS}, got {point_proposal!r}")
-        if point_anchors not in ANCHORS:
-            raise ValueError(f"point_anchors must be one of {ANCHORS}, got {point_anchors!r}")
-        if pos_dim not in (2, 3):
-            raise ValueError(f"pos_dim must be 2 (image coordinates) or 3 (xyz), got {pos_dim!r}")
+        _check_options(mode, point_proposal, point_anchors, pos_dim)
         self.config, self.num_classes, self.in_chans, self.pos_dim = config, num_classes, in_chans, pos_dim
         self.mode, self.point_proposal, self.point_regions = mode, point_proposal, point_regions
         self.pitch = pitch
