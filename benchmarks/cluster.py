@@ -5,7 +5,8 @@ Cases (float32, batch 8):
   b  the same without regions, 4x4 centres
   c  the same without regions, 16x16 centres
   d  whole-model training steps at 224x224: coc_tiny and coc_tiny_plain (forward,
-     cross-entropy, backward, SGD step; the points path includes image_to_points)
+     cross-entropy, backward, SGD step; the points path is given the image tensor and
+     converts it to points inside the model, as ``image_to_points`` does, at every step)
   i  coc_tiny inference at 224x224 (no grad)
   e  point mode beside lattice mode: the coc_tiny training step of d on the full grid and on
      a fixed random 50% of the pixels (``pc.sample_pixels``), input points built once
@@ -97,12 +98,14 @@ def _model_step(pc, case: str, impl: str, name: str, device: str, backend: str) 
     model_name = name.split()[0] if case == "t" else ("coc_tiny" if case == "e" else name)
     if impl == "grid":
         model, inputs = pc.reference.create_model(model_name), lambda: images
+    elif case in ("d", "i"):  # the model turns the image tensor into points at every step
+        model, inputs = pc.create_model(model_name, mode="lattice"), lambda: images
     else:
         mode = impl if case == "e" else "lattice"
         model, points = pc.create_model(model_name, mode=mode), pc.image_to_points(images)
         if name == "discrete50":
             points = pc.sample_pixels(points, ratio=0.5, generator=torch.Generator(device=device).manual_seed(0))
-        inputs = (lambda: points) if case in ("e", "t") else (lambda: pc.image_to_points(images))
+        inputs = lambda: points  # noqa: E731
     model = model.to(device)
     forward = torch.compile(model, backend=backend) if case == "t" else model
     if case == "i" or name.endswith("infer"):

@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch_geometric.data import Batch
-from torch_geometric.data.data import BaseData
 
 from ._checks import check_batch, check_finite, check_k, check_ratio, check_tensor, limit
 from .ops.batch import batch_counts, batch_ptr
 from .ops.sampling import random_sample
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch
 
 __all__ = ["image_to_points", "sample_pixels", "rgbd_to_points", "points_to_image", "pixel_positions"]
 
@@ -59,6 +61,17 @@ _PIL_CONVERT = {
     "HSV": "RGB",
 }
 _PIL_DIRECT = ("L", "LA", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _batch(**attrs) -> Batch:
+    """A PyG ``Batch`` of ``attrs``.
+
+    torch_geometric is imported here, on first use, not with pointcoc: it imports
+    ``torch._dynamo``, about 100 MB of resident memory a model run on tensors does not need.
+    """
+    from torch_geometric.data import Batch
+
+    return Batch(**attrs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,10 +356,17 @@ def image_to_points(images: ImagesInput, mask: Optional[Union[MaskLike, Sequence
         on the device of the input tensors (CPU for arrays, PIL images and files).
         NaN / inf values in kept pixels raise ``ValueError``.
     """
+    return _batch(**image_point_attributes(images, mask))
+
+
+def image_point_attributes(
+    images: ImagesInput, mask: Optional[Union[MaskLike, Sequence[Optional[MaskLike]]]] = None
+) -> dict:
+    """The attributes of :func:`image_to_points`'s ``Batch`` as a dict (no PyG object built)."""
     groups = _load_images(images)
     keep = None if mask is None else _flat_mask(mask, _grid_sizes(groups), groups[0].device)
     attrs, _ = _points_from_groups(groups, keep, "mask")
-    return Batch(**attrs)
+    return attrs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,7 +374,8 @@ def image_to_points(images: ImagesInput, mask: Optional[Union[MaskLike, Sequence
 # ----------------------------------------------------------------------------------------------
 def _check_points(points: object, name: str = "points") -> Tuple[Tensor, int, int]:
     """Return ``(batch [N], N, B)`` of a point Batch/Data."""
-    if not isinstance(points, BaseData):
+    data = sys.modules.get("torch_geometric.data.data")  # not loaded: no Data/Batch exists yet
+    if data is None or not isinstance(points, data.BaseData):
         raise TypeError(f"{name} must be a torch_geometric Data/Batch, got {type(points).__name__}")
     ref = next((points[k] for k in ("batch", "pixel", "pos", "x") if isinstance(points.get(k), Tensor)), None)
     if ref is None:
@@ -424,7 +445,7 @@ def sample_pixels(
             out[key] = value
     out.setdefault("batch", new_batch)
     out.setdefault("ptr", batch_ptr(counts))
-    return Batch(**out)
+    return _batch(**out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -581,13 +602,13 @@ def rgbd_to_points(
     z = z_all[kept]
     if mode == "uvd":
         attrs["x"] = torch.cat([attrs["x"], z.unsqueeze(1)], dim=1)
-        return Batch(**attrs)
+        return _batch(**attrs)
     fx, fy, cx, cy = camera[attrs["batch"]].unbind(1)
     u = attrs["pixel"][:, 1].to(dtype)
     v = attrs["pixel"][:, 0].to(dtype)
     attrs["pos"] = torch.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], dim=1)
     _check_positions_finite(attrs["pos"], z, attrs["batch"], attrs["pixel"], depth)
-    return Batch(**attrs)
+    return _batch(**attrs)
 
 
 # ----------------------------------------------------------------------------------------------

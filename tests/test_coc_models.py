@@ -404,3 +404,17 @@ def test_timm_surface_features_head_and_intermediates(points_kw):
         ids = torch.stack(stage.assignments)  # [blocks, M, heads]
         assert ids.shape[1:] == (stage.features.size(0), heads)
         assert int(ids.min()) >= 0 and int(ids.max()) < stage.plan.num_groups * stage.plan.num_centres
+
+
+def test_checkpointing_covers_the_first_stages():
+    model = pc.create_model("coc_mini", num_classes=3)
+    blocks = [layer for layer in model.network if isinstance(layer, torch.nn.ModuleList)]
+    stages = [[b.grad_checkpointing for b in layer] for layer in blocks]
+    assert stages == [[True, True], [True, True], [False, False]]  # checkpoint_stages=2 by default
+    model.set_grad_checkpointing(False)
+    assert not any(getattr(b, "grad_checkpointing", False) for b in model.modules())
+    model.set_grad_checkpointing(1)
+    assert [b.grad_checkpointing for b in model.network[0]] == [True, True]
+    assert [b.grad_checkpointing for b in model.network[2]] == [False, False]
+    with pytest.raises(ValueError, match="enable must be a bool or a stage count"):
+        model.set_grad_checkpointing(-1)

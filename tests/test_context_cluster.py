@@ -132,7 +132,7 @@ def test_index_proposal_matches_brute_force():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("proposal", ["grid", "fps"])
 def test_block_checkpointing_keeps_values_and_gradients(device, proposal):
-    """A CoC block with selective activation checkpointing (the default in training) equals the
+    """A CoC block with activation checkpointing (set for the first stages in training) equals the
     block without it bit for bit: output, input and parameter gradients, with stochastic depth."""
     from pointcoc.models.coc import CocBlock
     from pointcoc.nn.geometry import point_lattice
@@ -160,3 +160,23 @@ def test_block_checkpointing_keeps_values_and_gradients(device, proposal):
         results.append([out, xi.grad] + [p.grad for p in block.parameters()])
     for got, expected in zip(*results):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_index_add_rows_equals_autograd_index_add(device):
+    """The segment sum that does not save its source gives autograd's values and gradients."""
+    from pointcoc.nn.context_cluster import _index_add_rows
+
+    torch.manual_seed(0)
+    base = torch.randn(4, 3, device=device, dtype=torch.float64, requires_grad=True)
+    source = torch.randn(9, 3, device=device, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([3, 0, 0, 2, 3, 3, 1, 0, 2], device=device)
+    grad = torch.randn(4, 3, device=device, dtype=torch.float64)
+    got = _index_add_rows(base, index, source)
+    expected = base.index_add(0, index, source)
+    assert torch.equal(got, expected)
+    got_grads = torch.autograd.grad(got, (base, source), grad)
+    expected_grads = torch.autograd.grad(expected, (base, source), grad)
+    for g, e in zip(got_grads, expected_grads):
+        assert torch.equal(g, e)
+    assert torch.equal(got_grads[1], grad[index])  # hand check: each source row gets its target's gradient

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -631,3 +635,21 @@ def test_bad_points_to_image_inputs():
     xyz = Batch(x=pts.x, pos=torch.rand(8, 3), batch=pts.batch)
     with pytest.raises(ValueError, match="pos"):
         points_to_image(xyz.x, xyz, height=2, width=2)
+
+
+def test_models_on_tensors_do_not_import_torch_geometric():
+    """torch_geometric (which imports torch._dynamo) loads only when a PyG object is built."""
+    code = (
+        "import sys, torch, pointcoc as pc\n"
+        "m = pc.create_model('coc_mini', num_classes=3).eval()\n"
+        "m(torch.rand(1, 3, 16, 16))\n"
+        "assert 'torch_geometric' not in sys.modules, 'imported too early'\n"
+        "pc.image_to_points(torch.rand(3, 4, 4))\n"
+        "assert 'torch_geometric' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_sample_pixels_refuses_a_non_pyg_object():
+    with pytest.raises(TypeError, match="points must be a torch_geometric Data/Batch"):
+        sample_pixels(types.SimpleNamespace(x=torch.zeros(2, 3), batch=torch.zeros(2, dtype=torch.long)))

@@ -19,6 +19,7 @@ one of two modes with the same weights:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, List, Optional, Tuple, Union
 
 import torch
@@ -55,12 +56,13 @@ PointsInput = Any  # torch_geometric Data/Batch, or any object with x, pos, batc
 def as_point_batch(points: PointsInput) -> Tuple[Tensor, PointGeometry]:
     """Features and geometry of a point batch (a PyG ``Data``/``Batch`` or look-alike).
 
-    A ``[B, C, H, W]`` / ``[C, H, W]`` image tensor is converted with ``pc.image_to_points``.
+    A ``[B, C, H, W]`` / ``[C, H, W]`` image tensor is converted as by ``pc.image_to_points``
+    (without building a PyG ``Batch``).
     """
     if isinstance(points, Tensor):
-        from ..points import image_to_points
+        from ..points import image_point_attributes
 
-        points = image_to_points(points)
+        points = SimpleNamespace(**image_point_attributes(points))
     x = getattr(points, "x", None)
     pos = getattr(points, "pos", None)
     if x is None or pos is None:
@@ -111,11 +113,12 @@ class CocBlock(nn.Module):
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init_value))
         self.drop_path = DropPath(drop_path)
-        # Activation checkpointing: in training only the block input is stored and the backward
-        # pass recomputes the block (its no-grad assignment included, with the same stochastic
-        # depth draws). Values and gradients are the same; a coc_tiny stage-1 block stores
-        # 0.13 KB per point instead of 6.7 KB, for one more forward pass of the block.
-        self.grad_checkpointing = True
+        # Activation checkpointing (set by the network for its first stages): in training only the
+        # block input is stored and the backward pass recomputes the block (its no-grad
+        # assignment included, with the same stochastic depth draws). Values and gradients are
+        # the same; a coc_tiny stage-1 block stores 0.13 KB per point instead of 4.7 KB, for one
+        # more forward pass of the block.
+        self.grad_checkpointing = False
 
     def forward(
         self, x: Tensor, geo: PointGeometry, plan: ClusterPlan, return_assignment: bool = False
@@ -153,6 +156,18 @@ class StageIntermediates:
     assignments: List[Tensor]
 
 
+def _check_options(mode: str, point_proposal: str, point_anchors: str, pos_dim: int) -> None:
+    """Refuse unknown modes, proposals and anchors, and position sizes other than 2 and 3."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if point_proposal not in POINT_PROPOSALS:
+        raise ValueError(f"point_proposal must be one of {POINT_PROPOSALS}, got {point_proposal!r}")
+    if point_anchors not in ANCHORS:
+        raise ValueError(f"point_anchors must be one of {ANCHORS}, got {point_anchors!r}")
+    if pos_dim not in (2, 3):
+        raise ValueError(f"pos_dim must be 2 (image coordinates) or 3 (xyz), got {pos_dim!r}")
+
+
 class ContextClusterNet(nn.Module):
     """CoC classifier on point sets.
 
@@ -175,6 +190,9 @@ class ContextClusterNet(nn.Module):
         pitch: lattice spacing of point sets without a pixel grid (a number, in position units);
             ``None``: each sample's mean nearest-neighbour distance. A point batch carrying a
             ``pitch`` attribute (``[B]`` or a number) overrides it. Image points use their grid.
+        checkpoint_stages: activation checkpointing in training for the blocks of this many
+            first stages (the high-resolution ones, which hold most of the activation memory,
+            e.g. 0.8 of coc_tiny's); 0 = none. See :meth:`set_grad_checkpointing`.
 
     ``forward(points) = forward_head(forward_features(points))`` -> logits ``[B, num_classes]``.
     """
@@ -193,19 +211,13 @@ class ContextClusterNet(nn.Module):
         point_regions: bool = True,
         point_anchors: str = "grid",
         pitch: Optional[float] = None,
+        checkpoint_stages: int = 2,
     ) -> None:
         super().__init__()
         check_model_kwargs(
             dict(num_classes=num_classes, in_chans=in_chans, pos_dim=pos_dim, drop_path_rate=drop_path_rate)
         )
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if point_proposal not in POINT_PROPOSALS:
-            raise ValueError(f"point_proposal must be one of {POINT_PROPOSALS}, got {point_proposal!r}")
-        if point_anchors not in ANCHORS:
-            raise ValueError(f"point_anchors must be one of {ANCHORS}, got {point_anchors!r}")
-        if pos_dim not in (2, 3):
-            raise ValueError(f"pos_dim must be 2 (image coordinates) or 3 (xyz), got {pos_dim!r}")
+        _check_options(mode, point_proposal, point_anchors, pos_dim)
         self.config, self.num_classes, self.in_chans, self.pos_dim = config, num_classes, in_chans, pos_dim
         self.mode, self.point_proposal, self.point_regions = mode, point_proposal, point_regions
         self.pitch = pitch
@@ -239,6 +251,19 @@ class ContextClusterNet(nn.Module):
         self.norm = PointGroupNorm(dims[-1])
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        self.set_grad_checkpointing(checkpoint_stages)
+
+    def set_grad_checkpointing(self, enable: Union[bool, int] = True) -> None:
+        """Activation checkpointing in training: ``True`` every block, ``False`` none, an int
+        ``n`` the blocks of the first ``n`` stages (timm's method, with the stage count)."""
+        stages = [layer for layer in self.network if isinstance(layer, nn.ModuleList)]
+        if isinstance(enable, bool):
+            enable = len(stages) if enable else 0
+        if not isinstance(enable, int) or enable < 0:
+            raise ValueError(f"enable must be a bool or a stage count >= 0, got {enable!r}")
+        for s, stage in enumerate(stages):
+            for block in stage:
+                block.grad_checkpointing = s < enable
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_batch, check_k, check_positions, check_tensor
+from .._compile import eager_under_compile
 from ..ops.batch import batch_counts, batch_ptr
 from ..ops.sampling import random_sample
 from .anchors import fps_from_centre
@@ -199,7 +200,7 @@ _Proposal = Tuple[int, Tensor, Optional[Tensor], Optional[Tensor]]
 # Eager under torch.compile: plan building is position-only integer work (region ids, FPS,
 # bincounts) with data-dependent loops and sizes read on the host, which dynamo would unroll
 # or recompile on; nothing in it is differentiated or fused. The float maths stays compiled.
-@torch.compiler.disable
+@eager_under_compile
 def make_plan(
     pos: Optional[Tensor] = None,
     batch: Optional[Tensor] = None,

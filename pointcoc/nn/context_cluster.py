@@ -29,11 +29,35 @@ NORMALIZATIONS = ("similarity", "count")
 _SIM_CHUNK = 1 << 22
 
 
+class _IndexAdd(torch.autograd.Function):
+    """``base.index_add(0, index, source)`` that does not keep ``source`` for the backward pass.
+
+    Autograd's ``index_add`` saves ``source`` (only its shape is used); this one saves the
+    index alone and returns the same gradients, ``grad`` and ``grad.index_select(0, index)``.
+    """
+
+    @staticmethod
+    def forward(ctx, base: Tensor, index: Tensor, source: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        return base.index_add(0, index, source)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], None, Optional[Tensor]]:
+        (index,) = ctx.saved_tensors
+        grad_source = grad.index_select(0, index) if ctx.needs_input_grad[2] else None
+        return (grad if ctx.needs_input_grad[0] else None), None, grad_source
+
+
+def _index_add_rows(base: Tensor, index: Tensor, source: Tensor) -> Tensor:
+    """``base.index_add(0, index, source)``; keeps only ``index`` for the backward pass."""
+    return _IndexAdd.apply(base, index, source)
+
+
 def _centre_means(feats: Tensor, plan: ClusterPlan) -> Tensor:
     """Mean of every centre's members. ``feats: [N, H, D]`` -> ``[G * c, H, D]``."""
     flat = feats.reshape(feats.size(0), -1)  # index_add is much faster on 2-D rows
-    src = flat if plan.member_point is None else flat[plan.member_point]
-    sums = flat.new_zeros(plan.num_groups * plan.num_centres, flat.size(1)).index_add(0, plan.member_centre, src)
+    src = flat if plan.member_point is None else flat.index_select(0, plan.member_point)
+    sums = _index_add_rows(flat.new_zeros(plan.num_groups * plan.num_centres, flat.size(1)), plan.member_centre, src)
     count = plan.centre_count.clamp(min=1).to(feats.dtype)
     return (sums / count.unsqueeze(1)).view((-1,) + tuple(feats.shape[1:]))
 
@@ -72,7 +96,7 @@ def assign_centres(fn: Tensor, cn: Tensor, plan: ClusterPlan, alpha: Tensor, bet
             sim.masked_fill_(invalid[:, None, None, :], float("-inf"))
         out[:, s : s + step] = sim.argmax(-1).transpose(1, 2)
     out = out.view(G * L, H)
-    return out if plan.dense_index is None else out[plan.dense_index]
+    return out if plan.dense_index is None else out.index_select(0, plan.dense_index)
 
 
 def context_cluster(
@@ -82,6 +106,7 @@ def context_cluster(
     alpha: Tensor,
     beta: Tensor,
     normalize: str = "similarity",
+    centres: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Cluster, aggregate and dispatch (docs/design.md §5, steps 2-6, before the projection).
 
@@ -92,6 +117,10 @@ def context_cluster(
         alpha, beta: ``[1]`` similarity scale and shift.
         normalize: ``"similarity"`` (divide by ``1 + sum s``, the paper) or ``"count"``
             (``1 + #points``, the older reference).
+        centres: ``(cf, vc)``, each ``[G * c, H, d]``, the centres' mean ``f`` and ``v`` if
+            the caller has them (:class:`ContextCluster` projects the mean input instead of
+            averaging the projections); ``None``: averaged here. Ignored on the
+            one-centre-per-segment path.
 
     Returns:
         ``out [N, H, d]`` dispatched features and ``assignment [N, H]`` (global centre id
@@ -99,25 +128,32 @@ def context_cluster(
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    if plan.num_centres == 1 and plan.member_point is None and plan.dense_index is None and plan.max_group_size:
+    if _is_one_centre_per_group(plan):
         return _one_centre_per_group(f, v, plan, alpha, beta, normalize)
     N, H, d = f.shape
     c = plan.num_centres
-    means = _centre_means(torch.cat([f, v], dim=-1), plan)  # [G*c, H, 2d]
-    cf, vc = means[..., :d], means[..., d:]
+    if centres is None:
+        means = _centre_means(torch.cat([f, v], dim=-1), plan)  # [G*c, H, 2d]
+        centres = means[..., :d], means[..., d:]
+    cf, vc = centres
     fn = F.normalize(f, dim=-1)
     cn = F.normalize(cf, dim=-1)
     local = assign_centres(fn.detach(), cn.detach().view(plan.num_groups, c, H, d), plan, alpha.detach(), beta.detach())
     centre = plan.group[:, None] * c + local  # [N, H]
     slot = (centre * H + torch.arange(H, device=f.device)).view(-1)  # row of [G*c*H, ...]
-    cos = (fn * cn.reshape(-1, d)[slot].view(N, H, d)).sum(-1)
+    cos = (fn * cn.reshape(-1, d).index_select(0, slot).view(N, H, d)).sum(-1)
     s = torch.sigmoid(beta + alpha * cos)  # [N, H] similarity to the assigned centre
-    num = vc.reshape(-1, d).index_add(0, slot, (s.unsqueeze(-1) * v).view(-1, d))
+    num = _index_add_rows(vc.reshape(-1, d), slot, (s.unsqueeze(-1) * v).view(-1, d))
     weight = s.reshape(-1) if normalize == "similarity" else torch.ones_like(s).view(-1)
-    den = weight.new_ones(num.size(0)).index_add(0, slot, weight)
+    den = _index_add_rows(weight.new_ones(num.size(0)), slot, weight)
     agg = num / den.unsqueeze(-1)
-    out = s.unsqueeze(-1) * agg[slot].view(N, H, d)
+    out = s.unsqueeze(-1) * agg.index_select(0, slot).view(N, H, d)
     return out, centre
+
+
+def _is_one_centre_per_group(plan: ClusterPlan) -> bool:
+    """Whether the plan is ``G`` equal segments of consecutive points with one centre each."""
+    return plan.num_centres == 1 and plan.member_point is None and plan.dense_index is None and plan.max_group_size > 0
 
 
 def _one_centre_per_group(
@@ -239,9 +275,15 @@ class ContextCluster(nn.Module):
             plan = self.make_plan(pos, batch, **plan_kwargs)
         if plan.num_points != x.size(0):
             raise ValueError(f"x has {x.size(0)} points but the plan was built for {plan.num_points}")
-        N = x.size(0)
-        f = self.f(x).view(N, self.heads, self.head_dim)
-        v = self.v(x).view(N, self.heads, self.head_dim)
-        out, centre = context_cluster(f, v, plan, self.sim_alpha, self.sim_beta, self.normalize)
+        N, H, d = x.size(0), self.heads, self.head_dim
+        f = self.f(x).view(N, H, d)
+        v = self.v(x).view(N, H, d)
+        centres = None
+        if not _is_one_centre_per_group(plan):
+            # the projections are affine: projecting each centre's mean input gives its mean
+            # f and v (exactly, up to rounding), and averages C channels instead of 2 * H * d
+            xm = _centre_means(x, plan)
+            centres = self.f(xm).view(-1, H, d), self.v(xm).view(-1, H, d)
+        out, centre = context_cluster(f, v, plan, self.sim_alpha, self.sim_beta, self.normalize, centres)
         out = self.proj(out.reshape(N, self.heads * self.head_dim))
         return (out, centre) if return_assignment else out

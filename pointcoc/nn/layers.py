@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_drop_prob
@@ -10,8 +13,37 @@ from .._checks import check_drop_prob
 __all__ = ["Mlp", "DropPath"]
 
 
+class _GeluLinear(torch.autograd.Function):
+    """``F.linear(F.gelu(h), weight, bias)`` on ``h: [M, K]`` that keeps ``h`` but not ``gelu(h)``.
+
+    The backward pass recomputes ``gelu(h)`` (one cheap elementwise op) and applies the
+    same products as autograd's ``addmm`` / ``gelu`` backward, so gradients are bit-identical
+    while a hidden-width activation per row is not stored.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        h, weight = ctx.saved_tensors
+        grad_h = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t().mm(F.gelu(h))
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.gelu_backward(grad.mm(weight), h)
+        return grad_h, grad_weight, grad_bias
+
+
 class Mlp(nn.Module):
-    """``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)`` on ``x: [N, dim]``."""
+    """``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)`` on ``x: [N, dim]``.
+
+    Without dropout, the GELU output is recomputed in the backward pass instead of stored.
+    """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -21,6 +53,8 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.drop.p == 0.0 and x.dim() == 2:
+            return _GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
