@@ -38,6 +38,9 @@ from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
 
+WIDE_FACTOR = 4
+"""The second cell pass keeps this many times ``k + REFINE_EXTRA`` candidates."""
+
 FALLBACK_DENSE_ENTRIES = 2**24
 """Unproven queries are searched again densely (not tiled) up to this many query-point pairs."""
 
@@ -285,11 +288,7 @@ def exact_knn(
     work = working_dtype(x, y, batch_x, batch_y, counts_x.numel())
     wide = k + REFINE_EXTRA
     if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
-        grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
-        candidates, dist_work, complete, region = cells.cell_candidates(
-            grid, y.to(work), wide, batch_y, max_chunk_entries
-        )
-        index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+        index, dist, proven = _cell_search(x, y, k, batch_x, batch_y, counts_x, work, max_chunk_entries)
     elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
         index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
         return index, dist.to(out_dtype)
@@ -307,6 +306,33 @@ def exact_knn(
             x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries, tiled=not few
         )
     return index, dist.to(out_dtype)
+
+
+def _cell_search(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor,
+    batch_y: Tensor,
+    counts_x: Tensor,
+    work: torch.dtype,
+    max_chunk_entries: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The cell-grid search (:mod:`pointcoc.ops.cells`): ``index [M, k]``, float64 ``dist [M, k]``
+    and ``proven [M]``. Queries the first pass cannot prove (a k-th neighbour beyond the block,
+    or ties spanning the candidates) get a second pass with wider blocks and more candidates."""
+    wide = k + REFINE_EXTRA
+    grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
+    y_work = y.to(work)
+    candidates, dist_work, complete, region = cells.cell_candidates(grid, y_work, wide, batch_y, max_chunk_entries)
+    index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+    rows = (~proven).nonzero()[:, 0]
+    if rows.numel():
+        candidates, dist_work, complete, region = cells.cell_candidates(
+            grid, y_work[rows], WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, cells.WIDE_REACH
+        )
+        index[rows], dist[rows], proven[rows] = refine(x, y[rows], candidates, dist_work, k, complete, region)
+    return index, dist, proven
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
