@@ -185,17 +185,18 @@ def cell_candidates(
     total = size[group]  # [M]
     rows_by_size = torch.argsort(total * cells.numel() + group)  # by block size, a cell's queries together
     sizes = total[rows_by_size].tolist()
-    parts, first = [], 0
+    index = torch.empty(y.size(0), wide, dtype=torch.long, device=y.device)
+    dist = torch.empty(y.size(0), wide, dtype=y.dtype, device=y.device)
+    first = 0
     while first < len(sizes):
         stop = chunk_end(sizes, first, max_chunk_entries)
         rows = rows_by_size[first:stop]
         blocks, local = torch.unique_consecutive(group[rows], return_inverse=True)
         coords, ids = _block_points(grid, start[blocks], length[blocks], sizes[stop - 1])  # D x [g, W], [g, W]
-        parts.append(_nearest_in_block(coords, ids, y[rows], local, wide))
+        found, nearest = _nearest_in_block(coords, ids, y[rows], local, wide)
+        index.index_copy_(0, rows, found)
+        dist.index_copy_(0, rows, nearest)
         first = stop
-    back = torch.empty_like(rows_by_size).scatter_(0, rows_by_size, torch.arange(y.size(0), device=y.device))
-    index = torch.cat([part[0] for part in parts]).index_select(0, back)
-    dist = torch.cat([part[1] for part in parts]).index_select(0, back)
     return index, dist, total <= wide, region
 
 
@@ -225,16 +226,16 @@ def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tenso
     (see :func:`_block_points`): ``index [m, wide]`` (-1 padded), ``dist [m, wide]``."""
     m, width = y.size(0), ids.size(1)
     keep = min(wide, width)
-    index = torch.full((m, wide - keep), -1, dtype=torch.long, device=y.device)
-    dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
-    if keep == 0:
-        return index, dist
+    if keep < wide:  # fewer points than candidates in every block of the chunk: pad
+        index = torch.full((m, wide - keep), -1, dtype=torch.long, device=y.device)
+        dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
+        found, nearest = _nearest_in_block(coords, ids, y, group, keep) if keep else (index[:, :0], dist[:, :0])
+        return torch.cat([found, index], 1), torch.cat([nearest, dist], 1)
     work = None
     for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
         term = axis.index_select(0, group).sub_(y[:, p, None]).square_()
         work = term if work is None else work.add_(term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
-    chosen = torch.topk(work.view(bits), keep, dim=1, largest=False, sorted=False).indices
+    chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False).indices
     nearest = work.gather(1, chosen)
-    found = ids.view(-1).take(chosen.add_(group[:, None] * width))
-    return torch.cat([found, index], 1), torch.cat([nearest, dist], 1)
+    return ids.view(-1).take(chosen.add_(group[:, None] * width)), nearest
