@@ -41,7 +41,7 @@ BALL_MARGIN = 1.5
 BLOCK_REACH = 1
 """A query's block spans this many cells on each side of its own cell (first pass)."""
 
-WIDE_REACH = 3
+WIDE_REACH = 2
 """Block half-width of the second pass, for the queries the first pass could not prove."""
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)

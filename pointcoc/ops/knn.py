@@ -38,7 +38,7 @@ from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
 
-WIDE_FACTOR = 4
+WIDE_FACTOR = 2
 """The second cell pass keeps this many times ``k + REFINE_EXTRA`` candidates."""
 
 FALLBACK_DENSE_ENTRIES = 2**24
