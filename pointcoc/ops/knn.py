@@ -102,8 +102,10 @@ def knn(
         index = _knn_cluster(cluster, x, y, k, batch_x, batch_y)
     else:
         index, _ = exact_knn(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-    row = torch.arange(y.size(0), device=y.device).repeat_interleave(k)
-    return torch.stack([row, index.reshape(-1)])
+    edge_index = torch.empty(2, y.size(0), k, dtype=torch.long, device=y.device)
+    edge_index[0] = torch.arange(y.size(0), device=y.device)[:, None]  # each query repeated k times
+    edge_index[1] = index
+    return edge_index.view(2, -1)
 
 
 def knn_padded(
@@ -338,8 +340,6 @@ def _cell_search(
 def _check_pair(x: Tensor, y: Tensor) -> None:
     check_float(x, "x")
     check_float(y, "y")
-    check_finite(x, "x")
-    check_finite(y, "y")
     if y.dtype != x.dtype:
         raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
     if y.device != x.device:
@@ -348,6 +348,9 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
         raise ValueError(f"y must have as many features as x ({x.size(-1)} per point), got {y.size(-1)}")
     if x.size(-1) == 0:
         raise ValueError("x must have at least one feature per point")
+    if not bool(torch.isfinite(x).all() & torch.isfinite(y).all()):  # one host sync for both
+        check_finite(x, "x")  # raises, naming the tensor
+        check_finite(y, "y")
 
 
 def validate_search_args(
