@@ -102,10 +102,8 @@ def knn(
         index = _knn_cluster(cluster, x, y, k, batch_x, batch_y)
     else:
         index, _ = exact_knn(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-    edge_index = torch.empty(2, y.size(0), k, dtype=torch.long, device=y.device)
-    edge_index[0] = torch.arange(y.size(0), device=y.device)[:, None]  # each query repeated k times
-    edge_index[1] = index
-    return edge_index.view(2, -1)
+    row = torch.arange(y.size(0), device=y.device)[:, None].expand_as(index)  # each query repeated k times
+    return torch.stack([row, index]).view(2, -1)
 
 
 def knn_padded(
