@@ -112,11 +112,13 @@ def check_batch(batch: object, num_points: int, device: torch.device, name: str 
     if num_points == 0:
         raise ValueError(f"{name} is empty: a point set needs at least one point")
     batch = batch.long()
-    if int(batch.min()) < 0:
+    descents = (batch[1:] < batch[:-1]).sum() if num_points > 1 else batch.new_zeros(())
+    low, descents, last = torch.stack([batch.min(), descents, batch[-1]]).tolist()  # one host sync
+    if low < 0:
         raise ValueError(f"{name} must hold non-negative sample ids")
-    if num_points > 1 and bool((batch[1:] < batch[:-1]).any()):
+    if descents:
         raise ValueError(f"{name} must be sorted in non-decreasing order (points grouped by sample)")
-    num_samples = int(batch[-1]) + 1
+    num_samples = last + 1
     allowed = limit("POINTCOC_MAX_EMPTY_SAMPLES")
     if num_samples - num_points > allowed:
         raise ValueError(

@@ -57,9 +57,10 @@ def numpy_cells(grid, points: np.ndarray, batch: np.ndarray) -> np.ndarray:
     offset=st.sampled_from([0.0, 1e3, 1e4]),
     duplicates=st.integers(0, 20),
     wide=st.integers(1, 12),
+    reach=st.integers(1, 3),
     seed=st.integers(0, 2**16),
 )
-def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, seed):
+def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, reach, seed):
     """Candidates with ``wide >= n`` are exactly the block's points; every other point of the
     sample is at least the region bound away (float64 reference distance)."""
     if sum(sizes) == 0:
@@ -69,14 +70,14 @@ def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, se
     work = torch.float32 if dtype != torch.float64 else torch.float64
     counts = batch_counts(bx, len(sizes))
     grid = cells_module.CellGrid(x.to(work), bx, counts, 0.3 * wide)  # small cells: many blocks
-    index, _, complete, region = cells_module.cell_candidates(grid, y.to(work), len(x), by, 50)
+    index, _, complete, region = cells_module.cell_candidates(grid, y.to(work), len(x), by, 50, reach)
     xs, ys, bxs, bys = x.double().numpy(), y.double().numpy(), bx.numpy(), by.numpy()
     cell_x = numpy_cells(grid, xs, bxs)
     cell_y = numpy_cells(grid, ys, bys)
     assert grid.cell_of(x.double(), bx).tolist() == cell_x.tolist()
     for i in range(len(ys)):
         same = np.nonzero(bxs == bys[i])[0]
-        inside = same[(np.abs(cell_x[same] - cell_y[i]) <= 1).all(1)]
+        inside = same[(np.abs(cell_x[same] - cell_y[i]) <= reach).all(1)]
         found = index[i][index[i] >= 0].numpy()
         assert sorted(found.tolist()) == inside.tolist()
         assert bool(complete[i])
@@ -85,7 +86,8 @@ def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, se
         assert (d >= float(region[i])).all()
 
 
-def test_region_bound_on_a_line():
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_region_bound_on_a_line(r):
     """1-D points 0..999: the bound is the squared distance to the nearest inner block face."""
     x = torch.arange(1000.0, dtype=torch.float64)[:, None]
     bx = torch.zeros(1000, dtype=torch.long)
@@ -94,16 +96,16 @@ def test_region_bound_on_a_line():
     y = torch.tensor([[500.3], [0.5], [999.0], [-50.0]], dtype=torch.float64)
     by = torch.zeros(4, dtype=torch.long)
     cell = grid.cell_of(y, by)
-    region = cells_module.region_bound(grid, y, by, cell)
+    region = cells_module.region_bound(grid, y, by, cell, r)
     c = int(cell[0, 0])
-    expected = min(500.3 - (low + (c - 1) * size), low + (c + 2) * size - 500.3) ** 2
-    assert expected > size**2 * 0.99
+    expected = min(500.3 - (low + (c - r) * size), low + (c + r + 1) * size - 500.3) ** 2
+    assert expected > (r * size) ** 2 * 0.99
     assert float(region[0]) == pytest.approx(expected, rel=1e-9) and float(region[0]) <= expected
     # at the grid's ends only the inner face counts; outside the grid too
-    assert float(region[1]) == pytest.approx((low + 2 * size - 0.5) ** 2, rel=1e-9)
-    assert float(region[3]) == pytest.approx((low + 2 * size + 50.0) ** 2, rel=1e-9)
+    assert float(region[1]) == pytest.approx((low + (r + 1) * size - 0.5) ** 2, rel=1e-9)
+    assert float(region[3]) == pytest.approx((low + (r + 1) * size + 50.0) ** 2, rel=1e-9)
     last = int(grid.cells[0, 0]) - 1
-    assert float(region[2]) == pytest.approx((999.0 - (low + (last - 1) * size)) ** 2, rel=1e-9)
+    assert float(region[2]) == pytest.approx((999.0 - (low + (last - r) * size)) ** 2, rel=1e-9)
 
 
 @pytest.mark.parametrize("device", DEVICES)

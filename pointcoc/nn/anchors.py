@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..ops.batch import batch_counts, batch_ptr
+from ..ops.voxel import voxel_grid
 from .geometry import PointGeometry, lattice_coordinates
 
 __all__ = ["ANCHORS", "cell_ids", "grid_subsample", "fps_from_centre", "reduce_anchors"]
@@ -46,17 +47,21 @@ def cell_ids(batch: Tensor, cell: Tensor, extent: Tensor) -> Tuple[Tensor, int]:
 
 
 def grid_subsample(geo: PointGeometry, kernel, stride, padding) -> PointGeometry:
-    """The anchors of grid subsampling, in (sample, cell) row-major order, as the next lattice."""
+    """The anchors of grid subsampling, in (sample, cell) row-major order, as the next lattice.
+
+    A node's cell is its voxel of edge ``stride`` (:func:`pointcoc.ops.voxel_grid` on the
+    lattice coordinates, axes reversed so that sorted voxel ids run row-major within a sample).
+    """
     pitch, origin, extent, s = _next_lattice(geo, kernel, stride, padding)
-    cell = torch.div(geo.pixel, s, rounding_mode="floor")
-    ids, S = cell_ids(geo.batch, cell, extent)
-    uniq = torch.unique(ids)  # sorted: canonical order whatever the input order
-    batch, local = torch.div(uniq, S, rounding_mode="floor"), uniq % S
-    coords = torch.empty(uniq.numel(), extent.size(1), dtype=torch.long, device=uniq.device)
-    for axis in range(extent.size(1) - 1, -1, -1):
-        size = extent[batch, axis]
-        coords[:, axis] = local % size
-        local = torch.div(local, size, rounding_mode="floor")
+    cells = extent.amax(0)  # [D] cells per axis, enough for every sample
+    size = s.flip(0).double()
+    ids = voxel_grid(geo.pixel.flip(1).double(), size, geo.batch, start=0.0, end=(cells - 1).flip(0) * size)
+    local = torch.unique(ids)  # sorted: canonical order whatever the input order
+    coords = torch.empty(local.numel(), extent.size(1), dtype=torch.long, device=local.device)
+    for axis in range(extent.size(1) - 1, -1, -1):  # the last axis varies fastest
+        coords[:, axis] = local % cells[axis]
+        local = torch.div(local, cells[axis], rounding_mode="floor")
+    batch = local
     pos = origin[batch] + coords.to(origin.dtype) * pitch[batch]
     return PointGeometry(
         pos=pos, batch=batch, num_samples=geo.num_samples, pixel=coords, grid_size=extent, pitch=pitch, origin=origin

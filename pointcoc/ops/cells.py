@@ -2,23 +2,24 @@
 
 The points of ``x`` are binned, sample by sample, into a uniform grid of cubic cells whose edge
 is chosen from the sample's bounding box so that a cell holds about ``per_cell`` points. Each
-query is compared with the points of the ``3^D`` cells around its own cell (its *block*; along
-the last axis three neighbouring cells are one contiguous run of the cell-sorted points, so a
-block is ``3^(D-1)`` runs), and the ``wide`` nearest of them are kept as candidates.
+query is compared with the points of the ``(2 r + 1)^D`` cells within ``r = reach`` cells of its
+own cell (its *block*; along the last axis neighbouring cells are one contiguous run of the
+cell-sorted points, so a block is ``(2 r + 1)^(D-1)`` runs), and the ``wide`` nearest of them are
+kept as candidates.
 
 The result is *proven*, not assumed: every point outside the block lies beyond one of the
 block's faces, so its distance is at least the query's distance ``rho`` to the nearest face that
 is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces are computed in
 float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine` then accepts a
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
-points it did not keep; every other query is searched again in float64 by the caller.
+points it did not keep; the caller searches every other query again (wider blocks, then float64).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
@@ -34,8 +35,14 @@ GRID_MAX_DIM = 3
 GRID_MIN_POINTS = 512
 """The cell grid is used when some sample holds at least this many points of ``x``."""
 
-BALL_MARGIN = 1.2
-"""A cell edge's ball is sized to hold this many times ``wide`` points on average."""
+BALL_MARGIN = 1.5
+"""A ball of ``reach`` cell edges is sized to hold this many times ``wide`` points on average."""
+
+BLOCK_REACH = 1
+"""A query's block spans this many cells on each side of its own cell (first pass)."""
+
+WIDE_REACH = 2
+"""Block half-width of the second pass, for the queries the first pass could not prove."""
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
 _BISECTION_STEPS = 40
@@ -73,6 +80,9 @@ class CellGrid:
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
         self.coords = x[order].t().contiguous()
         self.index = order
+        sentinel = self.coords.new_full((dim, 1), math.inf)
+        self.padded_coords = torch.cat([self.coords, sentinel], 1)  # a point at infinity after the last
+        self.padded_index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
         """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
@@ -82,8 +92,8 @@ class CellGrid:
 
 
 def points_per_cell(dim: int, wide: int) -> float:
-    """Points per cell such that a ball of one cell edge holds ``BALL_MARGIN * wide`` points on average."""
-    ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1)  # unit ball volume
+    """Points per cell such that a ball of ``BLOCK_REACH`` cell edges holds ``BALL_MARGIN * wide`` points on average."""
+    ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1) * BLOCK_REACH**dim  # volume of a ball of radius BLOCK_REACH
     return BALL_MARGIN * wide / ball
 
 
@@ -108,17 +118,18 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
     return torch.where(flat, 1.0, hi)
 
 
-def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor) -> Tensor:
+def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach: int = BLOCK_REACH) -> Tensor:
     """float64 ``[M]``: a lower bound on the float64 reference squared distance from each query to
-    every point of its sample outside its block (``inf`` where the block is the whole grid).
+    every point of its sample outside its block of ``reach`` cells on each side (``inf`` where the
+    block is the whole grid).
 
     A point outside the block has a cell id beyond a face along some axis, so its coordinate
     lies beyond that face up to the rounding of ``floor((x - low) / size)``; the margin covers
     that rounding and the rounding of the faces, and the final factor that of the reference sum.
     """
     low, size, cells = grid.low[batch_y], grid.size[batch_y, None], grid.cells[batch_y]
-    below = torch.where(cell - 1 > 0, low + (cell - 1).double() * size, -math.inf)  # cells <= c - 2 exist
-    above = torch.where(cell + 2 < cells, low + (cell + 2).double() * size, math.inf)  # cells >= c + 2 exist
+    below = torch.where(cell - reach > 0, low + (cell - reach).double() * size, -math.inf)  # cells < c - reach exist
+    above = torch.where(cell + reach + 1 < cells, low + (cell + reach + 1).double() * size, math.inf)  # > c + reach
     scale = low.abs() + grid.high[batch_y].abs() + y.abs() + size
     gap = torch.minimum(y - below, above - y) - _FACE_MARGIN * scale
     rho = gap.amin(1).clamp_(min=0.0)
@@ -128,18 +139,19 @@ def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor) -> Te
     return torch.where(torch.isinf(rho), math.inf, bound)
 
 
-def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor) -> Tuple[Tensor, Tensor]:
-    """First sorted point ``[M, S]`` and length ``[M, S]`` of the ``S = 3^(D-1)`` runs of each block."""
+def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, reach: int) -> Tuple[Tensor, Tensor]:
+    """First sorted point ``[M, S]`` and length ``[M, S]`` of the ``S = (2 reach + 1)^(D-1)`` runs of each block."""
     dim = cell.size(1)
-    shifts = torch.tensor(list(itertools.product((-1, 0, 1), repeat=dim - 1)), dtype=torch.long, device=cell.device)
-    shifts = shifts.view(3 ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
+    offsets = range(-reach, reach + 1)
+    shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
+    shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
     cells, stride = grid.cells[batch_y], grid.stride[batch_y]
     near = cell[:, None, :-1] + shifts  # [M, S, D-1]
     inside = ((near >= 0) & (near < cells[:, None, :-1])).all(2)
     first = grid.cell_ptr[batch_y, None] + (near * stride[:, None, :-1]).sum(2)
     last_axis = cell[:, -1:]
-    first_cell = first + (last_axis - 1).clamp(min=0)
-    end_cell = first + torch.minimum(last_axis + 2, cells[:, -1:])
+    first_cell = first + (last_axis - reach).clamp(min=0)
+    end_cell = first + torch.minimum(last_axis + reach + 1, cells[:, -1:])
     first_cell = torch.where(inside, first_cell, 0)
     end_cell = torch.where(inside, end_cell, 0)
     start = grid.cell_start[first_cell]
@@ -148,71 +160,82 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor) -> Tuple[Tensor, 
 
 @torch.no_grad()
 def cell_candidates(
-    grid: CellGrid, y: Tensor, wide: int, batch_y: Tensor, max_chunk_entries: int
+    grid: CellGrid, y: Tensor, wide: int, batch_y: Tensor, max_chunk_entries: int, reach: int = BLOCK_REACH
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The ``wide`` nearest points of each query's block (see the module docstring).
+    """The ``wide`` nearest points of each query's block of ``reach`` cells on each side (see the
+    module docstring).
 
     ``grid`` holds the points of ``x`` (see :func:`points_per_cell`); ``y``: queries in the dtype
     of ``grid.coords`` (float32 or float64, the working dtype; values exactly the inputs').
     Returns ``index [M, wide]`` (global, ``-1`` padding), ``dist [M, wide]`` (working dtype, ``inf``
     padding), ``complete [M]`` (the block holds at most ``wide`` points: all are candidates) and
-    ``region [M]`` (float64 bound of :func:`region_bound`). Queries of one cell share one block.
+    ``region [M]`` (float64 bound of :func:`region_bound`).
+
+    Queries are processed in chunks of similar block size, each one distance matrix and one
+    ``topk``; the queries of one cell share one block, gathered once per chunk.
     """
     y64 = y.double()
     cell = grid.cell_of(y64, batch_y)
-    region = region_bound(grid, y64, batch_y, cell)
+    region = region_bound(grid, y64, batch_y, cell, reach)
     query_cell = grid.cell_ptr[batch_y] + (cell * grid.stride[batch_y]).sum(1)
     cells, group = torch.unique(query_cell, return_inverse=True)  # [G] occupied cells, [M] group of each query
     first_query = torch.empty_like(cells).scatter_(0, group, torch.arange(y.size(0), device=y.device))
-    start, length = _block_runs(grid, batch_y[first_query], cell[first_query])  # [G, S]
-    total = length.sum(1)[group]  # [M] block size of each query
-    rows_by_size = torch.argsort(total)
-    index = torch.full((y.size(0), wide), -1, dtype=torch.long, device=y.device)
-    dist = torch.full((y.size(0), wide), math.inf, dtype=y.dtype, device=y.device)
+    start, length = _block_runs(grid, batch_y[first_query], cell[first_query], reach)  # [G, S]
+    size = length.sum(1)  # [G] block size
+    total = size[group]  # [M]
+    rows_by_size = torch.argsort(total * cells.numel() + group)  # by block size, a cell's queries together
     sizes = total[rows_by_size].tolist()
+    index = torch.empty(y.size(0), wide, dtype=torch.long, device=y.device)
+    dist = torch.empty(y.size(0), wide, dtype=y.dtype, device=y.device)
     first = 0
     while first < len(sizes):
         stop = chunk_end(sizes, first, max_chunk_entries)
         rows = rows_by_size[first:stop]
-        blocks, local = torch.unique(group[rows], return_inverse=True)
-        lanes = _block_lanes(grid, start[blocks], length[blocks], sizes[stop - 1])
-        index[rows], dist[rows] = _nearest_in_block(grid, y[rows], lanes, local, wide)
+        blocks, local = torch.unique_consecutive(group[rows], return_inverse=True)
+        coords, ids = _block_points(grid, start[blocks], length[blocks], sizes[stop - 1])  # D x [g, W], [g, W]
+        found, nearest = _nearest_in_block(coords, ids, y[rows], local, wide)
+        index.index_copy_(0, rows, found)
+        dist.index_copy_(0, rows, nearest)
         first = stop
     return index, dist, total <= wide, region
 
 
-def _block_lanes(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tensor:
-    """Sorted-point positions ``[g, width]`` of the blocks with runs ``start``, ``length: [g, S]``
-    (``-1`` past a block's end)."""
-    end = length.cumsum(1)  # [g, S]
-    lane = torch.arange(width, device=start.device).expand(start.size(0), width).contiguous()
-    run = torch.searchsorted(end, lane, right=True)  # run holding each lane; S past the end
-    padding = run == end.size(1)
-    run.clamp_(max=end.size(1) - 1)
-    return (start - end + length).gather(1, run).add_(lane).masked_fill_(padding, -1)
+def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:
+    """Coordinates (one ``[g, width]`` tensor per axis, ``inf`` padding) and global indices
+    ``[g, width]`` (``-1`` padding) of the points of the blocks with runs ``start``, ``length: [g, S]``.
+
+    Lane ``l`` of a block is sorted point ``start[0] + l`` plus the jumps between the runs it has
+    passed (a cumulative sum); padding lanes read a sentinel point at infinity.
+    """
+    num_blocks, num_runs = start.shape
+    end = length.cumsum(1)  # [g, S] first lane after each run
+    jump = torch.zeros(num_blocks, width + 1, dtype=start.dtype, device=start.device)
+    if num_runs > 1:  # leaving run s for run s + 1 at lane end[s]
+        step = start[:, 1:] - start[:, :-1] - length[:, :-1]
+        jump.scatter_add_(1, end[:, :-1].clamp(max=width), step)
+    lane = torch.arange(width, device=start.device)
+    source = jump[:, :width].cumsum(1).add_(start[:, :1]).add_(lane)
+    source.masked_fill_(lane >= end[:, -1:], grid.index.numel())  # the sentinel
+    flat = source.view(-1)
+    coords = [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.padded_coords]
+    return coords, grid.padded_index.index_select(0, flat).view(num_blocks, width)
 
 
-def _nearest_in_block(grid: CellGrid, y: Tensor, lanes: Tensor, block: Tensor, wide: int) -> Tuple[Tensor, Tensor]:
-    """The ``wide`` nearest points to ``y: [m, D]`` among ``lanes[block]`` (``lanes: [g, W]``):
-    ``index [m, wide]`` (global, -1 padded) and ``dist [m, wide]`` (inf padded)."""
-    m, dim = y.shape
-    width = lanes.size(1)
-    index = torch.full((m, wide), -1, dtype=torch.long, device=y.device)
-    dist = torch.full((m, wide), math.inf, dtype=y.dtype, device=y.device)
-    if width == 0:
-        return index, dist
-    padding = lanes < 0
-    source = lanes.clamp(min=0)
-    work = None
-    for p in range(dim):  # padding lanes sit at infinity: their distance is inf
-        coords = grid.coords[p][source].masked_fill_(padding, math.inf).index_select(0, block)
-        term = coords.sub_(y[:, p, None]).square_()
-        work = term if work is None else work.add_(term)
+def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tensor, wide: int) -> Tuple[Tensor, Tensor]:
+    """The ``wide`` nearest points to ``y: [m, D]`` among the points of the blocks ``group: [m]``
+    (see :func:`_block_points`): ``index [m, wide]`` (-1 padded), ``dist [m, wide]``."""
+    m, width = y.size(0), ids.size(1)
     keep = min(wide, width)
+    if keep < wide:  # fewer points than candidates in every block of the chunk: pad
+        index = torch.full((m, wide - keep), -1, dtype=torch.long, device=y.device)
+        dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
+        found, nearest = _nearest_in_block(coords, ids, y, group, keep) if keep else (index[:, :0], dist[:, :0])
+        return torch.cat([found, index], 1), torch.cat([nearest, dist], 1)
+    work = None
+    for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
+        term = axis.index_select(0, group).sub_(y[:, p, None]).square_()
+        work = term if work is None else work.add_(term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
-    chosen = torch.topk(work.view(bits), keep, dim=1, largest=False, sorted=False).indices
+    chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False).indices
     nearest = work.gather(1, chosen)
-    found = grid.index[source.view(-1)[block[:, None] * width + chosen]]
-    index[:, :keep] = found.masked_fill_(nearest == math.inf, -1)
-    dist[:, :keep] = nearest
-    return index, dist
+    return ids.view(-1).take(chosen.add_(group[:, None] * width)), nearest

@@ -20,7 +20,8 @@ can have (:func:`refine`). The cell-grid search (:mod:`pointcoc.ops.cells`, 1-3 
 compares each query only with the points of a block of cells around it and adds a float64
 lower bound on the distance of every point outside the block to that proof. Queries where it
 cannot be proven (near-ties spanning all the candidates, e.g. many duplicate points, or a k-th
-neighbour beyond the block) are searched again entirely in float64.
+neighbour beyond the block) get a second cell pass with wider blocks and more candidates; the
+few still unproven are searched again entirely in float64.
 
 **Range.** When a sample's squared extent does not fit in float32 (coordinates spread over
 more than about 1e19), the search runs in float64 directly; when it does not fit in float64
@@ -38,7 +39,7 @@ from torch import Tensor
 
 __all__ = ["REFINE_EXTRA", "working_dtype", "pair_distances", "rank_by_distance", "refine"]
 
-REFINE_EXTRA = 8
+REFINE_EXTRA = 4
 """Candidates kept beyond k by a float32 search, re-ranked in float64."""
 
 _SAFE_FRACTION = 0.25  # squared extents up to a quarter of the dtype's largest value are safe

@@ -38,6 +38,9 @@ from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
 
+WIDE_FACTOR = 2
+"""The second cell pass keeps this many times ``k + REFINE_EXTRA`` candidates."""
+
 FALLBACK_DENSE_ENTRIES = 2**24
 """Unproven queries are searched again densely (not tiled) up to this many query-point pairs."""
 
@@ -99,8 +102,8 @@ def knn(
         index = _knn_cluster(cluster, x, y, k, batch_x, batch_y)
     else:
         index, _ = exact_knn(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-    row = torch.arange(y.size(0), device=y.device).repeat_interleave(k)
-    return torch.stack([row, index.reshape(-1)])
+    row = torch.arange(y.size(0), device=y.device)[:, None].expand_as(index)  # each query repeated k times
+    return torch.stack([row, index]).view(2, -1)
 
 
 def knn_padded(
@@ -285,11 +288,7 @@ def exact_knn(
     work = working_dtype(x, y, batch_x, batch_y, counts_x.numel())
     wide = k + REFINE_EXTRA
     if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
-        grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
-        candidates, dist_work, complete, region = cells.cell_candidates(
-            grid, y.to(work), wide, batch_y, max_chunk_entries
-        )
-        index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+        index, dist, proven = _cell_search(x, y, k, batch_x, batch_y, counts_x, work, max_chunk_entries)
     elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
         index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
         return index, dist.to(out_dtype)
@@ -309,11 +308,36 @@ def exact_knn(
     return index, dist.to(out_dtype)
 
 
+def _cell_search(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Tensor,
+    batch_y: Tensor,
+    counts_x: Tensor,
+    work: torch.dtype,
+    max_chunk_entries: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The cell-grid search (:mod:`pointcoc.ops.cells`): ``index [M, k]``, float64 ``dist [M, k]``
+    and ``proven [M]``. Queries the first pass cannot prove (a k-th neighbour beyond the block,
+    or ties spanning the candidates) get a second pass with wider blocks and more candidates."""
+    wide = k + REFINE_EXTRA
+    grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
+    y_work = y.to(work)
+    candidates, dist_work, complete, region = cells.cell_candidates(grid, y_work, wide, batch_y, max_chunk_entries)
+    index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+    rows = (~proven).nonzero()[:, 0]
+    if rows.numel():
+        candidates, dist_work, complete, region = cells.cell_candidates(
+            grid, y_work[rows], WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, cells.WIDE_REACH
+        )
+        index[rows], dist[rows], proven[rows] = refine(x, y[rows], candidates, dist_work, k, complete, region)
+    return index, dist, proven
+
+
 def _check_pair(x: Tensor, y: Tensor) -> None:
     check_float(x, "x")
     check_float(y, "y")
-    check_finite(x, "x")
-    check_finite(y, "y")
     if y.dtype != x.dtype:
         raise TypeError(f"y must have the dtype of x ({x.dtype}), got {y.dtype}")
     if y.device != x.device:
@@ -322,6 +346,9 @@ def _check_pair(x: Tensor, y: Tensor) -> None:
         raise ValueError(f"y must have as many features as x ({x.size(-1)} per point), got {y.size(-1)}")
     if x.size(-1) == 0:
         raise ValueError("x must have at least one feature per point")
+    if not bool(torch.isfinite(x).all() & torch.isfinite(y).all()):  # one host sync for both
+        check_finite(x, "x")  # raises, naming the tensor
+        check_finite(y, "y")
 
 
 def validate_search_args(
