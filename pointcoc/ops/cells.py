@@ -53,8 +53,9 @@ class CellGrid:
 
     ``low: [B, D]`` grid origin, ``size: [B]`` cell edge, ``cells: [B, D]`` cells per axis,
     ``stride: [B, D]`` (last axis fastest), ``cell_ptr: [B + 1]`` first global cell of each
-    sample, ``cell_start: [C + 1]`` first sorted point of each cell, ``coords: [D, N]`` the
-    points in cell order (working dtype), ``index: [N]`` their indices in ``x``.
+    sample, ``cell_start: [C + 1]`` first sorted point of each cell, ``coords: [D, N + 1]`` the
+    points in cell order (working dtype) and ``index: [N + 1]`` their indices in ``x``, each
+    followed by a sentinel (a point at infinity, index -1) that padding lanes read.
     """
 
     def __init__(self, x: Tensor, batch: Tensor, counts: Tensor, per_cell: float) -> None:
@@ -78,11 +79,8 @@ class CellGrid:
         global_cell, order = torch.sort(global_cell, stable=True)
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
-        self.coords = x[order].t().contiguous()
-        self.index = order
-        sentinel = self.coords.new_full((dim, 1), math.inf)
-        self.padded_coords = torch.cat([self.coords, sentinel], 1)  # a point at infinity after the last
-        self.padded_index = torch.cat([order, order.new_full((1,), -1)])
+        self.coords = torch.cat([x[order].t(), x.new_full((dim, 1), math.inf)], 1)
+        self.index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
         """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
@@ -215,10 +213,10 @@ def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> 
         jump.scatter_add_(1, end[:, :-1].clamp(max=width), step)
     lane = torch.arange(width, device=start.device)
     source = jump[:, :width].cumsum(1).add_(start[:, :1]).add_(lane)
-    source.masked_fill_(lane >= end[:, -1:], grid.index.numel())  # the sentinel
+    source.masked_fill_(lane >= end[:, -1:], grid.index.numel() - 1)  # the sentinel
     flat = source.view(-1)
-    coords = [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.padded_coords]
-    return coords, grid.padded_index.index_select(0, flat).view(num_blocks, width)
+    coords = [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.coords]
+    return coords, grid.index.index_select(0, flat).view(num_blocks, width)
 
 
 def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tensor, wide: int) -> Tuple[Tensor, Tensor]:
