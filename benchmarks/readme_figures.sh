@@ -32,7 +32,7 @@ for part in "${parts[@]}"; do
             run cluster_map python examples/visualize_clusters.py --model coc_tiny --stage 2 --head 0 --with-input \
                 --out docs/cluster_map.png ;;
         digits)
-            run digits python examples/images.py --jobs 4 --no-progress ;;
+            run digits python examples/images.py --no-progress ;;
         scanobjectnn)
             for seed in 0 1 2; do
                 run "scanobjectnn_seed$seed" python examples/scanobjectnn.py --seed "$seed" --no-progress \
