@@ -39,9 +39,10 @@ normalisation, the clustering or the pooling.
 Training: AdamW (lr 3e-3, weight decay 0.05), one warm-up epoch then a cosine schedule,
 label smoothing 0.1, batch 64, 20 epochs, one CPU thread, seeded (the run is deterministic
 on one machine). A seed fixes the train / test split, the initial weights, the batch order and
-the masks. Each cell is the mean over the seeds (0, 1 and 2 by default: one seed's 450 test
-images resolve 0.2%, less than the gaps between the columns), with their range. The 33 runs
-take about 40 CPU minutes, spread over ``--jobs`` worker processes (default: one per core).
+the masks. Each cell is the mean over the seeds (0, 1 and 2 by default: one test image is
+0.22% of a seed's 450, so one seed cannot rank close columns), with their range. The 33 runs
+take about 50 CPU minutes (measured: 2,912 s), spread over ``--jobs`` worker processes (default:
+one per core).
 Prints a table and writes ``results.json`` (every seed's accuracy too) to ``--output``.
 """
 
