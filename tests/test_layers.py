@@ -40,3 +40,15 @@ def test_mlp_stores_no_hidden_activation_after_gelu():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         mlp(torch.randn(9, 4, requires_grad=True))
     assert len(hidden) == 1
+
+
+def test_mlp_without_gradients_gives_the_same_values():
+    """Inference runs GELU in place on the hidden activation: same values as the training path."""
+    torch.manual_seed(0)
+    mlp = Mlp(6, 10)
+    x = torch.randn(11, 6)
+    x_before = x.clone()
+    with torch.no_grad():
+        got = mlp(x)
+    assert torch.equal(got, mlp.fc2(mlp.act(mlp.fc1(x))))
+    assert torch.equal(x, x_before)  # the input is not overwritten
