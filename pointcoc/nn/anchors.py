@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from .._compile import eager_under_compile
 from ..ops.batch import batch_counts, batch_ptr
 from ..ops.voxel import voxel_grid
 from .geometry import PointGeometry, lattice_coordinates
@@ -88,13 +89,14 @@ def fps_from_centre(
     if random_start:
         return fps(pos, group, ratio=ratio, num_points=num_points, random_start=True, generator=generator)
     P = pos.size(1)
-    lo = pos.new_full((num_groups, P), float("inf")).index_reduce_(0, group, pos, "amin")
-    hi = pos.new_full((num_groups, P), float("-inf")).index_reduce_(0, group, pos, "amax")
+    rows = group[:, None].expand(-1, P)
+    lo = pos.new_full((num_groups, P), float("inf")).scatter_reduce_(0, rows, pos, "amin")
+    hi = pos.new_full((num_groups, P), float("-inf")).scatter_reduce_(0, rows, pos, "amax")
     dist = ((pos - (lo[group] + hi[group]) / 2) ** 2).sum(1)
-    far = dist.new_full((num_groups,), float("-inf")).index_reduce_(0, group, dist, "amax")
+    far = dist.new_full((num_groups,), float("-inf")).scatter_reduce_(0, group, dist, "amax")
     idx = torch.arange(pos.size(0), device=pos.device)
     cand = torch.where(dist == far[group], idx, torch.full_like(idx, pos.size(0)))
-    start = torch.full((num_groups,), pos.size(0), dtype=torch.long, device=pos.device).index_reduce_(
+    start = torch.full((num_groups,), pos.size(0), dtype=torch.long, device=pos.device).scatter_reduce_(
         0, group, cand, "amin"
     )
     first = torch.zeros(pos.size(0), dtype=torch.bool, device=pos.device)
@@ -105,7 +107,7 @@ def fps_from_centre(
 
 # Eager under torch.compile: anchors are position-only integer work (cell ids, FPS) with
 # data-dependent sizes; the reducer's float maths around them stays compiled.
-@torch.compiler.disable
+@eager_under_compile
 def reduce_anchors(
     geo: PointGeometry,
     kernel,

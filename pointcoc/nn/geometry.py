@@ -120,10 +120,11 @@ def point_lattice(geo: PointGeometry, pitch: Optional[Union[float, Tensor]] = No
         if not bool((spacing > 0).all() & torch.isfinite(spacing).all()):
             raise ValueError(f"pitch must be finite and > 0, got {pitch!r}")
     step = spacing[:, None].expand(B, P).contiguous()
-    origin = geo.pos.new_full((B, P), float("inf")).index_reduce_(0, geo.batch, geo.pos, "amin")
+    rows = geo.batch[:, None].expand(-1, P)
+    origin = geo.pos.new_full((B, P), float("inf")).scatter_reduce_(0, rows, geo.pos, "amin")
     origin = torch.where(torch.isfinite(origin), origin, torch.zeros_like(origin))  # empty samples
     coords = lattice_coordinates(geo.pos, geo.batch, origin, step)
-    extent = coords.new_zeros(B, P).index_reduce_(0, geo.batch, coords, "amax") + 1
+    extent = coords.new_zeros(B, P).scatter_reduce_(0, rows, coords, "amax") + 1
     check_cells(extent)
     return replace(geo, pixel=coords, grid_size=extent, pitch=step, origin=origin)
 
