@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from typing import Callable, Dict, TypeVar
 
 import torch
 
@@ -12,9 +12,15 @@ __all__ = ["eager_under_compile"]
 F = TypeVar("F", bound=Callable)
 
 
-@functools.lru_cache(maxsize=None)
+_DISABLED: Dict[Callable, Callable] = {}
+"""``fn -> torch.compiler.disable(fn)``, filled on first use under compilation (a plain dict: dynamo
+traces through ``functools.lru_cache`` wrappers and warns about them)."""
+
+
 def _disabled(fn: Callable) -> Callable:
-    return torch.compiler.disable(fn)
+    if fn not in _DISABLED:
+        _DISABLED[fn] = torch.compiler.disable(fn)
+    return _DISABLED[fn]
 
 
 def eager_under_compile(fn: F) -> F:
