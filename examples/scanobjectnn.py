@@ -26,6 +26,7 @@ checkpoints end the run with one ``error:`` line and exit code 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -620,6 +621,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(_interrupted_message(state.get("trainer")), file=sys.stderr)
         return 130
     finally:
+        # The trainer (and its DDP reducer) must go before the process group: a gloo group
+        # destroyed by the reducer at interpreter exit can deadlock on the GIL with its worker thread.
+        state.clear()
+        gc.collect()
         cleanup_distributed()
 
 
