@@ -28,14 +28,6 @@ from tests.helpers import load_example
 from tests.test_training import EXAMPLE_TINY, write_real_format
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Clouds(Dataset):
     """Three classes of small clouds, stretched along axis ``label``."""
 

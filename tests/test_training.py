@@ -40,15 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "scanobjectnn.py"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny workloads run far faster on one thread, above all on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def one_thread_env():
     """One thread, and this checkout's pointcoc first (not an installed copy)."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
