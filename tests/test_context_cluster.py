@@ -180,3 +180,32 @@ def test_index_add_rows_equals_autograd_index_add(device):
     for g, e in zip(got_grads, expected_grads):
         assert torch.equal(g, e)
     assert torch.equal(got_grads[1], grad[index])  # hand check: each source row gets its target's gradient
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("heads,normalize", [(1, "similarity"), (3, "similarity"), (3, "count")])
+def test_one_centre_segments_project_per_segment(device, heads, normalize):
+    """Equal segments with one centre each (value and output projected once per segment): the values and
+    gradients of the generic path, which projects every point (forced by an explicit identity dense_index)."""
+    import dataclasses
+
+    torch.manual_seed(heads)
+    G, L, C = 5, 4, 6
+    layer = ContextCluster(C, C + 2, heads, 3, "mean", normalize=normalize).double().to(device)
+    with torch.no_grad():
+        layer.sim_alpha.fill_(1.7)
+        layer.sim_beta.fill_(-0.3)
+    x = torch.randn(G * L, C, dtype=torch.float64, device=device, requires_grad=True)
+    fast = pc.nn.make_plan(None, torch.arange(G, device=device).repeat_interleave(L), proposal="mean", regions=None)
+    slow = dataclasses.replace(fast, dense_index=torch.arange(G * L, device=device))
+    weights = torch.randn(G * L, C + 2, dtype=torch.float64, device=device)
+    results = []
+    for plan in (fast, slow):
+        out, centre = layer(x, plan=plan, return_assignment=True)
+        grads = torch.autograd.grad((out * weights).sum(), [x, *layer.parameters()])
+        results.append((out, centre, grads))
+    (out, centre, grads), (out_ref, centre_ref, grads_ref) = results
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(centre, centre_ref)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

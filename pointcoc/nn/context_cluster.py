@@ -175,6 +175,42 @@ def _one_centre_per_group(
     return (s * agg).view(N, H, d), plan.group.unsqueeze(1).expand(N, H)
 
 
+def _one_centre_per_group_projected(
+    x: Tensor,
+    f: Tensor,
+    plan: ClusterPlan,
+    alpha: Tensor,
+    beta: Tensor,
+    normalize: str,
+    value: nn.Linear,
+    proj: nn.Linear,
+) -> Tensor:
+    """:class:`ContextCluster` on equal segments with one centre each, ``value`` and ``proj`` applied per segment.
+
+    With one centre, every point of a segment is dispatched the same aggregate, and both
+    projections are affine: ``agg = value((mean x + sum_j s_j x_j) / den)`` up to the bias
+    (``b * (1 + sum_j s_j) / den``) and ``proj(s_i * agg) = s_i * (W_proj agg) + b_proj``. So
+    the similarity-weighted inputs are summed (``C`` channels per point) and projected once per
+    segment instead of projecting every point's value and output (``2 * C * H * d`` per point).
+    Same values as :func:`context_cluster` up to rounding; only ``f: [N, H, d]`` is per point.
+    Returns ``[N, out_dim]``.
+    """
+    N, C = x.shape
+    _, H, d = f.shape
+    G, L = plan.num_groups, plan.max_group_size
+    f = f.reshape(G, L, H, d)
+    cos = (F.normalize(f, dim=-1) * F.normalize(f.mean(1, keepdim=True), dim=-1)).sum(-1)
+    s = torch.sigmoid(beta + alpha * cos)  # [G, L, H] similarity to the group's centre
+    total = 1.0 + s.sum(1)  # [G, H]
+    den = total if normalize == "similarity" else torch.full_like(total, 1.0 + L)
+    # mean input (the centre) + similarity-weighted inputs, as one weighted sum
+    inputs = torch.bmm((s + 1.0 / L).transpose(1, 2), x.reshape(G, L, C)) / den.unsqueeze(-1)  # [G, H, C]
+    agg = torch.einsum("ghc,hdc->ghd", inputs, value.weight.view(H, d, C))
+    agg = agg + value.bias.view(H, d) * (total / den).unsqueeze(-1)
+    projected = torch.einsum("ghd,ohd->gho", agg, proj.weight.view(-1, H, d))  # [G, H, out_dim]
+    return torch.baddbmm(proj.bias.expand(G, L, -1), s, projected).view(N, -1)
+
+
 class ContextCluster(nn.Module):
     """Context-cluster token mixer on point sets.
 
@@ -277,13 +313,16 @@ class ContextCluster(nn.Module):
             raise ValueError(f"x has {x.size(0)} points but the plan was built for {plan.num_points}")
         N, H, d = x.size(0), self.heads, self.head_dim
         f = self.f(x).view(N, H, d)
-        v = self.v(x).view(N, H, d)
-        centres = None
-        if not _is_one_centre_per_group(plan):
-            # the projections are affine: projecting each centre's mean input gives its mean
-            # f and v (exactly, up to rounding), and averages C channels instead of 2 * H * d
-            xm = _centre_means(x, plan)
-            centres = self.f(xm).view(-1, H, d), self.v(xm).view(-1, H, d)
-        out, centre = context_cluster(f, v, plan, self.sim_alpha, self.sim_beta, self.normalize, centres)
-        out = self.proj(out.reshape(N, self.heads * self.head_dim))
+        if _is_one_centre_per_group(plan):
+            args = (plan, self.sim_alpha, self.sim_beta, self.normalize, self.v, self.proj)
+            out = _one_centre_per_group_projected(x, f, *args)
+            return (out, plan.group.unsqueeze(1).expand(N, H)) if return_assignment else out
+        # the projections are affine: projecting each centre's mean input gives its mean
+        # f and v (exactly, up to rounding), and averages C channels instead of 2 * H * d
+        xm = _centre_means(x, plan)
+        centres = self.f(xm).view(-1, H, d), self.v(xm).view(-1, H, d)
+        out, centre = context_cluster(
+            f, self.v(x).view(N, H, d), plan, self.sim_alpha, self.sim_beta, self.normalize, centres
+        )
+        out = self.proj(out.reshape(N, H * d))
         return (out, centre) if return_assignment else out
