@@ -290,6 +290,25 @@ def test_forward_features_and_head():
     torch.testing.assert_close(model.classifier(pooled), logits, rtol=0, atol=0)
 
 
+def test_zero_init_last():
+    """zero_init_last zeroes exactly the last BN scale of every residual block (pre and pos), which then
+    starts as relu(x); the default keeps the reference's scale 1."""
+    from pointcoc.models.pointmlp import ResidualBlock
+
+    torch.manual_seed(0)
+    zeroed = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8, zero_init_last=True)
+    torch.manual_seed(0)
+    plain = pc.create_model("pointmlp_elite_coc", points=128, k_neighbors=8)
+    blocks = [m for m in zeroed.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 10  # elite: pre 1+1+2+1, pos 1+1+2+1
+    changed = {k for k, v in zeroed.state_dict().items() if not torch.equal(v, plain.state_dict()[k])}
+    expected = {f"{name}.net2.1.weight" for name, m in zeroed.named_modules() if isinstance(m, ResidualBlock)}
+    assert changed == expected
+    assert all(torch.equal(plain.state_dict()[k], torch.ones_like(plain.state_dict()[k])) for k in expected)
+    x = torch.randn(50, blocks[0].net1[0].in_features)
+    torch.testing.assert_close(blocks[0].train()(x), torch.relu(x), rtol=0, atol=0)
+
+
 def test_registered_variants_take_their_arguments():
     """Each registered name builds PointMLP with its variant's arguments; keyword arguments override them."""
 
