@@ -78,17 +78,18 @@ RECIPE: Dict[str, Any] = dict(
 DEMO: Dict[str, Any] = dict(
     model="pointmlp_elite_coc",
     num_points=128,
-    epochs=12,
+    epochs=10,
     optimizer="adamw",
     batch_size=16,
     lr=0.002,
     weight_decay=1e-4,
-    model_kwargs={"k_neighbors": 8, "recompute": False},
+    model_kwargs={"k_neighbors": 8, "recompute": False, "zero_init_last": True},
 )
 """The lighter demo setting: about :data:`DEMO_MINUTES` minutes on one core of a 2-core CPU. 128 points leave 16
 per cloud in the third stage; 8 neighbours (24 in the paper) cost half of 16 and learned better in 12 epochs;
-AdamW reaches in ~1100 steps what SGD needs thousands for; no activation recomputation (memory is no concern at
-this size)."""
+AdamW reaches in ~900 steps what SGD needs thousands for; residual blocks start as identities
+(``zero_init_last``: with the reference's initialisation the first epochs learn almost nothing, 66-74% test OA
+after 12 epochs instead of 89-90%); no activation recomputation (memory is no concern at this size)."""
 DEMO_TRAIN_PER_CLASS = 100
 DEMO_TEST_PER_CLASS = 20
 DEMO_DATA_SEED = 0
