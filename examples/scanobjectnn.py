@@ -9,7 +9,7 @@ Without the real files (``datasets/scanobjectnn/h5_files/...``, see
 ``datasets/README.md``) it says so and runs a demo: a procedurally generated
 stand-in set in the same HDF5 format (written once under
 ``datasets/scanobjectnn_demo/``) with a lighter setting that finishes in about
-5 minutes on one core of a 2-core CPU (the banner states it; the epoch lines show the time left).
+4 minutes on one core of a 2-core CPU (the banner states it; the epoch lines show the time left).
 
     python examples/scanobjectnn.py                         # demo, or real data if present
     python examples/scanobjectnn.py --data-dir /data/scanobjectnn --variant OBJ_BG
@@ -111,10 +111,10 @@ RUN_KEYS = (
 """Settings that define a run: taken from the checkpoint on ``--resume`` and ``--eval-only``."""
 
 
-DEMO_MINUTES = 4.5
+DEMO_MINUTES = 4
 """Measured wall time of the whole default demo run, data generation included, on the 2-core CPU this
-project is developed on with two other processes running: ``python examples/scanobjectnn.py`` took 4 min 30 s
-(266 s CPU)."""
+project is developed on with one other process running: ``python examples/scanobjectnn.py`` took 3 min 51 s
+(215 s CPU); beside two other processes, 5 min 7 s."""
 
 
 class RunError(Exception):
@@ -449,8 +449,8 @@ def _banner(
     if settings["demo"]:
         default = all(settings[k] == DEMO[k] for k in DEMO) and torch.get_num_threads() == 1
         say(
-            f"expected duration: about {DEMO_MINUTES} min on a 2-core CPU shared with other processes (measured "
-            f"with two others running), less on a faster machine; every epoch line shows the time left (eta)"
+            f"expected duration: about {DEMO_MINUTES} min on a 2-core CPU shared with another process (measured), "
+            f"less on a faster machine; every epoch line shows the time left (eta)"
             if default
             else f"expected duration: not measured for this setting (the default demo takes about {DEMO_MINUTES} "
             f"min on a 2-core CPU); every epoch line shows the time left (eta)"
