@@ -320,6 +320,8 @@ def test_registered_variants_take_their_arguments():
         assert model.embedding.net[0].out_features == arguments.get("embed_dim", 64)
         assert clusters(model) == arguments.get("context_cluster", False)
         assert model.classifier[-1].out_features == 15
+        expected = pc.models.pointmlp.COC_RECOMPUTE if name == "pointmlp_coc" else pc.models.pointmlp.DEFAULT_RECOMPUTE
+        assert tuple(p.recompute for p in model.pre_blocks_list) == expected
     assert not clusters(pc.create_model("pointmlp_elite_coc", points=256, context_cluster=False))
 
 
