@@ -108,6 +108,9 @@ def _footer(results: List[Dict]) -> str:
     lines = [
         "Measured now: every column but the ratios' denominators.",
         f"QUOTED reference (published code, batch 4, 1024 points, CPU, 2-core machine kind, issue 13): {quoted}.",
+        "Its threads are not recorded; the ratios issue 13 gives for this project's code then (0.71x for "
+        "pointmlp_coc) match runs with PyTorch's default of 2 threads, so time ratios are like for like with "
+        "--threads 2 on a quiet machine.",
     ]
     if results:
         lines.append(f"threads per process: {results[0]['threads']}; load = 1-min load average at the end of each run")
