@@ -10,7 +10,7 @@ kept as candidates.
 The result is *proven*, not assumed: every point outside the block lies beyond one of the
 block's faces, so its distance is at least the query's distance ``rho`` to the nearest face that
 is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces are computed in
-float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine` then accepts a
+float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine_rows` then accepts a
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
 points it did not keep; the caller searches every other query again (wider blocks, then float64).
 """
@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 from .batch import batch_ptr
+from .exact import REFINE_ROWS, refine_rows
 from .search import chunk_end
 
-__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_candidates"]
+__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_search"]
 
 GRID_MAX_DIM = 3
 """Positions with at most this many coordinates may use the cell grid."""
@@ -43,6 +44,9 @@ BLOCK_REACH = 1
 
 WIDE_REACH = 2
 """Block half-width of the second pass, for the queries the first pass could not prove."""
+
+CHUNK_ENTRIES = 2**18
+"""At most this many distances per chunk (1 MiB in float32): small temporaries are reused."""
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
 _BISECTION_STEPS = 40
@@ -157,22 +161,31 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, reach: int) -> Tu
 
 
 @torch.no_grad()
-def cell_candidates(
-    grid: CellGrid, y: Tensor, wide: int, batch_y: Tensor, max_chunk_entries: int, reach: int = BLOCK_REACH
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The ``wide`` nearest points of each query's block of ``reach`` cells on each side (see the
-    module docstring).
+def cell_search(
+    grid: CellGrid,
+    columns: Tensor,
+    y: Tensor,
+    k: int,
+    wide: int,
+    batch_y: Tensor,
+    max_chunk_entries: int,
+    reach: int = BLOCK_REACH,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` nearest points of each query, from the ``wide`` nearest points of its block of
+    ``reach`` cells on each side (see the module docstring).
 
-    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`); ``y``: queries in the dtype
-    of ``grid.coords`` (float32 or float64, the working dtype; values exactly the inputs').
-    Returns ``index [M, wide]`` (global, ``-1`` padding), ``dist [M, wide]`` (working dtype, ``inf``
-    padding), ``complete [M]`` (the block holds at most ``wide`` points: all are candidates) and
-    ``region [M]`` (float64 bound of :func:`region_bound`).
+    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`) in the working dtype,
+    ``columns: [D, N]`` the same points in float64 (the reference), ``y: [M, D]`` the queries
+    (any float dtype). Returns ``index [M, k]`` (global, ``-1`` padding), float64 ``dist [M, k]``
+    and ``proven [M]``, from :func:`pointcoc.ops.exact.refine_rows` with the block as the
+    region and :func:`region_bound` as the bound outside it.
 
     Queries are processed in chunks of similar block size, each one distance matrix and one
-    ``topk``; the queries of one cell share one block, gathered once per chunk.
+    ``topk``; the queries of one cell share one block, gathered once per chunk. Chunks hold at
+    most ``min(max_chunk_entries, CHUNK_ENTRIES)`` distances and ``REFINE_ROWS`` queries, so
+    their temporaries are reused by the allocator rather than paged in afresh.
     """
-    y64 = y.double()
+    y_work, y64 = y.to(grid.coords.dtype), y.double()
     cell = grid.cell_of(y64, batch_y)
     region = region_bound(grid, y64, batch_y, cell, reach)
     query_cell = grid.cell_ptr[batch_y] + (cell * grid.stride[batch_y]).sum(1)
@@ -183,19 +196,24 @@ def cell_candidates(
     total = size[group]  # [M]
     rows_by_size = torch.argsort(total * cells.numel() + group)  # by block size, a cell's queries together
     sizes = total[rows_by_size].tolist()
-    index = torch.empty(y.size(0), wide, dtype=torch.long, device=y.device)
-    dist = torch.empty(y.size(0), wide, dtype=y.dtype, device=y.device)
+    complete = total <= wide
+    index = torch.empty(y.size(0), k, dtype=torch.long, device=y.device)
+    dist = torch.empty(y.size(0), k, dtype=torch.float64, device=y.device)
+    proven = torch.empty(y.size(0), dtype=torch.bool, device=y.device)
+    capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
-        stop = chunk_end(sizes, first, max_chunk_entries)
+        stop = min(chunk_end(sizes, first, capacity), first + REFINE_ROWS)
         rows = rows_by_size[first:stop]
         blocks, local = torch.unique_consecutive(group[rows], return_inverse=True)
         coords, ids = _block_points(grid, start[blocks], length[blocks], sizes[stop - 1])  # D x [g, W], [g, W]
-        found, nearest = _nearest_in_block(coords, ids, y[rows], local, wide)
-        index.index_copy_(0, rows, found)
-        dist.index_copy_(0, rows, nearest)
+        found, nearest = _nearest_in_block(coords, ids, y_work[rows], local, wide)
+        top, d64, ok = refine_rows(columns, y64[rows], found, nearest, k, complete[rows], region[rows])
+        index.index_copy_(0, rows, top)
+        dist.index_copy_(0, rows, d64)
+        proven.index_copy_(0, rows, ok)
         first = stop
-    return index, dist, total <= wide, region
+    return index, dist, proven
 
 
 def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:

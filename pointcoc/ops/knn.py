@@ -323,15 +323,13 @@ def _cell_search(
     or ties spanning the candidates) get a second pass with wider blocks and more candidates."""
     wide = k + REFINE_EXTRA
     grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
-    y_work = y.to(work)
-    candidates, dist_work, complete, region = cells.cell_candidates(grid, y_work, wide, batch_y, max_chunk_entries)
-    index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+    columns = x.double().t().contiguous()
+    index, dist, proven = cells.cell_search(grid, columns, y, k, wide, batch_y, max_chunk_entries)
     rows = (~proven).nonzero()[:, 0]
     if rows.numel():
-        candidates, dist_work, complete, region = cells.cell_candidates(
-            grid, y_work[rows], WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, cells.WIDE_REACH
+        index[rows], dist[rows], proven[rows] = cells.cell_search(
+            grid, columns, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, cells.WIDE_REACH
         )
-        index[rows], dist[rows], proven[rows] = refine(x, y[rows], candidates, dist_work, k, complete, region)
     return index, dist, proven
 
 
