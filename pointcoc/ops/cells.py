@@ -36,8 +36,11 @@ GRID_MAX_DIM = 3
 GRID_MIN_POINTS = 512
 """The cell grid is used when some sample holds at least this many points of ``x``."""
 
-BALL_MARGIN = 1.5
-"""A ball of ``reach`` cell edges is sized to hold this many times ``wide`` points on average."""
+BALL_MARGIN = (1.1, 1.1, 1.5)
+"""For 1, 2 and 3 coordinates: a ball of ``reach`` cell edges is sized to hold this many times
+``wide`` points on average. Queries the first pass cannot prove get a second pass over
+``(2 WIDE_REACH + 1)^D`` cells, costlier in 3-D, so the first pass is sized more generously
+there (the optima measured with ``benchmarks/ops.py``)."""
 
 BLOCK_REACH = 1
 """A query's block spans this many cells on each side of its own cell (first pass)."""
@@ -94,9 +97,10 @@ class CellGrid:
 
 
 def points_per_cell(dim: int, wide: int) -> float:
-    """Points per cell such that a ball of ``BLOCK_REACH`` cell edges holds ``BALL_MARGIN * wide`` points on average."""
+    """Points per cell such that a ball of ``BLOCK_REACH`` cell edges holds
+    ``BALL_MARGIN[dim - 1] * wide`` points on average."""
     ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1) * BLOCK_REACH**dim  # volume of a ball of radius BLOCK_REACH
-    return BALL_MARGIN * wide / ball
+    return BALL_MARGIN[dim - 1] * wide / ball
 
 
 def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
