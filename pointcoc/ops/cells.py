@@ -82,17 +82,17 @@ class CellGrid:
         self.stride[:, -1] = 1
         self.cell_ptr = batch_ptr(self.cells.prod(1))
         cell = self.cell_of(wide, batch)
-        global_cell = self.cell_ptr[batch] + (cell * self.stride[batch]).sum(1)
+        global_cell = self.cell_ptr.index_select(0, batch) + (cell * self.stride.index_select(0, batch)).sum(1)
         global_cell, order = torch.sort(global_cell, stable=True)
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
-        self.coords = torch.cat([x[order].t(), x.new_full((dim, 1), math.inf)], 1)
+        self.coords = torch.cat([x.t().index_select(1, order), x.new_full((dim, 1), math.inf)], 1)
         self.index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
         """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
-        scaled = (points - self.low[batch]) / self.size[batch, None]
-        cell = torch.minimum(torch.floor(scaled).clamp_(min=0), (self.cells[batch] - 1).double())
+        scaled = (points - self.low.index_select(0, batch)).div_(self.size.index_select(0, batch)[:, None])
+        cell = torch.minimum(scaled.floor_().clamp_(min=0), (self.cells.index_select(0, batch) - 1).double())
         return cell.long()  # clamped in float64 first: far queries cannot overflow int64
 
 
@@ -133,10 +133,11 @@ def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach
     lies beyond that face up to the rounding of ``floor((x - low) / size)``; the margin covers
     that rounding and the rounding of the faces, and the final factor that of the reference sum.
     """
-    low, size, cells = grid.low[batch_y], grid.size[batch_y, None], grid.cells[batch_y]
+    low, size = grid.low.index_select(0, batch_y), grid.size.index_select(0, batch_y)[:, None]
+    cells = grid.cells.index_select(0, batch_y)
     below = torch.where(cell - reach > 0, low + (cell - reach).double() * size, -math.inf)  # cells < c - reach exist
     above = torch.where(cell + reach + 1 < cells, low + (cell + reach + 1).double() * size, math.inf)  # > c + reach
-    scale = low.abs() + grid.high[batch_y].abs() + y.abs() + size
+    scale = low.abs() + grid.high.index_select(0, batch_y).abs() + y.abs() + size
     gap = torch.minimum(y - below, above - y) - _FACE_MARGIN * scale
     rho = gap.amin(1).clamp_(min=0.0)
     dim = y.size(1)
@@ -151,17 +152,17 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, reach: int) -> Tu
     offsets = range(-reach, reach + 1)
     shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
     shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
-    cells, stride = grid.cells[batch_y], grid.stride[batch_y]
+    cells, stride = grid.cells.index_select(0, batch_y), grid.stride.index_select(0, batch_y)
     near = cell[:, None, :-1] + shifts  # [M, S, D-1]
     inside = ((near >= 0) & (near < cells[:, None, :-1])).all(2)
-    first = grid.cell_ptr[batch_y, None] + (near * stride[:, None, :-1]).sum(2)
+    first = grid.cell_ptr.index_select(0, batch_y)[:, None] + (near * stride[:, None, :-1]).sum(2)
     last_axis = cell[:, -1:]
     first_cell = first + (last_axis - reach).clamp(min=0)
     end_cell = first + torch.minimum(last_axis + reach + 1, cells[:, -1:])
     first_cell = torch.where(inside, first_cell, 0)
     end_cell = torch.where(inside, end_cell, 0)
-    start = grid.cell_start[first_cell]
-    return start, grid.cell_start[end_cell] - start
+    start = grid.cell_start.index_select(0, first_cell.view(-1)).view_as(first_cell)
+    return start, grid.cell_start.index_select(0, end_cell.view(-1)).view_as(end_cell) - start
 
 
 @torch.no_grad()
@@ -189,34 +190,37 @@ def cell_search(
     most ``min(max_chunk_entries, CHUNK_ENTRIES)`` distances and ``REFINE_ROWS`` queries, so
     their temporaries are reused by the allocator rather than paged in afresh.
     """
-    y_work, y64 = y.to(grid.coords.dtype), y.double()
+    y64 = y.double()
     cell = grid.cell_of(y64, batch_y)
     region = region_bound(grid, y64, batch_y, cell, reach)
-    query_cell = grid.cell_ptr[batch_y] + (cell * grid.stride[batch_y]).sum(1)
+    query_cell = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
     cells, group = torch.unique(query_cell, return_inverse=True)  # [G] occupied cells, [M] group of each query
     first_query = torch.empty_like(cells).scatter_(0, group, torch.arange(y.size(0), device=y.device))
-    start, length = _block_runs(grid, batch_y[first_query], cell[first_query], reach)  # [G, S]
-    size = length.sum(1)  # [G] block size
-    total = size[group]  # [M]
+    start, length = _block_runs(grid, batch_y.index_select(0, first_query), cell.index_select(0, first_query), reach)
+    total = length.sum(1).index_select(0, group)  # [M] block size of each query
     rows_by_size = torch.argsort(total * cells.numel() + group)  # by block size, a cell's queries together
-    sizes = total[rows_by_size].tolist()
-    complete = total <= wide
+    # per-query values in that order: every chunk below is a slice
+    y_work, y64, group, region, complete = (
+        t.index_select(0, rows_by_size) for t in (y.to(grid.coords.dtype), y64, group, region, total <= wide)
+    )
+    sizes = total.index_select(0, rows_by_size).tolist()
     index = torch.empty(y.size(0), k, dtype=torch.long, device=y.device)
     dist = torch.empty(y.size(0), k, dtype=torch.float64, device=y.device)
     proven = torch.empty(y.size(0), dtype=torch.bool, device=y.device)
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
-        stop = min(chunk_end(sizes, first, capacity), first + REFINE_ROWS)
-        rows = rows_by_size[first:stop]
-        blocks, local = torch.unique_consecutive(group[rows], return_inverse=True)
-        coords, ids = _block_points(grid, start[blocks], length[blocks], sizes[stop - 1])  # D x [g, W], [g, W]
-        found, nearest = _nearest_in_block(coords, ids, y_work[rows], local, wide)
-        top, d64, ok = refine_rows(columns, y64[rows], found, nearest, k, complete[rows], region[rows])
+        part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
+        blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
+        runs = start.index_select(0, blocks), length.index_select(0, blocks)
+        coords, ids = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
+        found, nearest = _nearest_in_block(coords, ids, y_work[part], local, wide)
+        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
+        rows = rows_by_size[part]
         index.index_copy_(0, rows, top)
         dist.index_copy_(0, rows, d64)
         proven.index_copy_(0, rows, ok)
-        first = stop
+        first = part.stop
     return index, dist, proven
 
 
