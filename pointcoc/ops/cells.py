@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -39,17 +39,17 @@ GRID_MIN_POINTS = 512
 BALL_MARGIN = (1.1, 1.1, 1.5)
 """For 1, 2 and 3 coordinates: a ball of ``reach`` cell edges is sized to hold this many times
 ``wide`` points on average. Queries the first pass cannot prove get a second pass over
-``(2 WIDE_REACH + 1)^D`` cells, costlier in 3-D, so the first pass is sized more generously
-there (the optima measured with ``benchmarks/ops.py``)."""
+blocks up to ``(2 BLOCK_REACH + 3)^D`` cells, costlier in 3-D, so the first pass is sized more
+generously there (the optima measured with ``benchmarks/ops.py``)."""
 
 BLOCK_REACH = 1
 """A query's block spans this many cells on each side of its own cell (first pass)."""
 
-WIDE_REACH = 2
-"""Block half-width of the second pass, for the queries the first pass could not prove."""
 
 CHUNK_ENTRIES = 2**18
 """At most this many distances per chunk (1 MiB in float32): small temporaries are reused."""
+
+Reach = Union[int, Tensor]  # cells spanned beyond the query's own: one count, or [M, D]
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
 _BISECTION_STEPS = 40
@@ -124,21 +124,22 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
     return torch.where(flat, 1.0, hi)
 
 
-def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach: int = BLOCK_REACH) -> Tensor:
+def region_bound(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, below: Reach = BLOCK_REACH, above: Optional[Reach] = None
+) -> Tensor:
     """float64 ``[M]``: a lower bound on the float64 reference squared distance from each query to
-    every point of its sample outside its block of ``reach`` cells on each side (``inf`` where the
-    block is the whole grid).
+    every point of its sample outside its block (``inf`` where the block is the whole grid).
 
+    The block spans ``below`` cells before the query's own cell and ``above`` cells after it
+    along every axis (ints, or ``[M, D]`` per query and axis; ``above`` defaults to ``below``).
     A point outside the block has a cell id beyond a face along some axis, so its coordinate
     lies beyond that face up to the rounding of ``floor((x - low) / size)``; the margin covers
     that rounding and the rounding of the faces, and the final factor that of the reference sum.
     """
-    low, size = grid.low.index_select(0, batch_y), grid.size.index_select(0, batch_y)[:, None]
-    cells = grid.cells.index_select(0, batch_y)
-    below = torch.where(cell - reach > 0, low + (cell - reach).double() * size, -math.inf)  # cells < c - reach exist
-    above = torch.where(cell + reach + 1 < cells, low + (cell + reach + 1).double() * size, math.inf)  # > c + reach
-    scale = low.abs() + grid.high.index_select(0, batch_y).abs() + y.abs() + size
-    gap = torch.minimum(y - below, above - y) - _FACE_MARGIN * scale
+    gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, below, below if above is None else above)
+    low, high = grid.low.index_select(0, batch_y), grid.high.index_select(0, batch_y)
+    scale = low.abs() + high.abs() + y.abs() + grid.size.index_select(0, batch_y)[:, None]
+    gap = torch.minimum(gap_below, gap_above) - _FACE_MARGIN * scale
     rho = gap.amin(1).clamp_(min=0.0)
     dim = y.size(1)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference sum: relative error bound (doubled)
@@ -146,21 +147,66 @@ def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach
     return torch.where(torch.isinf(rho), math.inf, bound)
 
 
-def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, reach: int) -> Tuple[Tensor, Tensor]:
-    """First sorted point ``[M, S]`` and length ``[M, S]`` of the ``S = (2 reach + 1)^(D-1)`` runs of each block."""
+def _face_gaps(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, below: Reach, above: Reach
+) -> Tuple[Tensor, Tensor]:
+    """float64 ``[M, D]`` distances (rounded) from each query to the lower and upper faces of its
+    block (see :func:`region_bound`); ``inf`` where the block reaches the edge of the grid."""
+    low, size = grid.low.index_select(0, batch_y), grid.size.index_select(0, batch_y)[:, None]
+    cells = grid.cells.index_select(0, batch_y)
+    lower = torch.where(cell - below > 0, low + (cell - below).double() * size, -math.inf)  # lower cells exist
+    upper = torch.where(cell + above + 1 < cells, low + (cell + above + 1).double() * size, math.inf)  # upper too
+    return y - lower, upper - y
+
+
+def _blocks(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, reach: int, kth: Optional[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The block of each query (float64 ``y``; ``reach``, ``kth`` as in :func:`cell_search`):
+    ``region [M]`` (:func:`region_bound`), ``group [M]`` (queries of one cell with the same
+    reach share a block) and the runs ``start``, ``length: [G, S]`` of the ``G`` blocks."""
+    cell = grid.cell_of(y, batch_y)
+    below, above = _reach(grid, y, batch_y, cell, reach, kth)
+    region = region_bound(grid, y, batch_y, cell, below, above)
+    query_cell = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
+    extended = torch.cat([below, above], 1) - reach  # [M, 2D] 0 or 1
+    pattern = (extended << torch.arange(extended.size(1), device=y.device)).sum(1)
+    blocks, group = torch.unique(query_cell * 2 ** extended.size(1) + pattern, return_inverse=True)
+    first_query = torch.empty_like(blocks).scatter_(0, group, torch.arange(y.size(0), device=y.device))
+    batch_y, cell, below, above = (t.index_select(0, first_query) for t in (batch_y, cell, below, above))
+    return region, group, *_block_runs(grid, batch_y, cell, below, above)
+
+
+def _reach(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach: int, kth: Optional[Tensor]
+) -> Tuple[Tensor, Tensor]:
+    """Block reach below and above ``[M, D]``: ``reach`` cells, one more on each side whose face
+    is within ``sqrt(kth)`` of the query (``kth``: an upper bound on its k-th neighbour distance)."""
+    below = torch.full_like(cell, reach)
+    if kth is None:
+        return below, below
+    gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, reach, reach)
+    return below + (gap_below.square() <= kth[:, None]), below + (gap_above.square() <= kth[:, None])
+
+
+def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Tensor, above: Tensor) -> Tuple[Tensor, Tensor]:
+    """First sorted point ``[M, S]`` and length ``[M, S]`` of the runs of each block (``below`` /
+    ``above: [M, D]`` as in :func:`region_bound`): one run along the last axis for every cell of
+    the other axes, ``S = (2 r + 1)^(D-1)`` with ``r`` the largest reach (runs a block does not
+    span are empty)."""
     dim = cell.size(1)
-    offsets = range(-reach, reach + 1)
+    widest = int(torch.maximum(below, above).max()) if cell.numel() else 0
+    offsets = range(-widest, widest + 1)
     shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
     shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
     cells, stride = grid.cells.index_select(0, batch_y), grid.stride.index_select(0, batch_y)
     near = cell[:, None, :-1] + shifts  # [M, S, D-1]
-    inside = ((near >= 0) & (near < cells[:, None, :-1])).all(2)
+    spanned = (shifts >= -below[:, None, :-1]) & (shifts <= above[:, None, :-1])
+    inside = (spanned & (near >= 0) & (near < cells[:, None, :-1])).all(2)
     first = grid.cell_ptr.index_select(0, batch_y)[:, None] + (near * stride[:, None, :-1]).sum(2)
     last_axis = cell[:, -1:]
-    first_cell = first + (last_axis - reach).clamp(min=0)
-    end_cell = first + torch.minimum(last_axis + reach + 1, cells[:, -1:])
-    first_cell = torch.where(inside, first_cell, 0)
-    end_cell = torch.where(inside, end_cell, 0)
+    first_cell = torch.where(inside, first + (last_axis - below[:, -1:]).clamp(min=0), 0)
+    end_cell = torch.where(inside, first + torch.minimum(last_axis + above[:, -1:] + 1, cells[:, -1:]), 0)
     start = grid.cell_start.index_select(0, first_cell.view(-1)).view_as(first_cell)
     return start, grid.cell_start.index_select(0, end_cell.view(-1)).view_as(end_cell) - start
 
@@ -175,9 +221,12 @@ def cell_search(
     batch_y: Tensor,
     max_chunk_entries: int,
     reach: int = BLOCK_REACH,
+    kth: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The ``k`` nearest points of each query, from the ``wide`` nearest points of its block of
-    ``reach`` cells on each side (see the module docstring).
+    ``reach`` cells on each side (see the module docstring); with ``kth`` (``[M]``, an upper bound
+    on each query's k-th neighbour distance, e.g. from an earlier pass) one cell more on each
+    side whose face is within ``sqrt(kth)`` of the query.
 
     ``grid`` holds the points of ``x`` (see :func:`points_per_cell`) in the working dtype,
     ``columns: [D, N]`` the same points in float64 (the reference), ``y: [M, D]`` the queries
@@ -186,19 +235,14 @@ def cell_search(
     region and :func:`region_bound` as the bound outside it.
 
     Queries are processed in chunks of similar block size, each one distance matrix and one
-    ``topk``; the queries of one cell share one block, gathered once per chunk. Chunks hold at
-    most ``min(max_chunk_entries, CHUNK_ENTRIES)`` distances and ``REFINE_ROWS`` queries, so
-    their temporaries are reused by the allocator rather than paged in afresh.
+    ``topk``; the queries sharing a block are gathered once per chunk. Chunks hold at most
+    ``min(max_chunk_entries, CHUNK_ENTRIES)`` distances and ``REFINE_ROWS`` queries, so their
+    temporaries are reused by the allocator rather than paged in afresh.
     """
     y64 = y.double()
-    cell = grid.cell_of(y64, batch_y)
-    region = region_bound(grid, y64, batch_y, cell, reach)
-    query_cell = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
-    cells, group = torch.unique(query_cell, return_inverse=True)  # [G] occupied cells, [M] group of each query
-    first_query = torch.empty_like(cells).scatter_(0, group, torch.arange(y.size(0), device=y.device))
-    start, length = _block_runs(grid, batch_y.index_select(0, first_query), cell.index_select(0, first_query), reach)
+    region, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
     total = length.sum(1).index_select(0, group)  # [M] block size of each query
-    rows_by_size = torch.argsort(total * cells.numel() + group)  # by block size, a cell's queries together
+    rows_by_size = torch.argsort(total * start.size(0) + group)  # by block size, a block's queries together
     # per-query values in that order: every chunk below is a slice
     y_work, y64, group, region, complete = (
         t.index_select(0, rows_by_size) for t in (y.to(grid.coords.dtype), y64, group, region, total <= wide)

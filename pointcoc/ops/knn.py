@@ -320,7 +320,8 @@ def _cell_search(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The cell-grid search (:mod:`pointcoc.ops.cells`): ``index [M, k]``, float64 ``dist [M, k]``
     and ``proven [M]``. Queries the first pass cannot prove (a k-th neighbour beyond the block,
-    or ties spanning the candidates) get a second pass with wider blocks and more candidates."""
+    or ties spanning the candidates) get a second pass with more candidates, their blocks one
+    cell wider on the sides nearer than the k-th distance the first pass found."""
     wide = k + REFINE_EXTRA
     grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
     columns = x.double().t().contiguous()
@@ -328,7 +329,7 @@ def _cell_search(
     rows = (~proven).nonzero()[:, 0]
     if rows.numel():
         index[rows], dist[rows], proven[rows] = cells.cell_search(
-            grid, columns, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, cells.WIDE_REACH
+            grid, columns, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, kth=dist[rows, -1]
         )
     return index, dist, proven
 
