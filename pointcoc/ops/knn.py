@@ -135,7 +135,8 @@ def knn_padded(
     args = validate_search_args(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, 1, None, allow_empty=True)
     check_padded_width(args[2], args[1].size(0), args[5])
     check_chunk_entries(max_chunk_entries)
-    return exact_knn(*args, max_chunk_entries)
+    index, dist = exact_knn(*args, max_chunk_entries)
+    return index, dist.to(torch.float32 if args[0].element_size() < 4 else args[0].dtype)
 
 
 def knn_dense(x: Tensor, y: Tensor, k: int, max_chunk_entries: int = DEFAULT_CHUNK_ENTRIES) -> Tensor:
@@ -283,15 +284,13 @@ def exact_knn(
     counts_y: Tensor,
     max_chunk_entries: int,
 ) -> Tuple[Tensor, Tensor]:
-    """Exact search (see :mod:`pointcoc.ops.exact`): ``index [M, k]`` (-1 padded) and ``dist [M, k]``."""
-    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32 if x.element_size() < 4 else x.dtype
+    """Exact search (see :mod:`pointcoc.ops.exact`): ``index [M, k]`` (-1 padded) and float64 ``dist [M, k]``."""
     work = working_dtype(x, y, batch_x, batch_y, counts_x.numel())
     wide = k + REFINE_EXTRA
     if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
         index, dist, proven = _cell_search(x, y, k, batch_x, batch_y, counts_x, work, max_chunk_entries)
     elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
-        index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-        return index, dist.to(out_dtype)
+        return search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
     else:
         candidates, dist_work = search(
             x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries
@@ -305,7 +304,7 @@ def exact_knn(
         index[rows], dist[rows] = search(
             x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries, tiled=not few
         )
-    return index, dist.to(out_dtype)
+    return index, dist
 
 
 def _cell_search(
