@@ -71,7 +71,9 @@ def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, re
     counts = batch_counts(bx, len(sizes))
     grid = cells_module.CellGrid(x.to(work), bx, counts, 0.3 * wide)  # small cells: many blocks
     columns = x.double().t().contiguous()
-    index, _, _ = cells_module.cell_search(grid, columns, y, len(x), len(x), by, 50, reach)
+    index = torch.empty(len(y), len(x), dtype=torch.long)
+    out = (index, torch.empty(len(y), 1, dtype=torch.float64), torch.empty(len(y), dtype=torch.bool))
+    cells_module.cell_search(grid, columns, y, len(x), len(x), by, 50, out, reach)
     region = cells_module.region_bound(grid, y.double(), by, grid.cell_of(y.double(), by), reach)
     xs, ys, bxs, bys = x.double().numpy(), y.double().numpy(), bx.numpy(), by.numpy()
     cell_x = numpy_cells(grid, xs, bxs)

@@ -220,9 +220,10 @@ def cell_search(
     wide: int,
     batch_y: Tensor,
     max_chunk_entries: int,
+    out: Tuple[Tensor, Tensor, Tensor],
     reach: int = BLOCK_REACH,
     kth: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> None:
     """The ``k`` nearest points of each query, from the ``wide`` nearest points of its block of
     ``reach`` cells on each side (see the module docstring); with ``kth`` (``[M]``, an upper bound
     on each query's k-th neighbour distance, e.g. from an earlier pass) one cell more on each
@@ -230,9 +231,10 @@ def cell_search(
 
     ``grid`` holds the points of ``x`` (see :func:`points_per_cell`) in the working dtype,
     ``columns: [D, N]`` the same points in float64 (the reference), ``y: [M, D]`` the queries
-    (any float dtype). Returns ``index [M, k]`` (global, ``-1`` padding), float64 ``dist [M, k]``
-    and ``proven [M]``, from :func:`pointcoc.ops.exact.refine_rows` with the block as the
-    region and :func:`region_bound` as the bound outside it.
+    (any float dtype). Fills ``out = (index [M, k], dist [M, w], proven [M])``: global indices
+    (``-1`` padding), the last ``w`` float64 distances of each row (``w = k``, or ``1`` for the
+    k-th only) and whether the row is proven, from :func:`pointcoc.ops.exact.refine_rows` with
+    the block as the region and :func:`region_bound` as the bound outside it.
 
     Queries are processed in chunks of similar block size, each one distance matrix and one
     ``topk``; the queries sharing a block are gathered once per chunk. Chunks hold at most
@@ -248,9 +250,7 @@ def cell_search(
         t.index_select(0, rows_by_size) for t in (y.to(grid.coords.dtype), y64, group, region, total <= wide)
     )
     sizes = total.index_select(0, rows_by_size).tolist()
-    index = torch.empty(y.size(0), k, dtype=torch.long, device=y.device)
-    dist = torch.empty(y.size(0), k, dtype=torch.float64, device=y.device)
-    proven = torch.empty(y.size(0), dtype=torch.bool, device=y.device)
+    index, dist, proven = out
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
@@ -262,10 +262,9 @@ def cell_search(
         top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
         rows = rows_by_size[part]
         index.index_copy_(0, rows, top)
-        dist.index_copy_(0, rows, d64)
+        dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
         proven.index_copy_(0, rows, ok)
         first = part.stop
-    return index, dist, proven
 
 
 def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:
