@@ -36,7 +36,7 @@ GRID_MAX_DIM = 3
 GRID_MIN_POINTS = 512
 """The cell grid is used when some sample holds at least this many points of ``x``."""
 
-BALL_MARGIN = (1.1, 1.1, 1.5)
+BALL_MARGIN = (1.0, 1.0, 1.5)
 """For 1, 2 and 3 coordinates: a ball of ``reach`` cell edges is sized to hold this many times
 ``wide`` points on average. Queries the first pass cannot prove get a second pass over
 blocks up to ``(2 BLOCK_REACH + 3)^D`` cells, costlier in 3-D, so the first pass is sized more
