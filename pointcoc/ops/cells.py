@@ -161,41 +161,50 @@ def _face_gaps(
 
 def _blocks(
     grid: CellGrid, y: Tensor, batch_y: Tensor, reach: int, kth: Optional[Tensor]
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The block of each query (float64 ``y``; ``reach``, ``kth`` as in :func:`cell_search`):
-    ``region [M]`` (:func:`region_bound`), ``group [M]`` (queries of one cell with the same
-    reach share a block) and the runs ``start``, ``length: [G, S]`` of the ``G`` blocks."""
+) -> Tuple[Tensor, Reach, Reach, Tensor, Tensor, Tensor]:
+    """The block of each query (float64 ``y``; ``reach``, ``kth`` as in :func:`cell_search`): its
+    cell ``[M, D]`` and reach below and above (:func:`_reach`), ``group [M]`` (queries of one cell
+    with the same reach share a block) and the runs ``start``, ``length: [G, S]`` of the blocks."""
     cell = grid.cell_of(y, batch_y)
     below, above = _reach(grid, y, batch_y, cell, reach, kth)
-    region = region_bound(grid, y, batch_y, cell, below, above)
-    query_cell = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
-    extended = torch.cat([below, above], 1) - reach  # [M, 2D] 0 or 1
-    pattern = (extended << torch.arange(extended.size(1), device=y.device)).sum(1)
-    blocks, group = torch.unique(query_cell * 2 ** extended.size(1) + pattern, return_inverse=True)
-    first_query = torch.empty_like(blocks).scatter_(0, group, torch.arange(y.size(0), device=y.device))
-    batch_y, cell, below, above = (t.index_select(0, first_query) for t in (batch_y, cell, below, above))
-    return region, group, *_block_runs(grid, batch_y, cell, below, above)
+    key = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
+    if kth is not None:  # the sides a block is widened on, as bits
+        extended = torch.cat([below, above], 1) - reach  # [M, 2D] 0 or 1
+        key = key * 2 ** extended.size(1) + (extended << torch.arange(extended.size(1), device=y.device)).sum(1)
+    blocks, group = torch.unique(key, return_inverse=True)
+    first = torch.empty_like(blocks).scatter_(0, group, torch.arange(y.size(0), device=y.device))
+    sides = (_take(below, first), _take(above, first))
+    runs = _block_runs(grid, batch_y.index_select(0, first), cell.index_select(0, first), *sides)
+    return (cell, below, above, group) + runs
+
+
+def _take(reach: Reach, rows: object) -> Reach:
+    """The given rows of a per-query reach (an int is the same for every query)."""
+    return reach[rows] if isinstance(reach, Tensor) else reach
 
 
 def _reach(
     grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach: int, kth: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """Block reach below and above ``[M, D]``: ``reach`` cells, one more on each side whose face
-    is within ``sqrt(kth)`` of the query (``kth``: an upper bound on its k-th neighbour distance)."""
-    below = torch.full_like(cell, reach)
+) -> Tuple[Reach, Reach]:
+    """Block reach below and above: ``reach`` cells (ints) without ``kth``; else ``[M, D]``, one
+    more on each side whose face is within ``sqrt(kth)`` of the query (``kth``: an upper bound
+    on its k-th neighbour distance)."""
     if kth is None:
-        return below, below
+        return reach, reach
     gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, reach, reach)
-    return below + (gap_below.square() <= kth[:, None]), below + (gap_above.square() <= kth[:, None])
+    return (gap_below.square() <= kth[:, None]) + reach, (gap_above.square() <= kth[:, None]) + reach
 
 
-def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Tensor, above: Tensor) -> Tuple[Tensor, Tensor]:
+def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Reach, above: Reach) -> Tuple[Tensor, Tensor]:
     """First sorted point ``[M, S]`` and length ``[M, S]`` of the runs of each block (``below`` /
-    ``above: [M, D]`` as in :func:`region_bound`): one run along the last axis for every cell of
-    the other axes, ``S = (2 r + 1)^(D-1)`` with ``r`` the largest reach (runs a block does not
+    ``above`` as in :func:`region_bound`): one run along the last axis for every cell of the
+    other axes, ``S = (2 r + 1)^(D-1)`` with ``r`` the largest reach (runs a block does not
     span are empty)."""
     dim = cell.size(1)
-    widest = int(torch.maximum(below, above).max()) if cell.numel() else 0
+    if isinstance(below, Tensor):
+        widest = int(torch.maximum(below, above).max()) if cell.numel() else 0
+    else:
+        widest, below, above = max(below, above), cell.new_full((1, dim), below), cell.new_full((1, dim), above)
     offsets = range(-widest, widest + 1)
     shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
     shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
@@ -242,25 +251,27 @@ def cell_search(
     temporaries are reused by the allocator rather than paged in afresh.
     """
     y64 = y.double()
-    region, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
+    cell, below, above, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
     total = length.sum(1).index_select(0, group)  # [M] block size of each query
-    rows_by_size = torch.argsort(total * start.size(0) + group)  # by block size, a block's queries together
+    order = torch.argsort(total * start.size(0) + group)  # by block size, a block's queries together
+    sizes = total.index_select(0, order).tolist()
     # per-query values in that order: every chunk below is a slice
-    y_work, y64, group, region, complete = (
-        t.index_select(0, rows_by_size) for t in (y.to(grid.coords.dtype), y64, group, region, total <= wide)
+    y_work, y64, batch_y, cell, group, complete = (
+        t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, batch_y, cell, group, total <= wide)
     )
-    sizes = total.index_select(0, rows_by_size).tolist()
+    below, above = _take(below, order), _take(above, order)
     index, dist, proven = out
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
         part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
+        region = region_bound(grid, y64[part], batch_y[part], cell[part], _take(below, part), _take(above, part))
         blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
         coords, ids = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
         found, nearest = _nearest_in_block(coords, ids, y_work[part], local, wide)
-        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
-        rows = rows_by_size[part]
+        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region)
+        rows = order[part]
         index.index_copy_(0, rows, top)
         dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
         proven.index_copy_(0, rows, ok)
