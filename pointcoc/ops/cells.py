@@ -314,6 +314,6 @@ def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tenso
         term = axis.index_select(0, group).sub_(y[:, p, None]).square_()
         work = term if work is None else work.add_(term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
-    chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False).indices
-    nearest = work.gather(1, chosen)
+    nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False)
+    nearest = nearest.view(work.dtype)
     return ids.view(-1).take(chosen.add_(group[:, None] * width)), nearest
