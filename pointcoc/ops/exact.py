@@ -45,6 +45,7 @@ __all__ = [
     "rank_by_distance",
     "refine",
     "refine_rows",
+    "reference_columns",
 ]
 
 REFINE_EXTRA = 4
@@ -86,6 +87,11 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
 def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
     """``d[i, j] = sum_p (y[i, p] - x[col[i, j], p]) ** 2`` summed in coordinate order: ``[M, k]``."""
     return _column_distances(y, x.t().contiguous(), col)
+
+
+def reference_columns(x: Tensor) -> Tensor:
+    """``x: [N, D]`` as float64 coordinate-major ``[D, N]`` (one copy)."""
+    return torch.empty(x.size(1), x.size(0), dtype=torch.float64, device=x.device).copy_(x.t())
 
 
 def _column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
@@ -154,7 +160,7 @@ def refine(
     top = index.new_empty(rows, k)
     dist = torch.empty(rows, k, dtype=torch.float64, device=index.device)
     proven = torch.empty(rows, dtype=torch.bool, device=index.device)
-    columns = x.double().t().contiguous()
+    columns = reference_columns(x)
     for start in range(0, rows, REFINE_ROWS):
         part = slice(start, start + REFINE_ROWS)
         outside = None if region is None else region[part]
