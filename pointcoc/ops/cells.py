@@ -45,7 +45,6 @@ generously there (the optima measured with ``benchmarks/ops.py``)."""
 BLOCK_REACH = 1
 """A query's block spans this many cells on each side of its own cell (first pass)."""
 
-
 CHUNK_ENTRIES = 2**18
 """At most this many distances per chunk (1 MiB in float32): small temporaries are reused."""
 
