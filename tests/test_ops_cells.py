@@ -61,7 +61,7 @@ def numpy_cells(grid, points: np.ndarray, batch: np.ndarray) -> np.ndarray:
     seed=st.integers(0, 2**16),
 )
 def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, reach, seed):
-    """Candidates with ``wide >= n`` are exactly the block's points; every other point of the
+    """Neighbours with ``k = wide >= n`` are exactly the block's points; every other point of the
     sample is at least the region bound away (float64 reference distance)."""
     if sum(sizes) == 0:
         sizes = sizes + [1]
@@ -70,7 +70,11 @@ def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, re
     work = torch.float32 if dtype != torch.float64 else torch.float64
     counts = batch_counts(bx, len(sizes))
     grid = cells_module.CellGrid(x.to(work), bx, counts, 0.3 * wide)  # small cells: many blocks
-    index, _, complete, region = cells_module.cell_candidates(grid, y.to(work), len(x), by, 50, reach)
+    columns = x.double().t().contiguous()
+    index = torch.empty(len(y), len(x), dtype=torch.long)
+    out = (index, torch.empty(len(y), 1, dtype=torch.float64), torch.empty(len(y), dtype=torch.bool))
+    cells_module.cell_search(grid, columns, y, len(x), len(x), by, 50, out, reach)
+    region = cells_module.region_bound(grid, y.double(), by, grid.cell_of(y.double(), by), reach)
     xs, ys, bxs, bys = x.double().numpy(), y.double().numpy(), bx.numpy(), by.numpy()
     cell_x = numpy_cells(grid, xs, bxs)
     cell_y = numpy_cells(grid, ys, bys)
@@ -80,7 +84,6 @@ def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, re
         inside = same[(np.abs(cell_x[same] - cell_y[i]) <= reach).all(1)]
         found = index[i][index[i] >= 0].numpy()
         assert sorted(found.tolist()) == inside.tolist()
-        assert bool(complete[i])
         outside = np.setdiff1d(same, inside)
         d = ((xs[outside] - ys[i]) ** 2).sum(1)
         assert (d >= float(region[i])).all()

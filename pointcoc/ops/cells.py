@@ -10,7 +10,7 @@ kept as candidates.
 The result is *proven*, not assumed: every point outside the block lies beyond one of the
 block's faces, so its distance is at least the query's distance ``rho`` to the nearest face that
 is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces are computed in
-float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine` then accepts a
+float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine_rows` then accepts a
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
 points it did not keep; the caller searches every other query again (wider blocks, then float64).
 """
@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .batch import batch_ptr
+from .exact import REFINE_ROWS, refine_rows
 from .search import chunk_end
 
-__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_candidates"]
+__all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_search"]
 
 GRID_MAX_DIM = 3
 """Positions with at most this many coordinates may use the cell grid."""
@@ -35,14 +36,19 @@ GRID_MAX_DIM = 3
 GRID_MIN_POINTS = 512
 """The cell grid is used when some sample holds at least this many points of ``x``."""
 
-BALL_MARGIN = 1.5
-"""A ball of ``reach`` cell edges is sized to hold this many times ``wide`` points on average."""
+BALL_MARGIN = (1.0, 1.0, 1.5)
+"""For 1, 2 and 3 coordinates: a ball of ``reach`` cell edges is sized to hold this many times
+``wide`` points on average. Queries the first pass cannot prove get a second pass over
+blocks up to ``(2 BLOCK_REACH + 3)^D`` cells, costlier in 3-D, so the first pass is sized more
+generously there (the optima measured with ``benchmarks/ops.py``)."""
 
 BLOCK_REACH = 1
 """A query's block spans this many cells on each side of its own cell (first pass)."""
 
-WIDE_REACH = 2
-"""Block half-width of the second pass, for the queries the first pass could not prove."""
+CHUNK_ENTRIES = 2**18
+"""At most this many distances per chunk (1 MiB in float32): small temporaries are reused."""
+
+Reach = Union[int, Tensor]  # cells spanned beyond the query's own: one count, or [M, D]
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
 _BISECTION_STEPS = 40
@@ -75,24 +81,25 @@ class CellGrid:
         self.stride[:, -1] = 1
         self.cell_ptr = batch_ptr(self.cells.prod(1))
         cell = self.cell_of(wide, batch)
-        global_cell = self.cell_ptr[batch] + (cell * self.stride[batch]).sum(1)
+        global_cell = self.cell_ptr.index_select(0, batch) + (cell * self.stride.index_select(0, batch)).sum(1)
         global_cell, order = torch.sort(global_cell, stable=True)
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
-        self.coords = torch.cat([x[order].t(), x.new_full((dim, 1), math.inf)], 1)
+        self.coords = torch.cat([x.t().index_select(1, order), x.new_full((dim, 1), math.inf)], 1)
         self.index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
         """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
-        scaled = (points - self.low[batch]) / self.size[batch, None]
-        cell = torch.minimum(torch.floor(scaled).clamp_(min=0), (self.cells[batch] - 1).double())
+        scaled = (points - self.low.index_select(0, batch)).div_(self.size.index_select(0, batch)[:, None])
+        cell = torch.minimum(scaled.floor_().clamp_(min=0), (self.cells.index_select(0, batch) - 1).double())
         return cell.long()  # clamped in float64 first: far queries cannot overflow int64
 
 
 def points_per_cell(dim: int, wide: int) -> float:
-    """Points per cell such that a ball of ``BLOCK_REACH`` cell edges holds ``BALL_MARGIN * wide`` points on average."""
+    """Points per cell such that a ball of ``BLOCK_REACH`` cell edges holds
+    ``BALL_MARGIN[dim - 1] * wide`` points on average."""
     ball = math.pi ** (dim / 2) / math.gamma(dim / 2 + 1) * BLOCK_REACH**dim  # volume of a ball of radius BLOCK_REACH
-    return BALL_MARGIN * wide / ball
+    return BALL_MARGIN[dim - 1] * wide / ball
 
 
 def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
@@ -116,20 +123,22 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
     return torch.where(flat, 1.0, hi)
 
 
-def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach: int = BLOCK_REACH) -> Tensor:
+def region_bound(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, below: Reach = BLOCK_REACH, above: Optional[Reach] = None
+) -> Tensor:
     """float64 ``[M]``: a lower bound on the float64 reference squared distance from each query to
-    every point of its sample outside its block of ``reach`` cells on each side (``inf`` where the
-    block is the whole grid).
+    every point of its sample outside its block (``inf`` where the block is the whole grid).
 
+    The block spans ``below`` cells before the query's own cell and ``above`` cells after it
+    along every axis (ints, or ``[M, D]`` per query and axis; ``above`` defaults to ``below``).
     A point outside the block has a cell id beyond a face along some axis, so its coordinate
     lies beyond that face up to the rounding of ``floor((x - low) / size)``; the margin covers
     that rounding and the rounding of the faces, and the final factor that of the reference sum.
     """
-    low, size, cells = grid.low[batch_y], grid.size[batch_y, None], grid.cells[batch_y]
-    below = torch.where(cell - reach > 0, low + (cell - reach).double() * size, -math.inf)  # cells < c - reach exist
-    above = torch.where(cell + reach + 1 < cells, low + (cell + reach + 1).double() * size, math.inf)  # > c + reach
-    scale = low.abs() + grid.high[batch_y].abs() + y.abs() + size
-    gap = torch.minimum(y - below, above - y) - _FACE_MARGIN * scale
+    gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, below, below if above is None else above)
+    low, high = grid.low.index_select(0, batch_y), grid.high.index_select(0, batch_y)
+    scale = low.abs() + high.abs() + y.abs() + grid.size.index_select(0, batch_y)[:, None]
+    gap = torch.minimum(gap_below, gap_above) - _FACE_MARGIN * scale
     rho = gap.amin(1).clamp_(min=0.0)
     dim = y.size(1)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference sum: relative error bound (doubled)
@@ -137,65 +146,135 @@ def region_bound(grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach
     return torch.where(torch.isinf(rho), math.inf, bound)
 
 
-def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, reach: int) -> Tuple[Tensor, Tensor]:
-    """First sorted point ``[M, S]`` and length ``[M, S]`` of the ``S = (2 reach + 1)^(D-1)`` runs of each block."""
+def _face_gaps(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, below: Reach, above: Reach
+) -> Tuple[Tensor, Tensor]:
+    """float64 ``[M, D]`` distances (rounded) from each query to the lower and upper faces of its
+    block (see :func:`region_bound`); ``inf`` where the block reaches the edge of the grid."""
+    low, size = grid.low.index_select(0, batch_y), grid.size.index_select(0, batch_y)[:, None]
+    cells = grid.cells.index_select(0, batch_y)
+    lower = torch.where(cell - below > 0, low + (cell - below).double() * size, -math.inf)  # lower cells exist
+    upper = torch.where(cell + above + 1 < cells, low + (cell + above + 1).double() * size, math.inf)  # upper too
+    return y - lower, upper - y
+
+
+def _blocks(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, reach: int, kth: Optional[Tensor]
+) -> Tuple[Tensor, Reach, Reach, Tensor, Tensor, Tensor]:
+    """The block of each query (float64 ``y``; ``reach``, ``kth`` as in :func:`cell_search`): its
+    cell ``[M, D]`` and reach below and above (:func:`_reach`), ``group [M]`` (queries of one cell
+    with the same reach share a block) and the runs ``start``, ``length: [G, S]`` of the blocks."""
+    cell = grid.cell_of(y, batch_y)
+    below, above = _reach(grid, y, batch_y, cell, reach, kth)
+    key = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
+    if kth is not None:  # the sides a block is widened on, as bits
+        extended = torch.cat([below, above], 1) - reach  # [M, 2D] 0 or 1
+        key = key * 2 ** extended.size(1) + (extended << torch.arange(extended.size(1), device=y.device)).sum(1)
+    blocks, group = torch.unique(key, return_inverse=True)
+    first = torch.empty_like(blocks).scatter_(0, group, torch.arange(y.size(0), device=y.device))
+    sides = (_take(below, first), _take(above, first))
+    runs = _block_runs(grid, batch_y.index_select(0, first), cell.index_select(0, first), *sides)
+    return (cell, below, above, group) + runs
+
+
+def _take(reach: Reach, rows: object) -> Reach:
+    """The given rows of a per-query reach (an int is the same for every query)."""
+    return reach[rows] if isinstance(reach, Tensor) else reach
+
+
+def _reach(
+    grid: CellGrid, y: Tensor, batch_y: Tensor, cell: Tensor, reach: int, kth: Optional[Tensor]
+) -> Tuple[Reach, Reach]:
+    """Block reach below and above: ``reach`` cells (ints) without ``kth``; else ``[M, D]``, one
+    more on each side whose face is within ``sqrt(kth)`` of the query (``kth``: an upper bound
+    on its k-th neighbour distance)."""
+    if kth is None:
+        return reach, reach
+    gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, reach, reach)
+    return (gap_below.square() <= kth[:, None]) + reach, (gap_above.square() <= kth[:, None]) + reach
+
+
+def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Reach, above: Reach) -> Tuple[Tensor, Tensor]:
+    """First sorted point ``[M, S]`` and length ``[M, S]`` of the runs of each block (``below`` /
+    ``above`` as in :func:`region_bound`): one run along the last axis for every cell of the
+    other axes, ``S = (2 r + 1)^(D-1)`` with ``r`` the largest reach (runs a block does not
+    span are empty)."""
     dim = cell.size(1)
-    offsets = range(-reach, reach + 1)
+    if isinstance(below, Tensor):
+        widest = int(torch.maximum(below, above).max()) if cell.numel() else 0
+    else:
+        widest, below, above = max(below, above), cell.new_full((1, dim), below), cell.new_full((1, dim), above)
+    offsets = range(-widest, widest + 1)
     shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
     shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
-    cells, stride = grid.cells[batch_y], grid.stride[batch_y]
+    cells, stride = grid.cells.index_select(0, batch_y), grid.stride.index_select(0, batch_y)
     near = cell[:, None, :-1] + shifts  # [M, S, D-1]
-    inside = ((near >= 0) & (near < cells[:, None, :-1])).all(2)
-    first = grid.cell_ptr[batch_y, None] + (near * stride[:, None, :-1]).sum(2)
+    spanned = (shifts >= -below[:, None, :-1]) & (shifts <= above[:, None, :-1])
+    inside = (spanned & (near >= 0) & (near < cells[:, None, :-1])).all(2)
+    first = grid.cell_ptr.index_select(0, batch_y)[:, None] + (near * stride[:, None, :-1]).sum(2)
     last_axis = cell[:, -1:]
-    first_cell = first + (last_axis - reach).clamp(min=0)
-    end_cell = first + torch.minimum(last_axis + reach + 1, cells[:, -1:])
-    first_cell = torch.where(inside, first_cell, 0)
-    end_cell = torch.where(inside, end_cell, 0)
-    start = grid.cell_start[first_cell]
-    return start, grid.cell_start[end_cell] - start
+    first_cell = torch.where(inside, first + (last_axis - below[:, -1:]).clamp(min=0), 0)
+    end_cell = torch.where(inside, first + torch.minimum(last_axis + above[:, -1:] + 1, cells[:, -1:]), 0)
+    start = grid.cell_start.index_select(0, first_cell.view(-1)).view_as(first_cell)
+    return start, grid.cell_start.index_select(0, end_cell.view(-1)).view_as(end_cell) - start
 
 
 @torch.no_grad()
-def cell_candidates(
-    grid: CellGrid, y: Tensor, wide: int, batch_y: Tensor, max_chunk_entries: int, reach: int = BLOCK_REACH
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The ``wide`` nearest points of each query's block of ``reach`` cells on each side (see the
-    module docstring).
+def cell_search(
+    grid: CellGrid,
+    columns: Tensor,
+    y: Tensor,
+    k: int,
+    wide: int,
+    batch_y: Tensor,
+    max_chunk_entries: int,
+    out: Tuple[Tensor, Tensor, Tensor],
+    reach: int = BLOCK_REACH,
+    kth: Optional[Tensor] = None,
+) -> None:
+    """The ``k`` nearest points of each query, from the ``wide`` nearest points of its block of
+    ``reach`` cells on each side (see the module docstring); with ``kth`` (``[M]``, an upper bound
+    on each query's k-th neighbour distance, e.g. from an earlier pass) one cell more on each
+    side whose face is within ``sqrt(kth)`` of the query.
 
-    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`); ``y``: queries in the dtype
-    of ``grid.coords`` (float32 or float64, the working dtype; values exactly the inputs').
-    Returns ``index [M, wide]`` (global, ``-1`` padding), ``dist [M, wide]`` (working dtype, ``inf``
-    padding), ``complete [M]`` (the block holds at most ``wide`` points: all are candidates) and
-    ``region [M]`` (float64 bound of :func:`region_bound`).
+    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`) in the working dtype,
+    ``columns: [D, N]`` the same points in float64 (the reference), ``y: [M, D]`` the queries
+    (any float dtype). Fills ``out = (index [M, k], dist [M, w], proven [M])``: global indices
+    (``-1`` padding), the last ``w`` float64 distances of each row (``w = k``, or ``1`` for the
+    k-th only) and whether the row is proven, from :func:`pointcoc.ops.exact.refine_rows` with
+    the block as the region and :func:`region_bound` as the bound outside it.
 
     Queries are processed in chunks of similar block size, each one distance matrix and one
-    ``topk``; the queries of one cell share one block, gathered once per chunk.
+    ``topk``; the queries sharing a block are gathered once per chunk. Chunks hold at most
+    ``min(max_chunk_entries, CHUNK_ENTRIES)`` distances and ``REFINE_ROWS`` queries, so their
+    temporaries are reused by the allocator rather than paged in afresh.
     """
     y64 = y.double()
-    cell = grid.cell_of(y64, batch_y)
-    region = region_bound(grid, y64, batch_y, cell, reach)
-    query_cell = grid.cell_ptr[batch_y] + (cell * grid.stride[batch_y]).sum(1)
-    cells, group = torch.unique(query_cell, return_inverse=True)  # [G] occupied cells, [M] group of each query
-    first_query = torch.empty_like(cells).scatter_(0, group, torch.arange(y.size(0), device=y.device))
-    start, length = _block_runs(grid, batch_y[first_query], cell[first_query], reach)  # [G, S]
-    size = length.sum(1)  # [G] block size
-    total = size[group]  # [M]
-    rows_by_size = torch.argsort(total * cells.numel() + group)  # by block size, a cell's queries together
-    sizes = total[rows_by_size].tolist()
-    index = torch.empty(y.size(0), wide, dtype=torch.long, device=y.device)
-    dist = torch.empty(y.size(0), wide, dtype=y.dtype, device=y.device)
+    cell, below, above, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
+    total = length.sum(1).index_select(0, group)  # [M] block size of each query
+    order = torch.argsort(total * start.size(0) + group)  # by block size, a block's queries together
+    sizes = total.index_select(0, order).tolist()
+    # per-query values in that order: every chunk below is a slice
+    y_work, y64, batch_y, cell, group, complete = (
+        t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, batch_y, cell, group, total <= wide)
+    )
+    below, above = _take(below, order), _take(above, order)
+    index, dist, proven = out
+    capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
-        stop = chunk_end(sizes, first, max_chunk_entries)
-        rows = rows_by_size[first:stop]
-        blocks, local = torch.unique_consecutive(group[rows], return_inverse=True)
-        coords, ids = _block_points(grid, start[blocks], length[blocks], sizes[stop - 1])  # D x [g, W], [g, W]
-        found, nearest = _nearest_in_block(coords, ids, y[rows], local, wide)
-        index.index_copy_(0, rows, found)
-        dist.index_copy_(0, rows, nearest)
-        first = stop
-    return index, dist, total <= wide, region
+        part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
+        region = region_bound(grid, y64[part], batch_y[part], cell[part], _take(below, part), _take(above, part))
+        blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
+        runs = start.index_select(0, blocks), length.index_select(0, blocks)
+        coords, ids = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
+        found, nearest = _nearest_in_block(coords, ids, y_work[part], local, wide)
+        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region)
+        rows = order[part]
+        index.index_copy_(0, rows, top)
+        dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
+        proven.index_copy_(0, rows, ok)
+        first = part.stop
 
 
 def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:
@@ -234,6 +313,6 @@ def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tenso
         term = axis.index_select(0, group).sub_(y[:, p, None]).square_()
         work = term if work is None else work.add_(term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
-    chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False).indices
-    nearest = work.gather(1, chosen)
+    nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False)
+    nearest = nearest.view(work.dtype)
     return ids.view(-1).take(chosen.add_(group[:, None] * width)), nearest

@@ -37,10 +37,23 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["REFINE_EXTRA", "working_dtype", "pair_distances", "rank_by_distance", "refine"]
+__all__ = [
+    "REFINE_EXTRA",
+    "REFINE_ROWS",
+    "working_dtype",
+    "pair_distances",
+    "rank_by_distance",
+    "refine",
+    "refine_rows",
+    "reference_columns",
+]
 
 REFINE_EXTRA = 4
 """Candidates kept beyond k by a float32 search, re-ranked in float64."""
+
+REFINE_ROWS = 4096
+"""Queries re-ranked at once: the temporaries stay near 1 MiB, so the allocator reuses them
+from chunk to chunk instead of paging in fresh memory (page faults dominated large calls)."""
 
 _SAFE_FRACTION = 0.25  # squared extents up to a quarter of the dtype's largest value are safe
 
@@ -73,10 +86,20 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
 
 def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
     """``d[i, j] = sum_p (y[i, p] - x[col[i, j], p]) ** 2`` summed in coordinate order: ``[M, k]``."""
+    return _column_distances(y, x.t().contiguous(), col)
+
+
+def reference_columns(x: Tensor) -> Tensor:
+    """``x: [N, D]`` as float64 coordinate-major ``[D, N]`` (one copy)."""
+    return torch.empty(x.size(1), x.size(0), dtype=torch.float64, device=x.device).copy_(x.t())
+
+
+def _column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
+    """:func:`pair_distances` with ``x`` given coordinate-major, ``columns: [D, N]``."""
     dist = None
     flat = col.reshape(-1)
-    for p in range(x.size(1)):
-        term = x[:, p].contiguous().index_select(0, flat).view(col.shape)
+    for p, axis in enumerate(columns):
+        term = axis.index_select(0, flat).view(col.shape)
         term = term.sub_(y[:, p, None]).square_()  # (x - y)^2 == (y - x)^2 exactly
         dist = term if dist is None else dist.add_(term)
     return dist
@@ -133,10 +156,29 @@ def refine(
         ``index [M, k]``, float64 ``dist [M, k]`` and ``proven [M]`` (True where no point
         outside the candidates can enter the first k by float64 distance).
     """
-    dim = x.size(1)
-    d64 = pair_distances(y.double(), x.double(), index.clamp(min=0))
+    rows = index.size(0)
+    top = index.new_empty(rows, k)
+    dist = torch.empty(rows, k, dtype=torch.float64, device=index.device)
+    proven = torch.empty(rows, dtype=torch.bool, device=index.device)
+    columns = reference_columns(x)
+    for start in range(0, rows, REFINE_ROWS):
+        part = slice(start, start + REFINE_ROWS)
+        outside = None if region is None else region[part]
+        top[part], dist[part], proven[part] = refine_rows(
+            columns, y[part].double(), index[part], dist_work[part], k, complete[part], outside
+        )
+    return top, dist, proven
+
+
+def refine_rows(
+    columns: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor, region: Optional[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`refine` in one piece, with ``x`` as float64 coordinate-major ``columns: [D, N]``
+    and ``y`` float64 (callers keep the rows at most :data:`REFINE_ROWS`)."""
+    dim = columns.size(0)
+    d64 = _column_distances(y, columns, index.clamp(min=0))
     d64.masked_fill_(index < 0, float("inf"))
-    index, d64 = rank_by_distance(index, d64, k, x.size(0))
+    index, d64 = rank_by_distance(index, d64, k, columns.size(1))
     delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
     tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute

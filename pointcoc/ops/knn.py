@@ -33,7 +33,7 @@ from .._checks import (
 from . import cells
 from .backend import torch_cluster_module
 from .batch import batch_counts
-from .exact import REFINE_EXTRA, pair_distances, refine, working_dtype
+from .exact import REFINE_EXTRA, pair_distances, reference_columns, refine, working_dtype
 from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
@@ -97,13 +97,14 @@ def knn(
         sample = int(short.nonzero()[0, 0])
         raise ValueError(f"k={k} exceeds the number of x points ({int(counts_x[sample])}) in sample {sample}")
     check_chunk_entries(max_chunk_entries)
+    edge = torch.empty(2, y.size(0), k, dtype=torch.long, device=y.device)
+    edge[0] = torch.arange(y.size(0), device=y.device)[:, None]  # each query repeated k times
     cluster = torch_cluster_module()
     if cluster is not None and not cosine and _cluster_supports(x, k):
-        index = _knn_cluster(cluster, x, y, k, batch_x, batch_y)
+        edge[1] = _knn_cluster(cluster, x, y, k, batch_x, batch_y)
     else:
-        index, _ = exact_knn(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-    row = torch.arange(y.size(0), device=y.device)[:, None].expand_as(index)  # each query repeated k times
-    return torch.stack([row, index]).view(2, -1)
+        exact_knn(x, y, k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries, out=edge[1], distances=False)
+    return edge.view(2, -1)
 
 
 def knn_padded(
@@ -135,7 +136,8 @@ def knn_padded(
     args = validate_search_args(x, y, k, batch_x, batch_y, ptr_x, ptr_y, cosine, 1, None, allow_empty=True)
     check_padded_width(args[2], args[1].size(0), args[5])
     check_chunk_entries(max_chunk_entries)
-    return exact_knn(*args, max_chunk_entries)
+    index, dist = exact_knn(*args, max_chunk_entries)
+    return index, dist.to(torch.float32 if args[0].element_size() < 4 else args[0].dtype)
 
 
 def knn_dense(x: Tensor, y: Tensor, k: int, max_chunk_entries: int = DEFAULT_CHUNK_ENTRIES) -> Tensor:
@@ -176,6 +178,7 @@ def knn_dense(x: Tensor, y: Tensor, k: int, max_chunk_entries: int = DEFAULT_CHU
         counts_x,
         counts_y,
         max_chunk_entries,
+        distances=False,
     )
     return (index - batch_y[:, None] * n).view(num_samples, m, k)
 
@@ -217,7 +220,8 @@ def knn_graph(
     k = check_k(k, "k")
     args = validate_search_args(x, x, k, batch, batch, ptr, ptr, cosine, num_workers, batch_size, allow_empty=True)
     x, _, _, batch, _, counts, _ = args
-    index, _ = exact_knn(x, x, k + (0 if loop else 1), batch, batch, counts, counts, DEFAULT_CHUNK_ENTRIES)
+    width = k + (0 if loop else 1)
+    index, _ = exact_knn(x, x, width, batch, batch, counts, counts, DEFAULT_CHUNK_ENTRIES, distances=False)
     node = torch.arange(x.size(0), device=x.device)[:, None].expand_as(index)
     if not loop:  # drop the node itself, or the last neighbour where the node is not listed
         keep = index != node
@@ -263,7 +267,7 @@ def nearest(
     starved = (counts_x > 0) & (counts_y == 0)
     if bool(starved.any()):
         raise ValueError(f"batch_x has points in sample {int(starved.nonzero()[0, 0])} where y has none")
-    index, _ = exact_knn(y, x, 1, batch_y, batch_x, counts_y, counts_x, DEFAULT_CHUNK_ENTRIES)
+    index, _ = exact_knn(y, x, 1, batch_y, batch_x, counts_y, counts_x, DEFAULT_CHUNK_ENTRIES, distances=False)
     return index[:, 0]
 
 
@@ -282,30 +286,39 @@ def exact_knn(
     counts_x: Tensor,
     counts_y: Tensor,
     max_chunk_entries: int,
+    out: Optional[Tensor] = None,
+    distances: bool = True,
 ) -> Tuple[Tensor, Tensor]:
-    """Exact search (see :mod:`pointcoc.ops.exact`): ``index [M, k]`` (-1 padded) and ``dist [M, k]``."""
-    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32 if x.element_size() < 4 else x.dtype
+    """Exact search (see :mod:`pointcoc.ops.exact`): ``index [M, k]`` (-1 padded; written to
+    ``out`` when given) and float64 ``dist [M, k]`` (with ``distances=False`` only each row's
+    k-th distance, ``[M, 1]``)."""
     work = working_dtype(x, y, batch_x, batch_y, counts_x.numel())
     wide = k + REFINE_EXTRA
+    index = torch.empty(y.size(0), k, dtype=torch.long, device=y.device) if out is None else out
+    dist = torch.empty(y.size(0), k if distances else 1, dtype=torch.float64, device=y.device)
+    last = k - dist.size(1)  # the columns of a distance row that are kept
     if x.size(0) and y.size(0) and x.size(1) <= cells.GRID_MAX_DIM and int(counts_x.max()) >= cells.GRID_MIN_POINTS:
-        index, dist, proven = _cell_search(x, y, k, batch_x, batch_y, counts_x, work, max_chunk_entries)
+        proven = _cell_search(x, y, k, batch_x, batch_y, counts_x, work, max_chunk_entries, (index, dist))
     elif work == torch.float64 or x.size(0) == 0 or y.size(0) == 0:  # search arithmetic = the reference
-        index, dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
-        return index, dist.to(out_dtype)
+        found, found_dist = search(x.double(), y.double(), k, batch_x, batch_y, counts_x, counts_y, max_chunk_entries)
+        return index.copy_(found), found_dist[:, last:]
     else:
         candidates, dist_work = search(
             x.float(), y.float(), wide, batch_x, batch_y, counts_x, counts_y, max_chunk_entries
         )
-        index, dist, proven = refine(x, y, candidates, dist_work, k, counts_x[batch_y] <= wide)
+        found, found_dist, proven = refine(x, y, candidates, dist_work, k, counts_x[batch_y] <= wide)
+        index.copy_(found)
+        dist.copy_(found_dist[:, last:])
     if not bool(proven.all()):  # near-ties beyond the candidates: search those queries in float64
         rows = (~proven).nonzero()[:, 0]
         sub_batch = batch_y[rows]
         sub_counts = batch_counts(sub_batch, counts_y.numel())
         few = rows.numel() * int(counts_x.max()) <= FALLBACK_DENSE_ENTRIES  # tiling all of x would cost more
-        index[rows], dist[rows] = search(
+        found, found_dist = search(
             x.double(), y[rows].double(), k, batch_x, sub_batch, counts_x, sub_counts, max_chunk_entries, tiled=not few
         )
-    return index, dist.to(out_dtype)
+        index[rows], dist[rows] = found, found_dist[:, last:]
+    return index, dist
 
 
 def _cell_search(
@@ -317,22 +330,28 @@ def _cell_search(
     counts_x: Tensor,
     work: torch.dtype,
     max_chunk_entries: int,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """The cell-grid search (:mod:`pointcoc.ops.cells`): ``index [M, k]``, float64 ``dist [M, k]``
-    and ``proven [M]``. Queries the first pass cannot prove (a k-th neighbour beyond the block,
-    or ties spanning the candidates) get a second pass with wider blocks and more candidates."""
+    out: Tuple[Tensor, Tensor],
+) -> Tensor:
+    """The cell-grid search (:mod:`pointcoc.ops.cells`) into ``out = (index [M, k], dist [M, w])``
+    (as :func:`pointcoc.ops.cells.cell_search`); returns ``proven [M]``. Queries the first pass
+    cannot prove (a k-th neighbour beyond the block, or ties spanning the candidates) get a
+    second pass with more candidates, their blocks one cell wider on the sides nearer than the
+    k-th distance the first pass found."""
     wide = k + REFINE_EXTRA
     grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
-    y_work = y.to(work)
-    candidates, dist_work, complete, region = cells.cell_candidates(grid, y_work, wide, batch_y, max_chunk_entries)
-    index, dist, proven = refine(x, y, candidates, dist_work, k, complete, region)
+    columns = reference_columns(x)
+    index, dist = out
+    proven = torch.empty(y.size(0), dtype=torch.bool, device=y.device)
+    cells.cell_search(grid, columns, y, k, wide, batch_y, max_chunk_entries, (index, dist, proven))
     rows = (~proven).nonzero()[:, 0]
     if rows.numel():
-        candidates, dist_work, complete, region = cells.cell_candidates(
-            grid, y_work[rows], WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, cells.WIDE_REACH
+        kth = dist[rows, -1]  # an upper bound on the k-th neighbour distance
+        again = (index.new_empty(rows.numel(), k), dist.new_empty(rows.numel(), dist.size(1)), proven[rows])
+        cells.cell_search(
+            grid, columns, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, again, kth=kth
         )
-        index[rows], dist[rows], proven[rows] = refine(x, y[rows], candidates, dist_work, k, complete, region)
-    return index, dist, proven
+        index[rows], dist[rows], proven[rows] = again
+    return proven
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
