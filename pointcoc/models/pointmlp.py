@@ -353,6 +353,17 @@ def _classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequentia
     )
 
 
+def _stage_anchors(points: int, stage: int, level_points: int, reducer: int, k: int) -> int:
+    """The anchors stage ``stage`` keeps of its ``level_points`` points; ``ValueError`` when too few for ``k``."""
+    anchors = level_points // reducer
+    if anchors < 1 or k > level_points:
+        raise ValueError(
+            f"points={points} is too few for stage {stage}: {level_points} points there, "
+            f"{anchors} anchors and k_neighbors={k} need at least 1 anchor and k <= points"
+        )
+    return anchors
+
+
 class PointMLP(nn.Module):
     """PointMLP classifier on xyz point clouds (docs/design.md §9).
 
@@ -425,12 +436,7 @@ class PointMLP(nn.Module):
         self.pos_blocks_list = nn.ModuleList()
         channels, level_points = embed_dim, points
         for s in range(4):
-            anchors = level_points // reducers[s]
-            if anchors < 1 or k_neighbors[s] > level_points:
-                raise ValueError(
-                    f"points={points} is too few for stage {s}: {level_points} points there, "
-                    f"{anchors} anchors and k_neighbors={k_neighbors[s]} need at least 1 anchor and k <= points"
-                )
+            anchors = _stage_anchors(points, s, level_points, reducers[s], k_neighbors[s])
             out = channels * dim_expansion[s]
             self.local_grouper_list.append(LocalGrouper(channels, anchors, k_neighbors[s]))
             self.pre_blocks_list.append(
@@ -440,9 +446,13 @@ class PointMLP(nn.Module):
             channels, level_points = out, anchors
         self.classifier = _classifier(channels, num_classes, dropout)
         if zero_init_last:
-            for module in self.modules():
-                if isinstance(module, ResidualBlock):
-                    module.zero_init_last()
+            self.zero_init_last()
+
+    def zero_init_last(self) -> None:
+        """Start every residual block as ``relu(x)``: the scale of its last BatchNorm set to 0."""
+        for module in self.modules():
+            if isinstance(module, ResidualBlock):
+                module.zero_init_last()
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``x: [B, 3, n]`` xyz (``[B, n, 3]`` with ``channels_last_input``) -> last-stage anchor
