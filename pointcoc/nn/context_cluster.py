@@ -166,13 +166,19 @@ def _one_centre_per_group(
     """
     N, H, d = f.shape
     G, L = plan.num_groups, plan.max_group_size
-    f, v = f.reshape(G, L, H, d), v.reshape(G, L, H, d)
-    cf, vc = f.mean(1, keepdim=True), v.mean(1, keepdim=True)  # [G, 1, H, d]
-    cos = (F.normalize(f, dim=-1) * F.normalize(cf, dim=-1)).sum(-1, keepdim=True)
-    s = torch.sigmoid(beta + alpha * cos)  # [G, L, H, 1] similarity to the group's centre
-    den = 1.0 + (s.sum(1, keepdim=True) if normalize == "similarity" else float(L))
-    agg = (vc + (s * v).sum(1, keepdim=True)) / den  # [G, 1, H, d]
+    s, _, den = _group_similarity(f.reshape(G, L, H, d), alpha, beta, normalize)
+    s, v = s.unsqueeze(-1), v.reshape(G, L, H, d)  # [G, L, H, 1], [G, L, H, d]
+    agg = (v.mean(1, keepdim=True) + (s * v).sum(1, keepdim=True)) / den.view(G, 1, H, 1)  # [G, 1, H, d]
     return (s * agg).view(N, H, d), plan.group.unsqueeze(1).expand(N, H)
+
+
+def _group_similarity(f: Tensor, alpha: Tensor, beta: Tensor, normalize: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """Similarity of every point of ``f: [G, L, H, d]`` to its group's centre (the mean), ``s [G, L, H]``,
+    with ``1 + sum s`` and the aggregate's denominator (``1 + sum s``, or ``1 + L`` for ``"count"``), ``[G, H]``."""
+    cos = (F.normalize(f, dim=-1) * F.normalize(f.mean(1, keepdim=True), dim=-1)).sum(-1)
+    s = torch.sigmoid(beta + alpha * cos)
+    total = 1.0 + s.sum(1)
+    return s, total, total if normalize == "similarity" else torch.full_like(total, 1.0 + f.size(1))
 
 
 def _one_centre_per_group_projected(
@@ -198,11 +204,7 @@ def _one_centre_per_group_projected(
     N, C = x.shape
     _, H, d = f.shape
     G, L = plan.num_groups, plan.max_group_size
-    f = f.reshape(G, L, H, d)
-    cos = (F.normalize(f, dim=-1) * F.normalize(f.mean(1, keepdim=True), dim=-1)).sum(-1)
-    s = torch.sigmoid(beta + alpha * cos)  # [G, L, H] similarity to the group's centre
-    total = 1.0 + s.sum(1)  # [G, H]
-    den = total if normalize == "similarity" else torch.full_like(total, 1.0 + L)
+    s, total, den = _group_similarity(f.reshape(G, L, H, d), alpha, beta, normalize)  # [G, L, H], [G, H], [G, H]
     # mean input (the centre) + similarity-weighted inputs, as one weighted sum
     inputs = torch.bmm((s + 1.0 / L).transpose(1, 2), x.reshape(G, L, C)) / den.unsqueeze(-1)  # [G, H, C]
     agg = torch.einsum("ghc,hdc->ghd", inputs, value.weight.view(H, d, C))
