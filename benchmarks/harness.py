@@ -20,6 +20,8 @@ __all__ = [
     "time_steps",
     "median_step_times",
     "markdown_table",
+    "matmul_gflop",
+    "gemm_gflops",
 ]
 
 
@@ -73,6 +75,34 @@ def median_step_times(step: Callable[[], None], repeats: int, device: str = "cpu
         walls.append(time.perf_counter() - wall0)
         cpus.append(time.process_time() - cpu0)
     return statistics.median(walls), statistics.median(cpus)
+
+
+def matmul_gflop(step: Callable[[], None]) -> float:
+    """Matrix-product GFLOP of one call of ``step`` (``torch.utils.flop_counter``: mm, addmm, bmm, ...)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_gflops(device: str, repeats: int = 5) -> float:
+    """Best float32 GEMM rate of this process on ``device`` (its current threads), in GFLOP/s.
+
+    A ``[4096, 1024] x [1024, 1024]`` product, the shape class of the largest layers of the
+    models benchmarked here; the best of ``repeats`` timed calls after a warm-up.
+    """
+    a = torch.randn(4096, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    best = float("inf")
+    for i in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        if i:  # the first call is the warm-up
+            best = min(best, time.perf_counter() - start)
+    return 2 * a.size(0) * a.size(1) * b.size(1) / best / 1e9
 
 
 def current_rss_mib() -> float:

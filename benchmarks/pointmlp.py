@@ -28,7 +28,15 @@ from typing import Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.harness import markdown_table, peak_cuda_gb, peak_rss_gb, pin_threads, time_steps  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    gemm_gflops,
+    markdown_table,
+    matmul_gflop,
+    peak_cuda_gb,
+    peak_rss_gb,
+    pin_threads,
+    time_steps,
+)
 
 __all__ = ["REFERENCE", "TARGETS", "run_one", "main"]
 
@@ -54,13 +62,16 @@ def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, 
     xyz = torch.randn(batch, 3, points, device=device)
     labels = torch.randint(0, 15, (batch,), device=device)
 
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(forward(xyz), labels)
+    def step(net: torch.nn.Module = forward) -> None:
+        loss = torch.nn.functional.cross_entropy(net(xyz), labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     wall, cpu = time_steps(step, warmup, steps, device)
+    peak_gb = peak_rss_gb()
+    gflop = matmul_gflop(lambda: step(model))  # one more step, eager (compiled: the same products)
+    floor = gflop / gemm_gflops(device)
     result = {
         "model": model_name,
         "compiled": "yes" if compiled else "no",
@@ -70,7 +81,10 @@ def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, 
         "s/step": wall,
         "CPU s/step": cpu,
         "samples/s": batch / wall,
-        "peak RSS GB": peak_rss_gb(),
+        "peak RSS GB": peak_gb,
+        "matmul GFLOP/step": gflop,
+        "matmul floor s": floor,
+        "step / floor": wall / floor,
         "load": os.getloadavg()[0],
     }
     if device.startswith("cuda"):
@@ -111,6 +125,8 @@ def _footer(results: List[Dict]) -> str:
         "Its threads are not recorded; the ratios issue 13 gives for this project's code then (0.71x for "
         "pointmlp_coc) match runs with PyTorch's default of 2 threads, so time ratios are like for like with "
         "--threads 2 on a quiet machine.",
+        "matmul floor: the step's matrix-product FLOPs (torch.utils.flop_counter) at the best float32 GEMM rate "
+        "measured in the same process, with the same threads; a step with the same products cannot be faster.",
     ]
     if results:
         lines.append(f"threads per process: {results[0]['threads']}; load = 1-min load average at the end of each run")

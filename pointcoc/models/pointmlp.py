@@ -157,8 +157,9 @@ class GroupedPoints:
         y = (y.view(B, -1, y.size(1)) * self.inv_scale().view(B, 1, 1)).view(-1, y.size(1))
         anchor_term = torch.addmm(torch.mv(w_nb, self.beta), self.features.index_select(0, self.anchors), w_anchor.t())
         anchor_term = anchor_term - y.index_select(0, self.anchors)
-        out = y.index_select(0, self.neighbours).view(self.num_groups, self.k, -1)
-        out += anchor_term.unsqueeze(1)
+        # out of place: an in-place add on this view would make autograd clone and zero-fill
+        # a [B * S * k, O] gradient in the backward pass (CopySlices)
+        out = y.index_select(0, self.neighbours).view(self.num_groups, self.k, -1) + anchor_term.unsqueeze(1)
         return out.view(-1, out.size(-1))
 
     def dense(self) -> Tensor:
