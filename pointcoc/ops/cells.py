@@ -251,25 +251,24 @@ def cell_search(
     """
     y64 = y.double()
     cell, below, above, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
+    region = region_bound(grid, y64, batch_y, cell, below, above)
     total = length.sum(1).index_select(0, group)  # [M] block size of each query
     order = torch.argsort(total * start.size(0) + group)  # by block size, a block's queries together
     sizes = total.index_select(0, order).tolist()
     # per-query values in that order: every chunk below is a slice
-    y_work, y64, batch_y, cell, group, complete = (
-        t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, batch_y, cell, group, total <= wide)
+    y_work, y64, group, complete, region = (
+        t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, group, total <= wide, region)
     )
-    below, above = _take(below, order), _take(above, order)
     index, dist, proven = out
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
         part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
-        region = region_bound(grid, y64[part], batch_y[part], cell[part], _take(below, part), _take(above, part))
         blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
         coords, ids = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
         found, nearest = _nearest_in_block(coords, ids, y_work[part], local, wide)
-        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region)
+        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
         rows = order[part]
         index.index_copy_(0, rows, top)
         dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
