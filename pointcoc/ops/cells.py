@@ -266,52 +266,56 @@ def cell_search(
         part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
         blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
-        coords, ids = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
-        found, nearest = _nearest_in_block(coords, ids, y_work[part], local, wide)
-        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
+        coords, source = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
+        found, nearest = _nearest_in_block(coords, source, grid.index, y_work[part], local, wide)
+        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part], dist.size(1))
         rows = order[part]
         index.index_copy_(0, rows, top)
-        dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
+        dist.index_copy_(0, rows, d64)
         proven.index_copy_(0, rows, ok)
         first = part.stop
 
 
 def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:
-    """Coordinates (one ``[g, width]`` tensor per axis, ``inf`` padding) and global indices
-    ``[g, width]`` (``-1`` padding) of the points of the blocks with runs ``start``, ``length: [g, S]``.
+    """Coordinates (one ``[g, width]`` tensor per axis, ``inf`` padding) and sorted positions
+    ``[g, width]`` (the sentinel's at padding lanes) of the points of the blocks with runs
+    ``start``, ``length: [g, S]``.
 
-    Lane ``l`` of a block is sorted point ``start[0] + l`` plus the jumps between the runs it has
-    passed (a cumulative sum); padding lanes read a sentinel point at infinity.
+    Positions are a cumulative sum over the lanes of a block: ``start[0]`` at lane 0, then 1 per
+    lane plus, where a run begins, the gap from the end of the runs before it. The lane after the
+    last run jumps past the sentinel and positions are clamped to it: padding lanes read the
+    point at infinity.
     """
-    num_blocks, num_runs = start.shape
+    num_blocks = start.size(0)
+    sentinel = grid.index.numel() - 1
     end = length.cumsum(1)  # [g, S] first lane after each run
-    jump = torch.zeros(num_blocks, width + 1, dtype=start.dtype, device=start.device)
-    if num_runs > 1:  # leaving run s for run s + 1 at lane end[s]
-        step = start[:, 1:] - start[:, :-1] - length[:, :-1]
-        jump.scatter_add_(1, end[:, :-1].clamp(max=width), step)
-    lane = torch.arange(width, device=start.device)
-    source = jump[:, :width].cumsum(1).add_(start[:, :1]).add_(lane)
-    source.masked_fill_(lane >= end[:, -1:], grid.index.numel() - 1)  # the sentinel
+    gaps = torch.cat([start[:, 1:] - start[:, :-1] - length[:, :-1], start.new_full((num_blocks, 1), sentinel + 1)], 1)
+    steps = torch.ones(num_blocks, width + 1, dtype=start.dtype, device=start.device)  # lane width: beyond the end
+    steps[:, 0] = start[:, 0]
+    steps.scatter_add_(1, end.clamp(max=width), gaps)
+    source = steps[:, :width].cumsum(1).clamp_(max=sentinel)
     flat = source.view(-1)
-    coords = [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.coords]
-    return coords, grid.index.index_select(0, flat).view(num_blocks, width)
+    return [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.coords], source
 
 
-def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tensor, wide: int) -> Tuple[Tensor, Tensor]:
+def _nearest_in_block(
+    coords: List[Tensor], source: Tensor, ids: Tensor, y: Tensor, group: Tensor, wide: int
+) -> Tuple[Tensor, Tensor]:
     """The ``wide`` nearest points to ``y: [m, D]`` among the points of the blocks ``group: [m]``
-    (see :func:`_block_points`): ``index [m, wide]`` (-1 padded), ``dist [m, wide]``."""
-    m, width = y.size(0), ids.size(1)
+    (``coords``, ``source`` from :func:`_block_points`; ``ids``: the global index of every sorted
+    position): ``index [m, wide]`` (-1 padded), ``dist [m, wide]``."""
+    m, width = y.size(0), source.size(1)
     keep = min(wide, width)
     if keep < wide:  # fewer points than candidates in every block of the chunk: pad
         index = torch.full((m, wide - keep), -1, dtype=torch.long, device=y.device)
         dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
-        found, nearest = _nearest_in_block(coords, ids, y, group, keep) if keep else (index[:, :0], dist[:, :0])
+        found, nearest = _nearest_in_block(coords, source, ids, y, group, keep) if keep else (index[:, :0], dist[:, :0])
         return torch.cat([found, index], 1), torch.cat([nearest, dist], 1)
     work = None
     for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
-        term = axis.index_select(0, group).sub_(y[:, p, None]).square_()
-        work = term if work is None else work.add_(term)
+        term = axis.index_select(0, group).sub_(y[:, p, None])
+        work = term.square_() if work is None else work.addcmul_(term, term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
     nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False)
-    nearest = nearest.view(work.dtype)
-    return ids.view(-1).take(chosen.add_(group[:, None] * width)), nearest
+    position = source.view(-1).index_select(0, chosen.add_(group[:, None] * width).view(-1))
+    return ids.index_select(0, position).view(m, wide), nearest.view(work.dtype)
