@@ -268,10 +268,10 @@ def cell_search(
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
         coords, source = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
         found, nearest = _nearest_in_block(coords, source, grid.index, y_work[part], local, wide)
-        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part], dist.size(1))
+        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
         rows = order[part]
         index.index_copy_(0, rows, top)
-        dist.index_copy_(0, rows, d64)
+        dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
         proven.index_copy_(0, rows, ok)
         first = part.stop
 

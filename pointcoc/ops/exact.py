@@ -13,12 +13,10 @@ float16 / bfloat16 / float32 inputs are searched in float32 (half inputs are wid
 so nothing overflows in half precision), with exact coordinate differences (no matrix-product
 expansion, which cancels when coordinates are large compared with their spread). Each float32
 distance is then within a relative error ``delta = 2 (D + 2) 2^-24`` (plus a tiny absolute
-term for underflow) of the real distance. The search keeps ``k + REFINE_EXTRA`` candidates and
-ranks them by (float32 distance, index). Where the first k float32 distances lie further apart
-than these errors, from each other and from the other candidates, that is the float64 ranking
-too; elsewhere (near-ties) every candidate's ``d`` is recomputed in float64 and re-ranked. The
-result is provably the float64 ranking whenever the k-th float64 distance is below what any
-point outside the candidates can have (:func:`refine`). The cell-grid search (:mod:`pointcoc.ops.cells`, 1-3 coordinates)
+term for underflow) of the real distance. The search keeps ``k + REFINE_EXTRA`` candidates,
+recomputes their ``d`` in float64 and re-ranks them; the result is provably the float64
+ranking whenever the k-th float64 distance is below what any point outside the candidates
+can have (:func:`refine`). The cell-grid search (:mod:`pointcoc.ops.cells`, 1-3 coordinates)
 compares each query only with the points of a block of cells around it and adds a float64
 lower bound on the distance of every point outside the block to that proof. Queries where it
 cannot be proven (near-ties spanning all the candidates, e.g. many duplicate points, or a k-th
@@ -108,21 +106,17 @@ def _column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
 
 
 def rank_by_distance(index: Tensor, dist: Tensor, k: int, num_points: int) -> Tuple[Tensor, Tensor]:
-    """The first ``k`` of each row of ``index`` / float32 or float64 ``dist`` ``[M, c]`` by (dist, index).
+    """The first ``k`` of each row of ``index`` / float64 ``dist`` ``[M, c]`` by (dist, index).
 
     ``index``: global indices below ``num_points`` (``-1`` with ``dist = inf`` for padding; finite
-    ``dist`` below a quarter of the dtype's range, as :func:`working_dtype` ensures). One sort of
-    int64 keys: the bits of ``dist`` (monotone for ``dist >= +0``) above ``b = bit_length(num_points)``
-    bits holding the index. float32 bits fit whole (when ``b <= 32``): the key order is the
-    (dist, index) order. float64 bits lose their lowest ``b`` bits: that is the (dist, index)
-    order wherever the sorted ``dist`` is non-decreasing; the rare rows where two distances
-    differing only in those bits come out of order are sorted again by index, then stably by distance.
+    ``dist`` below a quarter of the float64 range, as :func:`working_dtype` ensures). One
+    sort of int64 keys: the bits of ``dist`` (monotone for ``dist >= +0``) with their lowest
+    ``b = bit_length(num_points)`` bits replaced by the index. That is the (dist, index) order
+    wherever the sorted ``dist`` is non-decreasing; the rare rows where two distances differing
+    only in those bits come out of order are sorted again by index, then stably by distance.
     """
     bits = max(1, int(num_points).bit_length())
-    if dist.dtype == torch.float32 and bits <= 32:
-        key = dist.view(torch.int32).long().bitwise_left_shift_(bits).add_(index)  # inf - 1: last
-    else:
-        key = dist.double().view(torch.int64).bitwise_right_shift(bits).bitwise_left_shift_(bits).add_(index)
+    key = dist.view(torch.int64).bitwise_right_shift(bits).bitwise_left_shift_(bits).add_(index)  # inf - 1: last
     order = key.sort(dim=1).indices
     dist_sorted = dist.gather(1, order)
     top = index.gather(1, order[:, :k])
@@ -177,111 +171,20 @@ def refine(
 
 
 def refine_rows(
-    columns: Tensor,
-    y: Tensor,
-    index: Tensor,
-    dist_work: Tensor,
-    k: int,
-    complete: Tensor,
-    region: Optional[Tensor],
-    tail: Optional[int] = None,
+    columns: Tensor, y: Tensor, index: Tensor, dist_work: Tensor, k: int, complete: Tensor, region: Optional[Tensor]
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`refine` in one piece, with ``x`` as float64 coordinate-major ``columns: [D, N]``
-    and ``y`` float64 (callers keep the rows at most :data:`REFINE_ROWS`); ``dist`` holds the
-    float64 distances of the last ``tail`` (default ``k``) of the ``k`` neighbours.
-
-    The candidates are ranked by (working distance, index) first. Where the first ``k`` working
-    distances lie further apart than their rounding errors, from each other and from the rest
-    (:func:`_separated`), that is the float64 ranking too and only the ``tail`` is computed in
-    float64; the other rows are ranked by the float64 distances of all their candidates.
-    """
-    tail = k if tail is None else tail
-    index, dist_work = rank_by_distance(index, dist_work, index.size(1), columns.size(1))
-    top = index[:, :k]
-    dist = _reference_distances(y, columns, top[:, k - tail :])
-    separated = _separated(dist_work, k, complete, columns.size(0))
-    proven = separated if region is None else separated & ((dist[:, -1] < region) | (region == math.inf))
-    rows = (~separated).nonzero()[:, 0]
-    if rows.numel():
-        outside = None if region is None else region[rows]
-        top[rows], dist[rows], proven[rows] = _rerank(
-            columns, y[rows], index[rows], dist_work[rows], k, complete[rows], outside, tail
-        )
-    return top, dist, proven
-
-
-def _rerank(
-    columns: Tensor,
-    y: Tensor,
-    index: Tensor,
-    dist_work: Tensor,
-    k: int,
-    complete: Tensor,
-    region: Optional[Tensor],
-    tail: int,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """The rows whose working distances do not decide (as :func:`refine_rows`, candidates ranked by
-    working distance): every candidate's float64 distance, ranked by (float64 distance, index);
-    proven where the k-th is below every point the candidates leave out."""
+    and ``y`` float64 (callers keep the rows at most :data:`REFINE_ROWS`)."""
     dim = columns.size(0)
-    d64 = _reference_distances(y, columns, index)
-    later, earlier = d64[:, 1:], d64[:, :-1]
-    in_order = (later > earlier) | ((later == earlier) & (index[:, 1:] > index[:, :-1])) | (index[:, 1:] < 0)
-    rows = (~in_order.all(1)).nonzero()[:, 0]  # mostly near-ties of float32 distances
-    if rows.numel():
-        index[rows], d64[rows] = rank_by_distance(index[rows], d64[rows], index.size(1), columns.size(1))
-    delta, tiny = _rounding(dist_work.dtype, dim)
-    gamma, tiny64 = _rounding(torch.float64, dim)
-    outside = (dist_work.amax(1).double() - tiny) / (1.0 + delta) * (1.0 - gamma) - tiny64
+    d64 = _column_distances(y, columns, index.clamp(min=0))
+    d64.masked_fill_(index < 0, float("inf"))
+    index, d64 = rank_by_distance(index, d64, k, columns.size(1))
+    delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
+    gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
+    tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
+    outside = (dist_work.amax(1).double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
     outside = torch.where(complete, math.inf, outside)
     if region is not None:
         outside = torch.minimum(outside, region)
-    proven = (d64[:, k - 1] < outside) | (outside == math.inf)
-    return index[:, :k], d64[:, k - tail : k], proven
-
-
-def _reference_distances(y: Tensor, columns: Tensor, index: Tensor) -> Tensor:
-    """float64 reference distances ``[m, c]`` of the candidates ``index`` (``inf`` at ``-1`` padding)."""
-    return _column_distances(y, columns, index.clamp(min=0)).masked_fill_(index < 0, math.inf)
-
-
-def _rounding(dtype: torch.dtype, dim: int) -> Tuple[float, float]:
-    """Bounds on the rounding of a squared distance of ``dim`` coordinates computed in ``dtype``
-    (float32 or float64) from values it holds exactly: relative ``delta`` and absolute ``tiny``
-    (underflow), each doubled for safety: ``|computed - real| <= delta * real + tiny``."""
-    if dtype == torch.float32:
-        return 2.0 * (dim + 2) * 2.0**-24, (dim + 1) * 2.0**-149
-    return 2.0 * (dim + 2) * 2.0**-53, (dim + 1) * 2.0**-1074
-
-
-def _separated(dist: Tensor, k: int, complete: Tensor, dim: int) -> Tensor:
-    """``[m]`` True where the ranked working distances ``dist: [m, c]`` decide the float64 ranking
-    of the first ``k``: each is below the next one, and the k-th below the rest of the candidates,
-    by at least :func:`_decisive_gap` units in the last place (the bit patterns of ``dist >= +0``
-    count them). With ``c == k`` the rest is the points of the region left out: rows qualify
-    only where the candidates are all of them (``complete``)."""
-    bits = dist.view(torch.int32 if dist.dtype == torch.float32 else torch.int64)
-    gap = _decisive_gap(dist.dtype, dim)
-    first = bits[:, :k]
-    apart = (first[:, 1:] - first[:, :-1]).ge_(gap).all(1)
-    if dist.size(1) == k:
-        return apart & complete
-    return apart & (bits[:, k:].amin(1) - first[:, -1] >= gap)
-
-
-def _decisive_gap(dtype: torch.dtype, dim: int) -> int:
-    """Units in the last place by which two working distances ``a <= b`` must differ for every
-    float64 reference distance of a point at ``a`` to be below that of a point at ``b``.
-
-    With the bounds of :func:`_rounding` (``delta, tiny`` for the working dtype, ``gamma,
-    tiny64`` for float64) that holds when ``b - a > (R - 1) a + (1 + R) tiny + 2 tiny64 (1 + delta)
-    / (1 - gamma)``, ``R = (1 + delta)(1 + gamma) / ((1 - delta)(1 - gamma))``. ``n`` units in the
-    last place above ``a`` are at least ``n max(a 2^-p, s) >= n/2 (a 2^-p + s)`` (``p`` the
-    precision, ``s`` the smallest subnormal), so ``n`` covers twice each term."""
-    delta, tiny = _rounding(dtype, dim)
-    gamma, tiny64 = _rounding(torch.float64, dim)
-    precision, smallest = (24, 2.0**-149) if dtype == torch.float32 else (53, 2.0**-1074)
-    ratio = (1.0 + delta) * (1.0 + gamma) / ((1.0 - delta) * (1.0 - gamma))
-    relative = (ratio - 1.0) * 2.0**precision
-    absolute = (tiny * (1.0 + ratio) + 2.0 * tiny64 * (1.0 + delta) / (1.0 - gamma)) / smallest
-    return math.ceil(2.0 * max(relative, absolute)) + 1
+    proven = (d64[:, -1] < outside) | (outside == math.inf)
+    return index, d64, proven
