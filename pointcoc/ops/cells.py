@@ -288,12 +288,13 @@ def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> 
     """
     num_blocks = start.size(0)
     sentinel = grid.index.numel() - 1
+    positions = torch.int32 if 2 * (sentinel + 1) + width < 2**31 else torch.int64  # partial sums stay below
     end = length.cumsum(1)  # [g, S] first lane after each run
     gaps = torch.cat([start[:, 1:] - start[:, :-1] - length[:, :-1], start.new_full((num_blocks, 1), sentinel + 1)], 1)
-    steps = torch.ones(num_blocks, width + 1, dtype=start.dtype, device=start.device)  # lane width: beyond the end
+    steps = torch.ones(num_blocks, width + 1, dtype=positions, device=start.device)  # lane width: beyond the end
     steps[:, 0] = start[:, 0]
-    steps.scatter_add_(1, end.clamp(max=width), gaps)
-    source = steps[:, :width].cumsum(1).clamp_(max=sentinel)
+    steps.scatter_add_(1, end.clamp(max=width), gaps.to(positions))
+    source = steps[:, :width].cumsum(1, dtype=positions).clamp_(max=sentinel)
     flat = source.view(-1)
     return [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.coords], source
 
