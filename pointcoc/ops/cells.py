@@ -51,7 +51,6 @@ CHUNK_ENTRIES = 2**18
 Reach = Union[int, Tensor]  # cells spanned beyond the query's own: one count, or [M, D]
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
-_BISECTION_STEPS = 40
 
 
 class CellGrid:
@@ -107,20 +106,15 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
     cells of edge ``h`` cover the bounding box (an axis thinner than ``h`` counts as one cell; the
     grid then has ``prod_p (floor(extent_p / h) + 1) < 2^D max(target, 1)`` cells).
 
-    Found by bisection on ``log h`` (the product decreases with ``h``); 1 where every extent is 0.
+    The product is the largest of ``e_1 ... e_j / h^j`` over the ``j`` largest extents ``e``
+    (``j = 0 .. D``), each decreasing in ``h``, so ``h`` is the largest of their solutions
+    ``(e_1 ... e_j / target)^(1/j)``; 1 where every extent is 0.
     """
-    top = extent.amax(1)
-    flat = top == 0
-    top = torch.where(flat, 1.0, top)
-    target = target.clamp(min=1.0)
-    lo = top / target  # product >= top / lo = target
-    hi = top.clone()  # product = 1
-    for _ in range(_BISECTION_STEPS):
-        mid = (lo * hi).sqrt()
-        over = (extent / mid[:, None]).clamp_(min=1.0).prod(1) > target
-        lo = torch.where(over, mid, lo)
-        hi = torch.where(over, hi, mid)
-    return torch.where(flat, 1.0, hi)
+    largest_first = extent.sort(1, descending=True).values
+    log_products = largest_first.log().cumsum(1)  # -inf from the first zero extent on
+    exponent = torch.arange(1, extent.size(1) + 1, dtype=extent.dtype, device=extent.device)
+    size = ((log_products - target.clamp(min=1.0).log()[:, None]) / exponent).exp().amax(1)
+    return torch.where(size > 0, size, 1.0)
 
 
 def region_bound(
