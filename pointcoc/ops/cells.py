@@ -130,14 +130,12 @@ def region_bound(
     that rounding and the rounding of the faces, and the final factor that of the reference sum.
     """
     gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, below, below if above is None else above)
-    low, high = grid.low.index_select(0, batch_y), grid.high.index_select(0, batch_y)
-    scale = low.abs() + high.abs() + y.abs() + grid.size.index_select(0, batch_y)[:, None]
-    gap = torch.minimum(gap_below, gap_above) - _FACE_MARGIN * scale
-    rho = gap.amin(1).clamp_(min=0.0)
+    scale = (grid.low.abs() + grid.high.abs() + grid.size[:, None]).index_select(0, batch_y).add_(y.abs())
+    rho = torch.minimum(gap_below, gap_above).sub_(scale.mul_(_FACE_MARGIN)).amin(1).clamp_(min=0.0)
     dim = y.size(1)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference sum: relative error bound (doubled)
-    bound = rho.square() * (1.0 - _FACE_MARGIN) * (1.0 - gamma) - (dim + 1) * 2.0**-1074
-    return torch.where(torch.isinf(rho), math.inf, bound)
+    bound = rho.square().mul_((1.0 - _FACE_MARGIN) * (1.0 - gamma)).sub_((dim + 1) * 2.0**-1074)
+    return bound.masked_fill_(torch.isinf(rho), math.inf)
 
 
 def _face_gaps(
@@ -146,10 +144,10 @@ def _face_gaps(
     """float64 ``[M, D]`` distances (rounded) from each query to the lower and upper faces of its
     block (see :func:`region_bound`); ``inf`` where the block reaches the edge of the grid."""
     low, size = grid.low.index_select(0, batch_y), grid.size.index_select(0, batch_y)[:, None]
-    cells = grid.cells.index_select(0, batch_y)
-    lower = torch.where(cell - below > 0, low + (cell - below).double() * size, -math.inf)  # lower cells exist
-    upper = torch.where(cell + above + 1 < cells, low + (cell + above + 1).double() * size, math.inf)  # upper too
-    return y - lower, upper - y
+    first, past = cell - below, cell + (above + 1)  # the block's first cell and the cell after its last
+    lower = torch.where(first > 0, torch.addcmul(low, first.double(), size), -math.inf)  # lower cells exist
+    upper = torch.where(past < grid.cells.index_select(0, batch_y), torch.addcmul(low, past.double(), size), math.inf)
+    return y - lower, upper.sub_(y)
 
 
 def _blocks(
