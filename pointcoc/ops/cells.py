@@ -56,7 +56,8 @@ _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and face
 class CellGrid:
     """Points of a ragged batch sorted into per-sample uniform grids.
 
-    ``low: [B, D]`` grid origin, ``size: [B]`` cell edge, ``cells: [B, D]`` cells per axis,
+    ``low: [B, D]`` grid origin, ``high: [B, D]`` the far corner of the points, ``size: [B]``
+    cell edge, ``cells: [B, D]`` cells per axis (``last_cell``: ``cells - 1`` in float64),
     ``stride: [B, D]`` (last axis fastest), ``cell_ptr: [B + 1]`` first global cell of each
     sample, ``cell_start: [C + 1]`` first sorted point of each cell, ``coords: [D, N + 1]`` the
     points in cell order (working dtype) and ``index: [N + 1]`` their indices in ``x``, each
@@ -79,9 +80,8 @@ class CellGrid:
         self.stride = self.cells.flip(1).cumprod(1).flip(1).roll(-1, 1)
         self.stride[:, -1] = 1
         self.cell_ptr = batch_ptr(self.cells.prod(1))
-        cell = self.cell_of(wide, batch)
-        global_cell = self.cell_ptr.index_select(0, batch) + (cell * self.stride.index_select(0, batch)).sum(1)
-        global_cell, order = torch.sort(global_cell, stable=True)
+        self.last_cell = (self.cells - 1).double()
+        global_cell, order = torch.sort(self.cell_id(self.cell_of(wide, batch), batch), stable=True)
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
         self.coords = torch.cat([x.t().index_select(1, order), x.new_full((dim, 1), math.inf)], 1)
@@ -90,8 +90,12 @@ class CellGrid:
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
         """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
         scaled = (points - self.low.index_select(0, batch)).div_(self.size.index_select(0, batch)[:, None])
-        cell = torch.minimum(scaled.floor_().clamp_(min=0), (self.cells.index_select(0, batch) - 1).double())
+        cell = scaled.floor_().clamp_(min=0).clamp_(max=self.last_cell.index_select(0, batch))
         return cell.long()  # clamped in float64 first: far queries cannot overflow int64
+
+    def cell_id(self, cell: Tensor, batch: Tensor) -> Tensor:
+        """Global ids ``[n]`` of the cells ``[n, D]`` of the given samples (``cell_ptr`` order)."""
+        return self.stride.index_select(0, batch).mul_(cell).sum(1).add_(self.cell_ptr.index_select(0, batch))
 
 
 def points_per_cell(dim: int, wide: int) -> float:
@@ -158,7 +162,7 @@ def _blocks(
     with the same reach share a block) and the runs ``start``, ``length: [G, S]`` of the blocks."""
     cell = grid.cell_of(y, batch_y)
     below, above = _reach(grid, y, batch_y, cell, reach, kth)
-    key = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
+    key = grid.cell_id(cell, batch_y)
     if kth is not None:  # the sides a block is widened on, as bits
         extended = torch.cat([below, above], 1) - reach  # [M, 2D] 0 or 1
         key = key * 2 ** extended.size(1) + (extended << torch.arange(extended.size(1), device=y.device)).sum(1)
