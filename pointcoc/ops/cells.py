@@ -204,10 +204,13 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Reach, abo
     shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
     shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
     cells, stride = grid.cells.index_select(0, batch_y), grid.stride.index_select(0, batch_y)
-    near = cell[:, None, :-1] + shifts  # [M, S, D-1]
-    spanned = (shifts >= -below[:, None, :-1]) & (shifts <= above[:, None, :-1])
-    inside = (spanned & (near >= 0) & (near < cells[:, None, :-1])).all(2)
-    first = grid.cell_ptr.index_select(0, batch_y)[:, None] + (near * stride[:, None, :-1]).sum(2)
+    first = grid.cell_ptr.index_select(0, batch_y)[:, None].repeat(1, shifts.size(0))  # [M, S] cell of each run row
+    inside = torch.ones_like(first, dtype=torch.bool)
+    for p, shift in enumerate(shifts.t()):  # the other axes, one [M, S] pass each
+        near = cell[:, p, None] + shift
+        inside &= (shift >= -below[:, p, None]) & (shift <= above[:, p, None])  # spanned by the block
+        inside &= (near >= 0) & (near < cells[:, p, None])  # inside the grid
+        first += near.mul_(stride[:, p, None])
     last_axis = cell[:, -1:]
     first_cell = torch.where(inside, first + (last_axis - below[:, -1:]).clamp(min=0), 0)
     end_cell = torch.where(inside, first + torch.minimum(last_axis + above[:, -1:] + 1, cells[:, -1:]), 0)
