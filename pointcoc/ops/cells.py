@@ -10,7 +10,7 @@ kept as candidates.
 The result is *proven*, not assumed: every point outside the block lies beyond one of the
 block's faces, so its distance is at least the query's distance ``rho`` to the nearest face that
 is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces are computed in
-float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine_rows` then accepts a
+float64 with a margin for their rounding). :func:`pointcoc.ops.exact.rank_and_prove` then accepts a
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
 points it did not keep; the caller searches every other query again (wider blocks, then float64).
 """
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .batch import batch_ptr
-from .exact import REFINE_ROWS, refine_rows
+from .exact import REFINE_ROWS, column_distances, rank_and_prove
 from .search import chunk_end
 
 __all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_search"]
@@ -60,8 +60,9 @@ class CellGrid:
     cell edge, ``cells: [B, D]`` cells per axis (``last_cell``: ``cells - 1`` in float64),
     ``stride: [B, D]`` (last axis fastest), ``cell_ptr: [B + 1]`` first global cell of each
     sample, ``cell_start: [C + 1]`` first sorted point of each cell, ``coords: [D, N + 1]`` the
-    points in cell order (working dtype) and ``index: [N + 1]`` their indices in ``x``, each
-    followed by a sentinel (a point at infinity, index -1) that padding lanes read.
+    points in cell order (working dtype), ``reference: [D, N + 1]`` the same in float64 (their
+    values as given) and ``index: [N + 1]`` their indices in ``x``, each followed by a sentinel
+    (a point at infinity, index -1) that padding lanes read.
     """
 
     def __init__(self, x: Tensor, batch: Tensor, counts: Tensor, per_cell: float) -> None:
@@ -85,6 +86,7 @@ class CellGrid:
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
         self.coords = torch.cat([x.t().index_select(1, order), x.new_full((dim, 1), math.inf)], 1)
+        self.reference = torch.cat([wide.t().index_select(1, order), wide.new_full((dim, 1), math.inf)], 1)
         self.index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
@@ -221,7 +223,6 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Reach, abo
 @torch.no_grad()
 def cell_search(
     grid: CellGrid,
-    columns: Tensor,
     y: Tensor,
     k: int,
     wide: int,
@@ -236,11 +237,10 @@ def cell_search(
     on each query's k-th neighbour distance, e.g. from an earlier pass) one cell more on each
     side whose face is within ``sqrt(kth)`` of the query.
 
-    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`) in the working dtype,
-    ``columns: [D, N]`` the same points in float64 (the reference), ``y: [M, D]`` the queries
+    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`), ``y: [M, D]`` the queries
     (any float dtype). Fills ``out = (index [M, k], dist [M, w], proven [M])``: global indices
     (``-1`` padding), the last ``w`` float64 distances of each row (``w = k``, or ``1`` for the
-    k-th only) and whether the row is proven, from :func:`pointcoc.ops.exact.refine_rows` with
+    k-th only) and whether the row is proven, from :func:`pointcoc.ops.exact.rank_and_prove` with
     the block as the region and :func:`region_bound` as the bound outside it.
 
     Queries are processed in chunks of similar block size, each one distance matrix and one
@@ -259,6 +259,7 @@ def cell_search(
         t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, group, total <= wide, region)
     )
     index, dist, proven = out
+    num_points, dim = grid.index.numel() - 1, y.size(1)  # the sentinel's position is num_points
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
@@ -266,8 +267,10 @@ def cell_search(
         blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
         coords, source = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
-        found, nearest = _nearest_in_block(coords, source, grid.index, y_work[part], local, wide)
-        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region[part])
+        position, nearest = _nearest_in_block(coords, source, y_work[part], local, wide, num_points)
+        found = grid.index.index_select(0, position.view(-1)).view_as(position)
+        d64 = column_distances(y64[part], grid.reference, position)  # the sentinel's: inf
+        top, d64, ok = rank_and_prove(found, d64, nearest, k, complete[part], region[part], num_points, dim)
         rows = order[part]
         index.index_copy_(0, rows, top)
         dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
@@ -299,18 +302,18 @@ def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> 
 
 
 def _nearest_in_block(
-    coords: List[Tensor], source: Tensor, ids: Tensor, y: Tensor, group: Tensor, wide: int
+    coords: List[Tensor], source: Tensor, y: Tensor, group: Tensor, wide: int, sentinel: int
 ) -> Tuple[Tensor, Tensor]:
     """The ``wide`` nearest points to ``y: [m, D]`` among the points of the blocks ``group: [m]``
-    (``coords``, ``source`` from :func:`_block_points`; ``ids``: the global index of every sorted
-    position): ``index [m, wide]`` (-1 padded), ``dist [m, wide]``."""
+    (``coords``, ``source`` from :func:`_block_points`): their sorted positions ``[m, wide]``
+    (``sentinel`` as padding) and working distances ``[m, wide]``."""
     m, width = y.size(0), source.size(1)
     keep = min(wide, width)
     if keep < wide:  # fewer points than candidates in every block of the chunk: pad
-        index = torch.full((m, wide - keep), -1, dtype=torch.long, device=y.device)
+        position = source.new_full((m, wide - keep), sentinel)
         dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
-        found, nearest = _nearest_in_block(coords, source, ids, y, group, keep) if keep else (index[:, :0], dist[:, :0])
-        return torch.cat([found, index], 1), torch.cat([nearest, dist], 1)
+        found = _nearest_in_block(coords, source, y, group, keep, sentinel) if keep else (position[:, :0], dist[:, :0])
+        return torch.cat([found[0], position], 1), torch.cat([found[1], dist], 1)
     work = None
     for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
         term = axis.index_select(0, group).sub_(y[:, p, None])
@@ -318,4 +321,4 @@ def _nearest_in_block(
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
     nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False)
     position = source.view(-1).index_select(0, chosen.add_(group[:, None] * width).view(-1))
-    return ids.index_select(0, position).view(m, wide), nearest.view(work.dtype)
+    return position.view(m, wide), nearest.view(work.dtype)

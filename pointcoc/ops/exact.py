@@ -45,6 +45,8 @@ __all__ = [
     "rank_by_distance",
     "refine",
     "refine_rows",
+    "rank_and_prove",
+    "column_distances",
     "reference_columns",
 ]
 
@@ -86,7 +88,7 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
 
 def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
     """``d[i, j] = sum_p (y[i, p] - x[col[i, j], p]) ** 2`` summed in coordinate order: ``[M, k]``."""
-    return _column_distances(y, x.t().contiguous(), col)
+    return column_distances(y, x.t().contiguous(), col)
 
 
 def reference_columns(x: Tensor) -> Tensor:
@@ -94,8 +96,9 @@ def reference_columns(x: Tensor) -> Tensor:
     return torch.empty(x.size(1), x.size(0), dtype=torch.float64, device=x.device).copy_(x.t())
 
 
-def _column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
-    """:func:`pair_distances` with ``x`` given coordinate-major, ``columns: [D, N]``."""
+def column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
+    """:func:`pair_distances` with ``x`` given coordinate-major, ``columns: [D, N]`` (a column of
+    ``inf`` gives ``inf``: a sentinel for padding)."""
     dist = None
     flat = col.reshape(-1)
     for p, axis in enumerate(columns):
@@ -175,10 +178,24 @@ def refine_rows(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`refine` in one piece, with ``x`` as float64 coordinate-major ``columns: [D, N]``
     and ``y`` float64 (callers keep the rows at most :data:`REFINE_ROWS`)."""
-    dim = columns.size(0)
-    d64 = _column_distances(y, columns, index.clamp(min=0))
-    d64.masked_fill_(index < 0, float("inf"))
-    index, d64 = rank_by_distance(index, d64, k, columns.size(1))
+    d64 = column_distances(y, columns, index.clamp(min=0)).masked_fill_(index < 0, math.inf)
+    return rank_and_prove(index, d64, dist_work, k, complete, region, columns.size(1), columns.size(0))
+
+
+def rank_and_prove(
+    index: Tensor,
+    d64: Tensor,
+    dist_work: Tensor,
+    k: int,
+    complete: Tensor,
+    region: Optional[Tensor],
+    num_points: int,
+    dim: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The ranking and proof of :func:`refine`, given besides the working distances the candidates'
+    float64 reference distances ``d64: [M, c]`` (``inf`` at padding); ``index`` below ``num_points``,
+    points of ``dim`` coordinates."""
+    index, d64 = rank_by_distance(index, d64, k, num_points)
     delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
     tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
