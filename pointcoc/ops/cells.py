@@ -67,10 +67,9 @@ class CellGrid:
 
     def __init__(self, x: Tensor, batch: Tensor, counts: Tensor, per_cell: float) -> None:
         num_samples, dim = counts.numel(), x.size(1)
-        wide = x.double()
         index = batch[:, None].expand(-1, dim)
-        low = wide.new_full((num_samples, dim), math.inf).scatter_reduce_(0, index, wide, "amin")
-        high = wide.new_full((num_samples, dim), -math.inf).scatter_reduce_(0, index, wide, "amax")
+        low = x.new_full((num_samples, dim), math.inf).scatter_reduce_(0, index, x, "amin").double()
+        high = x.new_full((num_samples, dim), -math.inf).scatter_reduce_(0, index, x, "amax").double()
         empty = counts == 0
         low.masked_fill_(empty[:, None], 0.0)
         high.masked_fill_(empty[:, None], 0.0)
@@ -82,15 +81,15 @@ class CellGrid:
         self.stride[:, -1] = 1
         self.cell_ptr = batch_ptr(self.cells.prod(1))
         self.last_cell = (self.cells - 1).double()
-        global_cell, order = torch.sort(self.cell_id(self.cell_of(wide, batch), batch), stable=True)
+        global_cell, order = torch.sort(self.cell_id(self.cell_of(x, batch), batch), stable=True)
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
         self.coords = torch.cat([x.t().index_select(1, order), x.new_full((dim, 1), math.inf)], 1)
-        self.reference = torch.cat([wide.t().index_select(1, order), wide.new_full((dim, 1), math.inf)], 1)
+        self.reference = self.coords.double()  # the values of x as given: the working dtype holds them
         self.index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
-        """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
+        """Cell coordinates ``[n, D]`` of points of the given samples (clamped to the grid), computed in float64."""
         scaled = (points - self.low.index_select(0, batch)).div_(self.size.index_select(0, batch)[:, None])
         cell = scaled.floor_().clamp_(min=0).clamp_(max=self.last_cell.index_select(0, batch))
         return cell.long()  # clamped in float64 first: far queries cannot overflow int64

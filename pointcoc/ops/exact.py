@@ -68,13 +68,12 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
     if x.size(0) == 0 or y.size(0) == 0:
         return torch.float64 if x.dtype == torch.float64 else torch.float32
     dim = x.size(1)
-    low = torch.full((num_samples, dim), float("inf"), dtype=torch.float64, device=x.device)
-    high = torch.full((num_samples, dim), -float("inf"), dtype=torch.float64, device=x.device)
-    for points, batch in ((x, batch_x), (y, batch_y)):
+    low, high = x.new_full((num_samples, dim), math.inf), x.new_full((num_samples, dim), -math.inf)
+    for points, batch in ((x, batch_x), (y, batch_y)):  # minima and maxima are exact in any dtype
         index = batch[:, None].expand(-1, dim)
-        low.scatter_reduce_(0, index, points.double(), "amin")
-        high.scatter_reduce_(0, index, points.double(), "amax")
-    extent = (high - low).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # empty samples: 0
+        low.scatter_reduce_(0, index, points, "amin")
+        high.scatter_reduce_(0, index, points, "amax")
+    extent = (high.double() - low.double()).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # empty samples: 0
     reach = float(extent.square().sum(1).max())
     if not reach <= torch.finfo(torch.float64).max * _SAFE_FRACTION:
         raise ValueError(
