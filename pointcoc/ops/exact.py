@@ -191,9 +191,9 @@ def rank_and_prove(
     num_points: int,
     dim: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """The ranking and proof of :func:`refine`, given besides the working distances the candidates'
-    float64 reference distances ``d64: [M, c]`` (``inf`` at padding); ``index`` below ``num_points``,
-    points of ``dim`` coordinates."""
+    """:func:`refine` once the candidates' float64 reference distances are known: ranks ``index``
+    (below ``num_points``, ``-1`` padding) by (``d64: [M, c]``, ``inf`` at padding; index) and
+    proves the first ``k`` from the working distances ``dist_work`` of points of ``dim`` coordinates."""
     index, d64 = rank_by_distance(index, d64, k, num_points)
     delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
