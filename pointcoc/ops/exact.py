@@ -118,7 +118,7 @@ def rank_by_distance(index: Tensor, dist: Tensor, k: int, num_points: int) -> Tu
     only in those bits come out of order are sorted again by index, then stably by distance.
     """
     bits = max(1, int(num_points).bit_length())
-    key = dist.view(torch.int64).bitwise_right_shift(bits).bitwise_left_shift_(bits).add_(index)  # inf - 1: last
+    key = dist.view(torch.int64).bitwise_and(-(1 << bits)).add_(index)  # low bits cleared; inf - 1: last
     order = key.sort(dim=1).indices
     dist_sorted = dist.gather(1, order)
     top = index.gather(1, order[:, :k])
