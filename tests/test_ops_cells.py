@@ -70,10 +70,9 @@ def test_blocks_and_region_bound(sizes, dim, dtype, offset, duplicates, wide, re
     work = torch.float32 if dtype != torch.float64 else torch.float64
     counts = batch_counts(bx, len(sizes))
     grid = cells_module.CellGrid(x.to(work), bx, counts, 0.3 * wide)  # small cells: many blocks
-    columns = x.double().t().contiguous()
     index = torch.empty(len(y), len(x), dtype=torch.long)
     out = (index, torch.empty(len(y), 1, dtype=torch.float64), torch.empty(len(y), dtype=torch.bool))
-    cells_module.cell_search(grid, columns, y, len(x), len(x), by, 50, out, reach)
+    cells_module.cell_search(grid, y, len(x), len(x), by, 50, out, reach)
     region = cells_module.region_bound(grid, y.double(), by, grid.cell_of(y.double(), by), reach)
     xs, ys, bxs, bys = x.double().numpy(), y.double().numpy(), bx.numpy(), by.numpy()
     cell_x = numpy_cells(grid, xs, bxs)

@@ -10,7 +10,7 @@ kept as candidates.
 The result is *proven*, not assumed: every point outside the block lies beyond one of the
 block's faces, so its distance is at least the query's distance ``rho`` to the nearest face that
 is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces are computed in
-float64 with a margin for their rounding). :func:`pointcoc.ops.exact.refine_rows` then accepts a
+float64 with a margin for their rounding). :func:`pointcoc.ops.exact.rank_and_prove` then accepts a
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
 points it did not keep; the caller searches every other query again (wider blocks, then float64).
 """
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .batch import batch_ptr
-from .exact import REFINE_ROWS, refine_rows
+from .exact import REFINE_ROWS, column_distances, rank_and_prove
 from .search import chunk_end
 
 __all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_search"]
@@ -51,25 +51,25 @@ CHUNK_ENTRIES = 2**18
 Reach = Union[int, Tensor]  # cells spanned beyond the query's own: one count, or [M, D]
 
 _FACE_MARGIN = 2.0**-40  # relative margin for the rounding of cell ids and faces (float64)
-_BISECTION_STEPS = 40
 
 
 class CellGrid:
     """Points of a ragged batch sorted into per-sample uniform grids.
 
-    ``low: [B, D]`` grid origin, ``size: [B]`` cell edge, ``cells: [B, D]`` cells per axis,
+    ``low: [B, D]`` grid origin, ``high: [B, D]`` the far corner of the points, ``size: [B]``
+    cell edge, ``cells: [B, D]`` cells per axis (``last_cell``: ``cells - 1`` in float64),
     ``stride: [B, D]`` (last axis fastest), ``cell_ptr: [B + 1]`` first global cell of each
     sample, ``cell_start: [C + 1]`` first sorted point of each cell, ``coords: [D, N + 1]`` the
-    points in cell order (working dtype) and ``index: [N + 1]`` their indices in ``x``, each
-    followed by a sentinel (a point at infinity, index -1) that padding lanes read.
+    points in cell order (working dtype), ``reference: [D, N + 1]`` the same in float64 (their
+    values as given) and ``index: [N + 1]`` their indices in ``x``, each followed by a sentinel
+    (a point at infinity, index -1) that padding lanes read.
     """
 
     def __init__(self, x: Tensor, batch: Tensor, counts: Tensor, per_cell: float) -> None:
         num_samples, dim = counts.numel(), x.size(1)
-        wide = x.double()
         index = batch[:, None].expand(-1, dim)
-        low = wide.new_full((num_samples, dim), math.inf).scatter_reduce_(0, index, wide, "amin")
-        high = wide.new_full((num_samples, dim), -math.inf).scatter_reduce_(0, index, wide, "amax")
+        low = x.new_full((num_samples, dim), math.inf).scatter_reduce_(0, index, x, "amin").double()
+        high = x.new_full((num_samples, dim), -math.inf).scatter_reduce_(0, index, x, "amax").double()
         empty = counts == 0
         low.masked_fill_(empty[:, None], 0.0)
         high.masked_fill_(empty[:, None], 0.0)
@@ -80,19 +80,23 @@ class CellGrid:
         self.stride = self.cells.flip(1).cumprod(1).flip(1).roll(-1, 1)
         self.stride[:, -1] = 1
         self.cell_ptr = batch_ptr(self.cells.prod(1))
-        cell = self.cell_of(wide, batch)
-        global_cell = self.cell_ptr.index_select(0, batch) + (cell * self.stride.index_select(0, batch)).sum(1)
-        global_cell, order = torch.sort(global_cell, stable=True)
+        self.last_cell = (self.cells - 1).double()
+        global_cell, order = torch.sort(self.cell_id(self.cell_of(x, batch), batch), stable=True)
         total = int(self.cell_ptr[-1])
         self.cell_start = batch_ptr(torch.bincount(global_cell, minlength=total))
         self.coords = torch.cat([x.t().index_select(1, order), x.new_full((dim, 1), math.inf)], 1)
+        self.reference = self.coords.double()  # the values of x as given: the working dtype holds them
         self.index = torch.cat([order, order.new_full((1,), -1)])
 
     def cell_of(self, points: Tensor, batch: Tensor) -> Tensor:
-        """Cell coordinates ``[n, D]`` of float64 points of the given samples (clamped to the grid)."""
+        """Cell coordinates ``[n, D]`` of points of the given samples (clamped to the grid), computed in float64."""
         scaled = (points - self.low.index_select(0, batch)).div_(self.size.index_select(0, batch)[:, None])
-        cell = torch.minimum(scaled.floor_().clamp_(min=0), (self.cells.index_select(0, batch) - 1).double())
+        cell = scaled.floor_().clamp_(min=0).clamp_(max=self.last_cell.index_select(0, batch))
         return cell.long()  # clamped in float64 first: far queries cannot overflow int64
+
+    def cell_id(self, cell: Tensor, batch: Tensor) -> Tensor:
+        """Global ids ``[n]`` of the cells ``[n, D]`` of the given samples (``cell_ptr`` order)."""
+        return self.stride.index_select(0, batch).mul_(cell).sum(1).add_(self.cell_ptr.index_select(0, batch))
 
 
 def points_per_cell(dim: int, wide: int) -> float:
@@ -107,20 +111,15 @@ def _cell_size(extent: Tensor, target: Tensor) -> Tensor:
     cells of edge ``h`` cover the bounding box (an axis thinner than ``h`` counts as one cell; the
     grid then has ``prod_p (floor(extent_p / h) + 1) < 2^D max(target, 1)`` cells).
 
-    Found by bisection on ``log h`` (the product decreases with ``h``); 1 where every extent is 0.
+    The product is the largest of ``e_1 ... e_j / h^j`` over the ``j`` largest extents ``e``
+    (``j = 0 .. D``), each decreasing in ``h``, so ``h`` is the largest of their solutions
+    ``(e_1 ... e_j / target)^(1/j)``; 1 where every extent is 0.
     """
-    top = extent.amax(1)
-    flat = top == 0
-    top = torch.where(flat, 1.0, top)
-    target = target.clamp(min=1.0)
-    lo = top / target  # product >= top / lo = target
-    hi = top.clone()  # product = 1
-    for _ in range(_BISECTION_STEPS):
-        mid = (lo * hi).sqrt()
-        over = (extent / mid[:, None]).clamp_(min=1.0).prod(1) > target
-        lo = torch.where(over, mid, lo)
-        hi = torch.where(over, hi, mid)
-    return torch.where(flat, 1.0, hi)
+    largest_first = extent.sort(1, descending=True).values
+    log_products = largest_first.log().cumsum(1)  # -inf from the first zero extent on
+    exponent = torch.arange(1, extent.size(1) + 1, dtype=extent.dtype, device=extent.device)
+    size = ((log_products - target.clamp(min=1.0).log()[:, None]) / exponent).exp().amax(1)
+    return torch.where(size > 0, size, 1.0)
 
 
 def region_bound(
@@ -136,14 +135,12 @@ def region_bound(
     that rounding and the rounding of the faces, and the final factor that of the reference sum.
     """
     gap_below, gap_above = _face_gaps(grid, y, batch_y, cell, below, below if above is None else above)
-    low, high = grid.low.index_select(0, batch_y), grid.high.index_select(0, batch_y)
-    scale = low.abs() + high.abs() + y.abs() + grid.size.index_select(0, batch_y)[:, None]
-    gap = torch.minimum(gap_below, gap_above) - _FACE_MARGIN * scale
-    rho = gap.amin(1).clamp_(min=0.0)
+    scale = (grid.low.abs() + grid.high.abs() + grid.size[:, None]).index_select(0, batch_y).add_(y.abs())
+    rho = torch.minimum(gap_below, gap_above).sub_(scale.mul_(_FACE_MARGIN)).amin(1).clamp_(min=0.0)
     dim = y.size(1)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference sum: relative error bound (doubled)
-    bound = rho.square() * (1.0 - _FACE_MARGIN) * (1.0 - gamma) - (dim + 1) * 2.0**-1074
-    return torch.where(torch.isinf(rho), math.inf, bound)
+    bound = rho.square().mul_((1.0 - _FACE_MARGIN) * (1.0 - gamma)).sub_((dim + 1) * 2.0**-1074)
+    return bound.masked_fill_(torch.isinf(rho), math.inf)
 
 
 def _face_gaps(
@@ -152,10 +149,10 @@ def _face_gaps(
     """float64 ``[M, D]`` distances (rounded) from each query to the lower and upper faces of its
     block (see :func:`region_bound`); ``inf`` where the block reaches the edge of the grid."""
     low, size = grid.low.index_select(0, batch_y), grid.size.index_select(0, batch_y)[:, None]
-    cells = grid.cells.index_select(0, batch_y)
-    lower = torch.where(cell - below > 0, low + (cell - below).double() * size, -math.inf)  # lower cells exist
-    upper = torch.where(cell + above + 1 < cells, low + (cell + above + 1).double() * size, math.inf)  # upper too
-    return y - lower, upper - y
+    first, past = cell - below, cell + (above + 1)  # the block's first cell and the cell after its last
+    lower = torch.where(first > 0, torch.addcmul(low, first.double(), size), -math.inf)  # lower cells exist
+    upper = torch.where(past < grid.cells.index_select(0, batch_y), torch.addcmul(low, past.double(), size), math.inf)
+    return y - lower, upper.sub_(y)
 
 
 def _blocks(
@@ -166,7 +163,7 @@ def _blocks(
     with the same reach share a block) and the runs ``start``, ``length: [G, S]`` of the blocks."""
     cell = grid.cell_of(y, batch_y)
     below, above = _reach(grid, y, batch_y, cell, reach, kth)
-    key = grid.cell_ptr.index_select(0, batch_y) + (cell * grid.stride.index_select(0, batch_y)).sum(1)
+    key = grid.cell_id(cell, batch_y)
     if kth is not None:  # the sides a block is widened on, as bits
         extended = torch.cat([below, above], 1) - reach  # [M, 2D] 0 or 1
         key = key * 2 ** extended.size(1) + (extended << torch.arange(extended.size(1), device=y.device)).sum(1)
@@ -208,10 +205,13 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Reach, abo
     shifts = torch.tensor(list(itertools.product(offsets, repeat=dim - 1)), dtype=torch.long, device=cell.device)
     shifts = shifts.view(len(offsets) ** (dim - 1), dim - 1)  # [S, D-1] (one empty row when D == 1)
     cells, stride = grid.cells.index_select(0, batch_y), grid.stride.index_select(0, batch_y)
-    near = cell[:, None, :-1] + shifts  # [M, S, D-1]
-    spanned = (shifts >= -below[:, None, :-1]) & (shifts <= above[:, None, :-1])
-    inside = (spanned & (near >= 0) & (near < cells[:, None, :-1])).all(2)
-    first = grid.cell_ptr.index_select(0, batch_y)[:, None] + (near * stride[:, None, :-1]).sum(2)
+    first = grid.cell_ptr.index_select(0, batch_y)[:, None].repeat(1, shifts.size(0))  # [M, S] cell of each run row
+    inside = torch.ones_like(first, dtype=torch.bool)
+    for p, shift in enumerate(shifts.t()):  # the other axes, one [M, S] pass each
+        near = cell[:, p, None] + shift
+        inside &= (shift >= -below[:, p, None]) & (shift <= above[:, p, None])  # spanned by the block
+        inside &= (near >= 0) & (near < cells[:, p, None])  # inside the grid
+        first += near.mul_(stride[:, p, None])
     last_axis = cell[:, -1:]
     first_cell = torch.where(inside, first + (last_axis - below[:, -1:]).clamp(min=0), 0)
     end_cell = torch.where(inside, first + torch.minimum(last_axis + above[:, -1:] + 1, cells[:, -1:]), 0)
@@ -222,7 +222,6 @@ def _block_runs(grid: CellGrid, batch_y: Tensor, cell: Tensor, below: Reach, abo
 @torch.no_grad()
 def cell_search(
     grid: CellGrid,
-    columns: Tensor,
     y: Tensor,
     k: int,
     wide: int,
@@ -237,11 +236,10 @@ def cell_search(
     on each query's k-th neighbour distance, e.g. from an earlier pass) one cell more on each
     side whose face is within ``sqrt(kth)`` of the query.
 
-    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`) in the working dtype,
-    ``columns: [D, N]`` the same points in float64 (the reference), ``y: [M, D]`` the queries
+    ``grid`` holds the points of ``x`` (see :func:`points_per_cell`), ``y: [M, D]`` the queries
     (any float dtype). Fills ``out = (index [M, k], dist [M, w], proven [M])``: global indices
     (``-1`` padding), the last ``w`` float64 distances of each row (``w = k``, or ``1`` for the
-    k-th only) and whether the row is proven, from :func:`pointcoc.ops.exact.refine_rows` with
+    k-th only) and whether the row is proven, from :func:`pointcoc.ops.exact.rank_and_prove` with
     the block as the region and :func:`region_bound` as the bound outside it.
 
     Queries are processed in chunks of similar block size, each one distance matrix and one
@@ -251,25 +249,27 @@ def cell_search(
     """
     y64 = y.double()
     cell, below, above, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
+    region = region_bound(grid, y64, batch_y, cell, below, above)
     total = length.sum(1).index_select(0, group)  # [M] block size of each query
     order = torch.argsort(total * start.size(0) + group)  # by block size, a block's queries together
     sizes = total.index_select(0, order).tolist()
     # per-query values in that order: every chunk below is a slice
-    y_work, y64, batch_y, cell, group, complete = (
-        t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, batch_y, cell, group, total <= wide)
+    y_work, y64, group, complete, region = (
+        t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, group, total <= wide, region)
     )
-    below, above = _take(below, order), _take(above, order)
     index, dist, proven = out
+    num_points, dim = grid.index.numel() - 1, y.size(1)  # the sentinel's position is num_points
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
         part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
-        region = region_bound(grid, y64[part], batch_y[part], cell[part], _take(below, part), _take(above, part))
         blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
-        coords, ids = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
-        found, nearest = _nearest_in_block(coords, ids, y_work[part], local, wide)
-        top, d64, ok = refine_rows(columns, y64[part], found, nearest, k, complete[part], region)
+        coords, source = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
+        position, nearest = _nearest_in_block(coords, source, y_work[part], local, wide, num_points)
+        found = grid.index.index_select(0, position.view(-1)).view_as(position)
+        d64 = column_distances(y64[part], grid.reference, position)  # the sentinel's: inf
+        top, d64, ok = rank_and_prove(found, d64, nearest, k, complete[part], region[part], num_points, dim)
         rows = order[part]
         index.index_copy_(0, rows, top)
         dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
@@ -278,41 +278,46 @@ def cell_search(
 
 
 def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:
-    """Coordinates (one ``[g, width]`` tensor per axis, ``inf`` padding) and global indices
-    ``[g, width]`` (``-1`` padding) of the points of the blocks with runs ``start``, ``length: [g, S]``.
+    """Coordinates (one ``[g, width]`` tensor per axis, ``inf`` padding) and sorted positions
+    ``[g, width]`` (the sentinel's at padding lanes) of the points of the blocks with runs
+    ``start``, ``length: [g, S]``.
 
-    Lane ``l`` of a block is sorted point ``start[0] + l`` plus the jumps between the runs it has
-    passed (a cumulative sum); padding lanes read a sentinel point at infinity.
+    Positions are a cumulative sum over the lanes of a block: ``start[0]`` at lane 0, then 1 per
+    lane plus, where a run begins, the gap from the end of the runs before it. The lane after the
+    last run jumps past the sentinel and positions are clamped to it: padding lanes read the
+    point at infinity.
     """
-    num_blocks, num_runs = start.shape
+    num_blocks = start.size(0)
+    sentinel = grid.index.numel() - 1
+    positions = torch.int32 if 2 * (sentinel + 1) + width < 2**31 else torch.int64  # partial sums stay below
     end = length.cumsum(1)  # [g, S] first lane after each run
-    jump = torch.zeros(num_blocks, width + 1, dtype=start.dtype, device=start.device)
-    if num_runs > 1:  # leaving run s for run s + 1 at lane end[s]
-        step = start[:, 1:] - start[:, :-1] - length[:, :-1]
-        jump.scatter_add_(1, end[:, :-1].clamp(max=width), step)
-    lane = torch.arange(width, device=start.device)
-    source = jump[:, :width].cumsum(1).add_(start[:, :1]).add_(lane)
-    source.masked_fill_(lane >= end[:, -1:], grid.index.numel() - 1)  # the sentinel
+    gaps = torch.cat([start[:, 1:] - start[:, :-1] - length[:, :-1], start.new_full((num_blocks, 1), sentinel + 1)], 1)
+    steps = torch.ones(num_blocks, width + 1, dtype=positions, device=start.device)  # lane width: beyond the end
+    steps[:, 0] = start[:, 0]
+    steps.scatter_add_(1, end.clamp(max=width), gaps.to(positions))
+    source = steps[:, :width].cumsum(1, dtype=positions).clamp_(max=sentinel)
     flat = source.view(-1)
-    coords = [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.coords]
-    return coords, grid.index.index_select(0, flat).view(num_blocks, width)
+    return [axis.index_select(0, flat).view(num_blocks, width) for axis in grid.coords], source
 
 
-def _nearest_in_block(coords: List[Tensor], ids: Tensor, y: Tensor, group: Tensor, wide: int) -> Tuple[Tensor, Tensor]:
+def _nearest_in_block(
+    coords: List[Tensor], source: Tensor, y: Tensor, group: Tensor, wide: int, sentinel: int
+) -> Tuple[Tensor, Tensor]:
     """The ``wide`` nearest points to ``y: [m, D]`` among the points of the blocks ``group: [m]``
-    (see :func:`_block_points`): ``index [m, wide]`` (-1 padded), ``dist [m, wide]``."""
-    m, width = y.size(0), ids.size(1)
+    (``coords``, ``source`` from :func:`_block_points`): their sorted positions ``[m, wide]``
+    (``sentinel`` as padding) and working distances ``[m, wide]``."""
+    m, width = y.size(0), source.size(1)
     keep = min(wide, width)
     if keep < wide:  # fewer points than candidates in every block of the chunk: pad
-        index = torch.full((m, wide - keep), -1, dtype=torch.long, device=y.device)
+        position = source.new_full((m, wide - keep), sentinel)
         dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
-        found, nearest = _nearest_in_block(coords, ids, y, group, keep) if keep else (index[:, :0], dist[:, :0])
-        return torch.cat([found, index], 1), torch.cat([nearest, dist], 1)
+        found = _nearest_in_block(coords, source, y, group, keep, sentinel) if keep else (position[:, :0], dist[:, :0])
+        return torch.cat([found[0], position], 1), torch.cat([found[1], dist], 1)
     work = None
     for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
-        term = axis.index_select(0, group).sub_(y[:, p, None]).square_()
-        work = term if work is None else work.add_(term)
+        term = axis.index_select(0, group).sub_(y[:, p, None])
+        work = term.square_() if work is None else work.addcmul_(term, term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
     nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False)
-    nearest = nearest.view(work.dtype)
-    return ids.view(-1).take(chosen.add_(group[:, None] * width)), nearest
+    position = source.view(-1).index_select(0, chosen.add_(group[:, None] * width).view(-1))
+    return position.view(m, wide), nearest.view(work.dtype)

@@ -45,6 +45,8 @@ __all__ = [
     "rank_by_distance",
     "refine",
     "refine_rows",
+    "rank_and_prove",
+    "column_distances",
     "reference_columns",
 ]
 
@@ -66,13 +68,12 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
     if x.size(0) == 0 or y.size(0) == 0:
         return torch.float64 if x.dtype == torch.float64 else torch.float32
     dim = x.size(1)
-    low = torch.full((num_samples, dim), float("inf"), dtype=torch.float64, device=x.device)
-    high = torch.full((num_samples, dim), -float("inf"), dtype=torch.float64, device=x.device)
-    for points, batch in ((x, batch_x), (y, batch_y)):
+    low, high = x.new_full((num_samples, dim), math.inf), x.new_full((num_samples, dim), -math.inf)
+    for points, batch in ((x, batch_x), (y, batch_y)):  # minima and maxima are exact in any dtype
         index = batch[:, None].expand(-1, dim)
-        low.scatter_reduce_(0, index, points.double(), "amin")
-        high.scatter_reduce_(0, index, points.double(), "amax")
-    extent = (high - low).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # empty samples: 0
+        low.scatter_reduce_(0, index, points, "amin")
+        high.scatter_reduce_(0, index, points, "amax")
+    extent = (high.double() - low.double()).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # empty samples: 0
     reach = float(extent.square().sum(1).max())
     if not reach <= torch.finfo(torch.float64).max * _SAFE_FRACTION:
         raise ValueError(
@@ -86,7 +87,7 @@ def working_dtype(x: Tensor, y: Tensor, batch_x: Tensor, batch_y: Tensor, num_sa
 
 def pair_distances(y: Tensor, x: Tensor, col: Tensor) -> Tensor:
     """``d[i, j] = sum_p (y[i, p] - x[col[i, j], p]) ** 2`` summed in coordinate order: ``[M, k]``."""
-    return _column_distances(y, x.t().contiguous(), col)
+    return column_distances(y, x.t().contiguous(), col)
 
 
 def reference_columns(x: Tensor) -> Tensor:
@@ -94,8 +95,9 @@ def reference_columns(x: Tensor) -> Tensor:
     return torch.empty(x.size(1), x.size(0), dtype=torch.float64, device=x.device).copy_(x.t())
 
 
-def _column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
-    """:func:`pair_distances` with ``x`` given coordinate-major, ``columns: [D, N]``."""
+def column_distances(y: Tensor, columns: Tensor, col: Tensor) -> Tensor:
+    """:func:`pair_distances` with ``x`` given coordinate-major, ``columns: [D, N]`` (a column of
+    ``inf`` gives ``inf``: a sentinel for padding)."""
     dist = None
     flat = col.reshape(-1)
     for p, axis in enumerate(columns):
@@ -116,7 +118,7 @@ def rank_by_distance(index: Tensor, dist: Tensor, k: int, num_points: int) -> Tu
     only in those bits come out of order are sorted again by index, then stably by distance.
     """
     bits = max(1, int(num_points).bit_length())
-    key = dist.view(torch.int64).bitwise_right_shift(bits).bitwise_left_shift_(bits).add_(index)  # inf - 1: last
+    key = dist.view(torch.int64).bitwise_and(-(1 << bits)).add_(index)  # low bits cleared; inf - 1: last
     order = key.sort(dim=1).indices
     dist_sorted = dist.gather(1, order)
     top = index.gather(1, order[:, :k])
@@ -175,10 +177,24 @@ def refine_rows(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """:func:`refine` in one piece, with ``x`` as float64 coordinate-major ``columns: [D, N]``
     and ``y`` float64 (callers keep the rows at most :data:`REFINE_ROWS`)."""
-    dim = columns.size(0)
-    d64 = _column_distances(y, columns, index.clamp(min=0))
-    d64.masked_fill_(index < 0, float("inf"))
-    index, d64 = rank_by_distance(index, d64, k, columns.size(1))
+    d64 = column_distances(y, columns, index.clamp(min=0)).masked_fill_(index < 0, math.inf)
+    return rank_and_prove(index, d64, dist_work, k, complete, region, columns.size(1), columns.size(0))
+
+
+def rank_and_prove(
+    index: Tensor,
+    d64: Tensor,
+    dist_work: Tensor,
+    k: int,
+    complete: Tensor,
+    region: Optional[Tensor],
+    num_points: int,
+    dim: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`refine` once the candidates' float64 reference distances are known: ranks ``index``
+    (below ``num_points``, ``-1`` padding) by (``d64: [M, c]``, ``inf`` at padding; index) and
+    proves the first ``k`` from the working distances ``dist_work`` of points of ``dim`` coordinates."""
+    index, d64 = rank_by_distance(index, d64, k, num_points)
     delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
     gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
     tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute

@@ -33,7 +33,7 @@ from .._checks import (
 from . import cells
 from .backend import torch_cluster_module
 from .batch import batch_counts
-from .exact import REFINE_EXTRA, pair_distances, reference_columns, refine, working_dtype
+from .exact import REFINE_EXTRA, pair_distances, refine, working_dtype
 from .search import DEFAULT_CHUNK_ENTRIES, search
 
 __all__ = ["DEFAULT_CHUNK_ENTRIES", "knn", "knn_padded", "knn_dense", "knn_graph", "nearest"]
@@ -339,17 +339,14 @@ def _cell_search(
     k-th distance the first pass found."""
     wide = k + REFINE_EXTRA
     grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
-    columns = reference_columns(x)
     index, dist = out
     proven = torch.empty(y.size(0), dtype=torch.bool, device=y.device)
-    cells.cell_search(grid, columns, y, k, wide, batch_y, max_chunk_entries, (index, dist, proven))
+    cells.cell_search(grid, y, k, wide, batch_y, max_chunk_entries, (index, dist, proven))
     rows = (~proven).nonzero()[:, 0]
     if rows.numel():
         kth = dist[rows, -1]  # an upper bound on the k-th neighbour distance
         again = (index.new_empty(rows.numel(), k), dist.new_empty(rows.numel(), dist.size(1)), proven[rows])
-        cells.cell_search(
-            grid, columns, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, again, kth=kth
-        )
+        cells.cell_search(grid, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, again, kth=kth)
         index[rows], dist[rows], proven[rows] = again
     return proven
 
