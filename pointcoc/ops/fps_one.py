@@ -1,0 +1,98 @@
+"""Farthest point sampling of one sample on the CPU, each pick updating only the run of points it can reach.
+
+The points keep their order and are cut into segments of ``width`` consecutive points. A pick
+``c`` whose value is ``M`` (its squared distance to the earlier picks: the current maximum) can
+lower only the values of points closer to it than ``M``, all within ``sqrt(M)`` of ``c`` along
+every coordinate. Along each coordinate, the running max of the segments' upper bounds (from the
+first segment on) and the running min of their lower bounds (from the last segment back) are
+sorted, so a binary search gives the first and the last segment that can hold such a point, and
+only the run of segments between them is updated. Where the points come in a spatially coherent
+order (the pixels of an image, a sorted scan) the run is a few segments and a pick costs a few
+small tensor operations instead of passes over every point; in random order the run is the
+whole sample, as in the dense loop.
+
+Exact: the picks are those of the dense loop of :mod:`pointcoc.ops.fps` (the same float64
+values, ties to the lowest index). A point whose computed distance to ``c`` is below ``M`` has
+``|x_p - c_p| < sqrt(M) * (1 + 2**-40) + 2**-510`` along every coordinate: the computed
+distance is at least the computed square of each coordinate difference, the relative margin
+covers the roundings of the difference, the square and the square root, and the absolute one
+differences whose square underflows. The bounds ``c_p -/+ radius`` are rounded monotonically, so
+no point that can change lies outside the run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .squares import squared_difference, sum_of_rows
+
+__all__ = ["fps_one_sample"]
+
+_RELATIVE_MARGIN = 1.0 + 2.0**-40
+_ABSOLUTE_MARGIN = 2.0**-510
+
+
+def fps_one_sample(pos: Tensor, picks: int, start: int) -> Tensor:
+    """FPS of one sample ``pos: [n, P]`` (float64, CPU) from point ``start``: ``[picks]`` indices
+    in selection order; the same picks as :func:`pointcoc.ops.fps` (see the module docstring)."""
+    with torch.inference_mode():  # cheaper views and small operations; nothing leaves as a tensor
+        chosen = _sample(pos, picks, start) if picks else []
+    return torch.tensor(chosen, dtype=torch.long, device=pos.device)
+
+
+def _sample(pos: Tensor, picks: int, start: int) -> List[int]:
+    n, num_coords = pos.shape
+    width = max(1, math.isqrt(n))  # points per segment
+    segments = -(-n // width)
+    coords = pos[-1:].t().repeat(1, segments * width)  # padding repeats the last point: same bounds
+    coords[:, :n] = pos.t()
+    mindist = torch.full((segments * width,), math.inf, dtype=pos.dtype, device=pos.device)
+    mindist[n:] = -1.0  # padding never wins
+    segment_rows = mindist.view(segments, width)
+    segment_max = segment_rows.amax(1)
+    highs, lows = _reach_tables(coords.view(num_coords, segments, width))
+    points = pos.tolist()
+    chosen, pick, value = [start], start, math.inf
+    for _ in range(1, picks):
+        first, end = _run(points[pick], value, highs, lows)
+        if first < end:
+            run = slice(first * width, end * width)
+            centre = coords[:, pick : pick + 1]
+            _update(coords[:, run], centre, mindist[run], segment_rows[first:end], segment_max[first:end])
+        segment = int(segment_max.argmax())  # the first segment holding the max, its first max
+        pick, value = segment * width + int(segment_rows[segment].argmax()), float(segment_max[segment])
+        chosen.append(pick)
+    return chosen
+
+
+def _reach_tables(boxes: Tensor) -> Tuple[List[List[float]], List[List[float]]]:
+    """Per coordinate of ``boxes: [P, S, width]``: the running max of the segments' highs from the
+    first segment, and the running min of their lows from the last one (both non-decreasing)."""
+    highs = boxes.amax(-1).cummax(1).values
+    lows = boxes.amin(-1).flip(1).cummin(1).values.flip(1)
+    return highs.tolist(), lows.tolist()
+
+
+def _run(centre: Sequence[float], value: float, highs: List[List[float]], lows: List[List[float]]) -> Tuple[int, int]:
+    """Segments ``first .. end - 1`` hold every point within ``radius`` of ``centre`` along every
+    coordinate, ``radius`` covering the squared distance ``value`` (see the module docstring)."""
+    radius = math.sqrt(max(value, 0.0)) * _RELATIVE_MARGIN + _ABSOLUTE_MARGIN
+    first, end = 0, len(highs[0])
+    for c, high, low in zip(centre, highs, lows):
+        first = max(first, bisect.bisect_left(high, c - radius))
+        end = min(end, bisect.bisect_right(low, c + radius))
+    return first, end
+
+
+def _update(block: Tensor, centre: Tensor, mindist: Tensor, segment_rows: Tensor, segment_max: Tensor) -> None:
+    """Lower ``mindist`` of the points ``block: [P, L]`` to their distance to ``centre: [P, 1]``
+    and refresh the max of their segments (``segment_rows: [s, width]`` -> ``segment_max: [s]``)."""
+    squares = squared_difference(block, centre.expand_as(block))
+    dist = squares[0] if squares.size(0) == 1 else sum_of_rows(squares.unbind(0))
+    torch.minimum(mindist, dist, out=mindist)
+    torch.amax(segment_rows, 1, out=segment_max)
