@@ -172,6 +172,15 @@ def test_fps_skips_empty_samples(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_fps_batch_size_with_trailing_empty_samples(device):
+    pos, batch = ragged([4, 3], dim=3, device=device)
+    out = fps(pos, batch, ratio=0.5, random_start=False, batch_size=4)  # samples 2 and 3 are empty
+    assert out.tolist() == fps_oracle(pos.cpu().numpy(), [4, 3], [2, 2])
+    one = fps(pos[:4], torch.zeros(4, dtype=torch.long, device=device), ratio=0.5, random_start=False, batch_size=2)
+    assert one.tolist() == fps_oracle(pos[:4].cpu().numpy(), [4], [2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fps_random_start_is_fps_from_the_drawn_start(device):
     sizes = [6, 11, 1, 8]
     pos, batch = ragged(sizes, device=device, seed=3)

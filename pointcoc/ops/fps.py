@@ -19,7 +19,7 @@ from .batch import batch_counts
 from .exact import working_dtype
 from .fps_one import fps_one_sample
 from .sampling import per_sample_count
-from .squares import squared_difference, sum_of_rows
+from .squares import squared_difference
 
 __all__ = ["fps"]
 
@@ -183,16 +183,15 @@ def _full_loop(padded: _Padded, chosen: Tensor) -> None:
     coords_flat = coords.view(num_coords, num_samples * n)
     segment_offsets = torch.arange(num_samples, device=coords.device) * padded.segments
     centre = coords.new_empty(num_coords, num_samples)
-    centre_full = centre.unsqueeze(-1).expand(num_coords, num_samples, n)  # [P, B, n] view
-    squares = torch.empty_like(coords)
-    square_rows = squares.unbind(0)
-    dist = square_rows[0] if num_coords == 1 else torch.empty_like(mindist)
+    centre_rows = centre.unsqueeze(-1).expand(num_coords, num_samples, n).unbind(0)  # [B, n] views
+    coord_rows = coords.unbind(0)
+    dist, square = torch.empty_like(mindist), torch.empty_like(mindist)
     rows = chosen.unbind(0)
     for it in range(1, len(rows)):
         torch.index_select(coords_flat, 1, rows[it - 1], out=centre)
-        squared_difference(coords, centre_full, out=squares)
-        if num_coords > 1:  # sum over coordinates in order, as a brute-force loop does
-            sum_of_rows(square_rows, out=dist)
+        squared_difference(coord_rows[0], centre_rows[0], out=dist)
+        for coord, centre_row in zip(coord_rows[1:], centre_rows[1:]):  # summed in coordinate order
+            dist.add_(squared_difference(coord, centre_row, out=square))
         torch.minimum(mindist, dist, out=mindist)
         torch.amax(padded.split, -1, out=padded.segment_max)
         _pick(padded, segment_offsets, out=rows[it])
