@@ -224,9 +224,17 @@ def test_fps_one_sample_hand_built_ties():
     # then every value is 0 and the lowest index, 0, is picked again
     pos = torch.tensor([[0.0], [10.0], [5.0], [5.0], [0.0], [10.0]])
     assert fps(pos, ratio=1.0, random_start=False).tolist() == [0, 1, 2, 0, 0, 0]
+    assert fps_one_module.OneSample(pos.double()).sample(6, 0).tolist() == [0, 1, 2, 0, 0, 0]
     # a 4 x 4 grid in raster order (segments of 4 points, each a row): corner, opposite corner,
     # then the lowest index among the points at squared distance 9 from both: 3
     assert fps(pixel_grid(4, 4), num_points=3, random_start=False).tolist() == [0, 15, 3]
+    assert fps_one_module.OneSample(pixel_grid(4, 4).double()).sample(3, 0).tolist() == [0, 15, 3]
+
+
+def test_fps_one_sample_runs_are_short_in_coherent_order_only():
+    grid = pixel_grid(30, 30).double()
+    assert fps_one_module.OneSample(grid).runs_are_short()
+    assert not fps_one_module.OneSample(grid[torch.randperm(900)]).runs_are_short()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
@@ -257,7 +265,7 @@ def test_fps_one_sample_equals_batched_loop_at_extreme_scales(scale):
     g = torch.Generator().manual_seed(3)
     pos = torch.cat([torch.randint(0, 9, (500, 2), generator=g).double(), torch.rand(500, 2, generator=g)]) * scale
     pos = pos[torch.argsort(pos[:, 0], stable=True)]  # coherent order: short runs
-    alone = fps(pos, ratio=0.5, random_start=False)
+    alone = fps_one_module.OneSample(pos).sample(500, 0)
     twice = fps(torch.cat([pos, pos]), torch.arange(2).repeat_interleave(len(pos)), ratio=0.5, random_start=False)
     assert alone.tolist() == twice[: len(alone)].tolist() == fps_oracle(pos.numpy(), [len(pos)], [len(alone)])
 

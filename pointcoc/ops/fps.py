@@ -1,8 +1,10 @@
 """Farthest point sampling on ragged batches.
 
-All samples run together: the batch is padded to ``[B, n_max, P]`` and the loop
+All samples run together: the batch is padded to ``[P, B, n_max]`` and the loop
 runs over FPS iterations only (as many as the largest per-sample pick count);
-each iteration is a handful of tensor operations on ``[B, n_max]``.
+each iteration is a handful of tensor operations on ``[B, n_max]``. One sample on the
+CPU whose points come in a coherent order (an image's pixels) instead updates at each
+pick only the run of points the pick can reach (:mod:`pointcoc.ops.fps_one`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from .._checks import batch_or_ptr, check_batch, check_bool, check_k, check_posi
 from .backend import torch_cluster_module
 from .batch import batch_counts
 from .exact import working_dtype
-from .fps_one import fps_one_sample
+from .fps_one import OneSample
 from .sampling import per_sample_count
 from .squares import squared_difference
 
@@ -80,10 +82,17 @@ def fps(
     if cluster is not None and generator is None and num_points is None and not isinstance(ratio, Tensor):
         if _cluster_counts_match(counts, picks, ratio, pos):
             return cluster.fps(pos, batch, ratio, random_start)
-    start = _start_slots(counts, random_start, generator)
+    return _fps_pure(pos.double(), batch, counts, picks, _start_slots(counts, random_start, generator))
+
+
+def _fps_pure(pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, start: Tensor) -> Tensor:
+    """The pure-PyTorch picks (``pos`` float64): one sample on the CPU whose points come in a
+    coherent order updates only the run each pick reaches; everything else runs the padded loop."""
     if counts.numel() == 1 and pos.device.type == "cpu":
-        return fps_one_sample(pos.double(), int(picks[0]), int(start[0]))
-    return _fps_dense(pos.double(), batch, counts, picks, start)
+        one = OneSample(pos)
+        if one.runs_are_short():
+            return one.sample(int(picks[0]), int(start[0]))
+    return _fps_dense(pos, batch, counts, picks, start)
 
 
 def _checked_batch(pos: Tensor, batch: Optional[Tensor], ptr: Optional[Tensor], batch_size: Optional[int]):

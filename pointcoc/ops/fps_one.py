@@ -8,8 +8,8 @@ first segment on) and the running min of their lower bounds (from the last segme
 sorted, so a binary search gives the first and the last segment that can hold such a point, and
 only the run of segments between them is updated. Where the points come in a spatially coherent
 order (the pixels of an image, a sorted scan) the run is a few segments and a pick costs a few
-small tensor operations instead of passes over every point; in random order the run is the
-whole sample, as in the dense loop.
+small tensor operations instead of passes over every point; :meth:`OneSample.runs_are_short`
+tells (in random order every run is the whole sample: the padded loop is then as fast).
 
 Exact: the picks are those of the dense loop of :mod:`pointcoc.ops.fps` (the same float64
 values, ties to the lowest index). A point whose computed distance to ``c`` is below ``M`` has
@@ -31,51 +31,70 @@ from torch import Tensor
 
 from .squares import squared_difference, sum_of_rows
 
-__all__ = ["fps_one_sample"]
+__all__ = ["RUNS_MAX_FRACTION", "OneSample"]
+
+RUNS_MAX_FRACTION = 0.25
+"""Runs pay where, with a zero radius, the run of a segment's first point spans on average less
+than this fraction of the segments (in random order it spans them all)."""
 
 _RELATIVE_MARGIN = 1.0 + 2.0**-40
 _ABSOLUTE_MARGIN = 2.0**-510
 
 
-def fps_one_sample(pos: Tensor, picks: int, start: int) -> Tensor:
-    """FPS of one sample ``pos: [n, P]`` (float64, CPU) from point ``start``: ``[picks]`` indices
-    in selection order; the same picks as :func:`pointcoc.ops.fps` (see the module docstring)."""
-    with torch.inference_mode():  # cheaper views and small operations; nothing leaves as a tensor
-        chosen = _sample(pos, picks, start) if picks else []
-    return torch.tensor(chosen, dtype=torch.long, device=pos.device)
+class OneSample:
+    """One sample ``pos: [n, P]`` (float64, CPU) in segments of ``width`` consecutive points.
 
+    ``coords: [P, S * width]`` (padding repeats the last point: the segments' bounds are those of
+    their points), ``highs`` / ``lows: [P, S]``: per coordinate, the running max of the segments'
+    highs from the first segment and the running min of their lows from the last one (both
+    non-decreasing, so binary searches find runs).
+    """
 
-def _sample(pos: Tensor, picks: int, start: int) -> List[int]:
-    n, num_coords = pos.shape
-    width = max(1, math.isqrt(n))  # points per segment
-    segments = -(-n // width)
-    coords = pos[-1:].t().repeat(1, segments * width)  # padding repeats the last point: same bounds
-    coords[:, :n] = pos.t()
-    mindist = torch.full((segments * width,), math.inf, dtype=pos.dtype, device=pos.device)
-    mindist[n:] = -1.0  # padding never wins
-    segment_rows = mindist.view(segments, width)
-    segment_max = segment_rows.amax(1)
-    highs, lows = _reach_tables(coords.view(num_coords, segments, width))
-    points = pos.tolist()
-    chosen, pick, value = [start], start, math.inf
-    for _ in range(1, picks):
-        first, end = _run(points[pick], value, highs, lows)
-        if first < end:
-            run = slice(first * width, end * width)
-            centre = coords[:, pick : pick + 1]
-            _update(coords[:, run], centre, mindist[run], segment_rows[first:end], segment_max[first:end])
-        segment = int(segment_max.argmax())  # the first segment holding the max, its first max
-        pick, value = segment * width + int(segment_rows[segment].argmax()), float(segment_max[segment])
-        chosen.append(pick)
-    return chosen
+    @torch.no_grad()
+    def __init__(self, pos: Tensor) -> None:
+        self.size, num_coords = pos.shape
+        self.width = max(1, math.isqrt(self.size))
+        self.segments = -(-self.size // self.width)
+        self.coords = pos[-1:].t().repeat(1, self.segments * self.width)
+        self.coords[:, : self.size] = pos.t()
+        boxes = self.coords.view(num_coords, self.segments, self.width)
+        self.highs = boxes.amax(-1).cummax(1).values
+        self.lows = boxes.amin(-1).flip(1).cummin(1).values.flip(1)
 
+    @torch.no_grad()
+    def runs_are_short(self) -> bool:
+        """True where the points come in a coherent order: see :data:`RUNS_MAX_FRACTION`."""
+        firsts = self.coords[:, :: self.width].contiguous()  # [P, S] first point of every segment
+        first = torch.searchsorted(self.highs, firsts).amax(0)
+        end = torch.searchsorted(self.lows, firsts, right=True).amin(0)
+        return bool((end - first).double().mean() < RUNS_MAX_FRACTION * self.segments)
 
-def _reach_tables(boxes: Tensor) -> Tuple[List[List[float]], List[List[float]]]:
-    """Per coordinate of ``boxes: [P, S, width]``: the running max of the segments' highs from the
-    first segment, and the running min of their lows from the last one (both non-decreasing)."""
-    highs = boxes.amax(-1).cummax(1).values
-    lows = boxes.amin(-1).flip(1).cummin(1).values.flip(1)
-    return highs.tolist(), lows.tolist()
+    def sample(self, picks: int, start: int) -> Tensor:
+        """``[picks]`` indices in selection order from point ``start``: the picks of
+        :func:`pointcoc.ops.fps` (see the module docstring)."""
+        with torch.inference_mode():  # cheaper views and small operations; nothing leaves as a tensor
+            chosen = self._picks(picks, start) if picks else []
+        return torch.tensor(chosen, dtype=torch.long, device=self.coords.device)
+
+    def _picks(self, picks: int, start: int) -> List[int]:
+        coords, width = self.coords, self.width
+        mindist = torch.full((self.segments * width,), math.inf, dtype=coords.dtype, device=coords.device)
+        mindist[self.size :] = -1.0  # padding never wins
+        segment_rows = mindist.view(self.segments, width)
+        segment_max = segment_rows.amax(1)
+        highs, lows = self.highs.tolist(), self.lows.tolist()
+        points = coords.t().tolist()
+        chosen, pick, value = [start], start, math.inf
+        for _ in range(1, picks):
+            first, end = _run(points[pick], value, highs, lows)
+            if first < end:
+                run = slice(first * width, end * width)
+                centre = coords[:, pick : pick + 1]
+                _update(coords[:, run], centre, mindist[run], segment_rows[first:end], segment_max[first:end])
+            segment = int(segment_max.argmax())  # the first segment holding the max, its first max
+            pick, value = segment * width + int(segment_rows[segment].argmax()), float(segment_max[segment])
+            chosen.append(pick)
+        return chosen
 
 
 def _run(centre: Sequence[float], value: float, highs: List[List[float]], lows: List[List[float]]) -> Tuple[int, int]:
