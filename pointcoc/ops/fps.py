@@ -168,12 +168,13 @@ def _fps_dense(pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, start:
     (the first segment holding the overall max, then the first max inside it): the lowest slot
     on ties, as one argmax, but the full-size pass is a plain ``amax``, much cheaper.
     """
-    padded = _Padded(pos, batch, counts)
+    with torch.inference_mode():  # cheaper views and small operations; only ``chosen`` is kept
+        padded = _Padded(pos, batch, counts)
     num_samples, n = counts.numel(), padded.mindist.size(1)
     offsets = torch.arange(num_samples, device=pos.device) * n  # [B] flat offset of each sample's slot 0
     chosen = torch.empty(int(picks.max()), num_samples, dtype=torch.long, device=pos.device)  # flat slots
     torch.add(start, offsets, out=chosen[0])
-    with torch.inference_mode():  # cheaper views and small operations; only ``chosen`` is kept
+    with torch.inference_mode():
         _full_loop(padded, chosen)
     return _to_global(chosen - offsets, counts, picks)  # flat slot -> slot in sample -> global
 

@@ -50,7 +50,7 @@ class OneSample:
     non-decreasing, so binary searches find runs).
     """
 
-    @torch.no_grad()
+    @torch.inference_mode()  # inference tensors: views of them in the pick loop are cheaper
     def __init__(self, pos: Tensor) -> None:
         self.size, num_coords = pos.shape
         self.width = max(1, math.isqrt(self.size))
