@@ -10,7 +10,7 @@ pick only the run of points the pick can reach (:mod:`pointcoc.ops.fps_one`).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -69,9 +69,9 @@ def fps(
     sample, same per-sample counts); it computes in the dtype of ``pos`` and may resolve
     near-ties differently. Its CPU kernel is not used.
 
-    Otherwise one sample on the CPU updates at each pick only the run of consecutive points the
-    pick can reach (:mod:`pointcoc.ops.fps_one`: a few small operations per pick where points come
-    in a coherent order, e.g. an image's pixels); batches run one padded loop. Both are exact.
+    Otherwise one sample on the CPU whose points come in a coherent order (an image's pixels)
+    updates at each pick only the run of points the pick can reach (:mod:`pointcoc.ops.fps_one`);
+    everything else runs one padded loop. Both give the exact picks.
     """
     pos = check_positions(pos, "pos").detach()
     batch, counts = _checked_batch(pos, batch, ptr, batch_size)
@@ -95,7 +95,9 @@ def _fps_pure(pos: Tensor, batch: Tensor, counts: Tensor, picks: Tensor, start: 
     return _fps_dense(pos, batch, counts, picks, start)
 
 
-def _checked_batch(pos: Tensor, batch: Optional[Tensor], ptr: Optional[Tensor], batch_size: Optional[int]):
+def _checked_batch(
+    pos: Tensor, batch: Optional[Tensor], ptr: Optional[Tensor], batch_size: Optional[int]
+) -> Tuple[Tensor, Tensor]:
     """Validated sample ids ``[N]`` and points per sample ``[B]`` (``B`` from ``batch_size`` if given)."""
     batch = batch_or_ptr(batch, ptr, pos.size(0), pos.device, "batch", "ptr")
     batch, num_samples = check_batch(batch, pos.size(0), pos.device, "batch")
