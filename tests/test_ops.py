@@ -34,6 +34,7 @@ from tests.helpers import DEVICES
 knn_module = importlib.import_module("pointcoc.ops.knn")  # the module (pointcoc.ops.knn is the function)
 search_module = importlib.import_module("pointcoc.ops.search")
 cells_module = importlib.import_module("pointcoc.ops.cells")
+fps_one_module = importlib.import_module("pointcoc.ops.fps_one")
 
 
 @pytest.fixture(autouse=True)
@@ -171,6 +172,15 @@ def test_fps_skips_empty_samples(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_fps_batch_size_with_trailing_empty_samples(device):
+    pos, batch = ragged([4, 3], dim=3, device=device)
+    out = fps(pos, batch, ratio=0.5, random_start=False, batch_size=4)  # samples 2 and 3 are empty
+    assert out.tolist() == fps_oracle(pos.cpu().numpy(), [4, 3], [2, 2])
+    one = fps(pos[:4], torch.zeros(4, dtype=torch.long, device=device), ratio=0.5, random_start=False, batch_size=2)
+    assert one.tolist() == fps_oracle(pos[:4].cpu().numpy(), [4], [2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fps_random_start_is_fps_from_the_drawn_start(device):
     sizes = [6, 11, 1, 8]
     pos, batch = ragged(sizes, device=device, seed=3)
@@ -207,6 +217,57 @@ def test_fps_ragged_batch_equals_samples_alone(sizes, ratio, seed):
         alone += (fps(pos[offset : offset + n], ratio=ratio, random_start=False) + offset).tolist()
         offset += n
     assert together.tolist() == alone
+
+
+def test_fps_one_sample_hand_built_ties():
+    # start 0 (x=0): values 0,100,25,25,0,100 -> 1 (lowest of the tied 100s), then 2 (lowest 25),
+    # then every value is 0 and the lowest index, 0, is picked again
+    pos = torch.tensor([[0.0], [10.0], [5.0], [5.0], [0.0], [10.0]])
+    assert fps(pos, ratio=1.0, random_start=False).tolist() == [0, 1, 2, 0, 0, 0]
+    assert fps_one_module.OneSample(pos.double()).sample(6, 0).tolist() == [0, 1, 2, 0, 0, 0]
+    # a 4 x 4 grid in raster order (segments of 4 points, each a row): corner, opposite corner,
+    # then the lowest index among the points at squared distance 9 from both: 3
+    assert fps(pixel_grid(4, 4), num_points=3, random_start=False).tolist() == [0, 15, 3]
+    assert fps_one_module.OneSample(pixel_grid(4, 4).double()).sample(3, 0).tolist() == [0, 15, 3]
+
+
+def test_fps_one_sample_runs_are_short_in_coherent_order_only():
+    grid = pixel_grid(30, 30).double()
+    assert fps_one_module.OneSample(grid).runs_are_short()
+    assert not fps_one_module.OneSample(grid[torch.randperm(900)]).runs_are_short()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(40, 40), (9, 7, 12)])
+def test_fps_one_sample_in_raster_order_matches_oracle(dtype, shape, monkeypatch):
+    """One sample on the CPU updates only the run each pick reaches: the oracle's picks, ties included."""
+    axes = torch.meshgrid(*[torch.arange(side) for side in shape], indexing="ij")
+    pos = (torch.stack([a.reshape(-1) for a in axes], 1) / 7).to(dtype)
+    n = pos.size(0)
+    updated, update = [], fps_one_module._update
+
+    def counted(block, *rest):
+        updated.append(block.size(1))
+        update(block, *rest)
+
+    monkeypatch.setattr(fps_one_module, "_update", counted)
+    out = fps(pos, ratio=0.5, random_start=False)
+    assert out.tolist() == fps_oracle(pos.double().numpy(), [n], [math.ceil(n / 2)])
+    assert sum(updated) < n * len(updated) / 2  # the runs are short: most points are skipped
+    start = fps(pos, num_points=1, generator=torch.Generator().manual_seed(5))
+    out = fps(pos, num_points=300, generator=torch.Generator().manual_seed(5))
+    assert out.tolist() == fps_oracle(pos.double().numpy(), [n], [300], [int(start)])
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e150])
+def test_fps_one_sample_equals_batched_loop_at_extreme_scales(scale):
+    """Squares that underflow (1e-160 ** 2) or are huge: the one-sample run and the batched loop agree."""
+    g = torch.Generator().manual_seed(3)
+    pos = torch.cat([torch.randint(0, 9, (500, 2), generator=g).double(), torch.rand(500, 2, generator=g)]) * scale
+    pos = pos[torch.argsort(pos[:, 0], stable=True)]  # coherent order: short runs
+    alone = fps_one_module.OneSample(pos).sample(500, 0)
+    twice = fps(torch.cat([pos, pos]), torch.arange(2).repeat_interleave(len(pos)), ratio=0.5, random_start=False)
+    assert alone.tolist() == twice[: len(alone)].tolist() == fps_oracle(pos.numpy(), [len(pos)], [len(alone)])
 
 
 def test_fps_ignores_gradients():
