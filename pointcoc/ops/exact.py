@@ -18,7 +18,9 @@ recomputes their ``d`` in float64 and re-ranks them; the result is provably the 
 ranking whenever the k-th float64 distance is below what any point outside the candidates
 can have (:func:`refine`). The cell-grid search (:mod:`pointcoc.ops.cells`, 1-3 coordinates)
 compares each query only with the points of a block of cells around it and adds a float64
-lower bound on the distance of every point outside the block to that proof. Queries where it
+lower bound on the distance of every point outside the block to that proof; it skips the
+re-ranking where the working distances of the first k candidates are far enough apart that
+their errors cannot reorder them (:func:`ordered_by_work`). Queries where it
 cannot be proven (near-ties spanning all the candidates, e.g. many duplicate points, or a k-th
 neighbour beyond the block) get a second cell pass with wider blocks and more candidates; the
 few still unproven are searched again entirely in float64.
@@ -46,6 +48,8 @@ __all__ = [
     "refine",
     "refine_rows",
     "rank_and_prove",
+    "prove",
+    "ordered_by_work",
     "column_distances",
     "reference_columns",
 ]
@@ -195,12 +199,50 @@ def rank_and_prove(
     (below ``num_points``, ``-1`` padding) by (``d64: [M, c]``, ``inf`` at padding; index) and
     proves the first ``k`` from the working distances ``dist_work`` of points of ``dim`` coordinates."""
     index, d64 = rank_by_distance(index, d64, k, num_points)
-    delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
-    gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
-    tiny32, tiny64 = (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074  # underflow, absolute
-    outside = (dist_work.amax(1).double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
-    outside = torch.where(complete, math.inf, outside)
+    return index, d64, prove(d64[:, -1], dist_work.amax(1), complete, region, dim)
+
+
+def prove(kth: Tensor, farthest: Tensor, complete: Tensor, region: Optional[Tensor], dim: int) -> Tensor:
+    """``[M]`` True where no point outside the candidates can enter the first k: the k-th float64
+    distance ``kth`` is below the float64 distance of every point of the region whose working
+    distance is at least ``farthest`` (the largest of the candidates'; no such point where
+    ``complete``) and below ``region`` (as in :func:`refine`)."""
+    outside = torch.where(complete, math.inf, _lower_bound(farthest, dim))
     if region is not None:
         outside = torch.minimum(outside, region)
-    proven = (d64[:, -1] < outside) | (outside == math.inf)
-    return index, d64, proven
+    return (kth < outside) | (outside == math.inf)
+
+
+def ordered_by_work(dist_work: Tensor, k: int, dim: int) -> Tensor:
+    """``[M]`` True where candidates sorted by their working distances ``dist_work: [M, c]``
+    (ascending) are provably sorted by the float64 reference distance in their first ``k``, and
+    their first ``k`` are the ``k`` nearest of the candidates.
+
+    Each of the first ``min(k + 1, c)`` working distances ``b`` must exceed ``a * factor + slack``
+    for the one ``a`` before it. Then the lower bound on its reference distance,
+    ``(b - tiny32) / (1 + delta) * (1 - gamma) - tiny64`` (:func:`_lower_bound`), is above the upper
+    bound on the previous one's, ``(a + tiny32) / (1 - delta) * (1 + gamma) + tiny64``: ``factor``
+    is the ratio of the relative terms and ``slack`` exceeds the absolute ones, both rounded up far
+    beyond the rounding of the float64 test. The reference distances are then distinct there, so
+    ties by index play no part.
+    """
+    delta, gamma, tiny32, tiny64 = _error_bounds(dim)
+    factor = (1.0 + delta) * (1.0 + gamma) / ((1.0 - delta) * (1.0 - gamma)) * (1.0 + 2.0**-40)
+    slack = 4.0 * (tiny32 + tiny64)
+    first = dist_work[:, : k + 1].double()
+    return (first[:, 1:] > first[:, :-1] * factor + slack).all(1)
+
+
+def _lower_bound(dist_work: Tensor, dim: int) -> Tensor:
+    """A float64 lower bound on the float64 reference distance of points whose float32 (or
+    float64) working distance is at least ``dist_work`` (``inf`` gives ``inf``)."""
+    delta, gamma, tiny32, tiny64 = _error_bounds(dim)
+    return (dist_work.double() - tiny32) / (1.0 + delta) * (1.0 - gamma) - tiny64
+
+
+def _error_bounds(dim: int) -> Tuple[float, float, float, float]:
+    """Relative error bounds (doubled) of the float32 working and float64 reference squared
+    distances of points of ``dim`` coordinates, and their absolute terms for underflow."""
+    delta = 2.0 * (dim + 2) * 2.0**-24  # float32 search: relative error bound (doubled)
+    gamma = 2.0 * (dim + 2) * 2.0**-53  # float64 reference: relative error bound (doubled)
+    return delta, gamma, (dim + 1) * 2.0**-149, (dim + 1) * 2.0**-1074
