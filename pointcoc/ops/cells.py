@@ -13,6 +13,8 @@ is not the edge of the sample's grid (:func:`region_bound`; cell ids and faces a
 float64 with a margin for their rounding). :func:`pointcoc.ops.exact.rank_and_prove` then accepts a
 query only when its k-th float64 distance is below both ``rho^2`` and the distances of the block
 points it did not keep; the caller searches every other query again (wider blocks, then float64).
+Candidates sorted by their working distances skip the float64 ranking where those distances are
+far enough apart to fix the float64 order (:func:`pointcoc.ops.exact.ordered_by_work`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .batch import batch_ptr
-from .exact import REFINE_ROWS, column_distances, rank_and_prove
+from .exact import REFINE_ROWS, column_distances, ordered_by_work, prove, rank_and_prove
 from .search import chunk_end
 
 __all__ = ["GRID_MAX_DIM", "GRID_MIN_POINTS", "CellGrid", "points_per_cell", "region_bound", "cell_search"]
@@ -47,6 +49,10 @@ BLOCK_REACH = 1
 
 CHUNK_ENTRIES = 2**18
 """At most this many distances per chunk (1 MiB in float32): small temporaries are reused."""
+
+PROBE_ROWS = 512
+"""At most this many queries in the first chunk of :func:`cell_search`, whose near-ties decide
+whether the later chunks sort their candidates by working distance."""
 
 Reach = Union[int, Tensor]  # cells spanned beyond the query's own: one count, or [M, D]
 
@@ -230,7 +236,8 @@ def cell_search(
     out: Tuple[Tensor, Tensor, Tensor],
     reach: int = BLOCK_REACH,
     kth: Optional[Tensor] = None,
-) -> None:
+    presort: bool = True,
+) -> bool:
     """The ``k`` nearest points of each query, from the ``wide`` nearest points of its block of
     ``reach`` cells on each side (see the module docstring); with ``kth`` (``[M]``, an upper bound
     on each query's k-th neighbour distance, e.g. from an earlier pass) one cell more on each
@@ -245,7 +252,10 @@ def cell_search(
     Queries are processed in chunks of similar block size, each one distance matrix and one
     ``topk``; the queries sharing a block are gathered once per chunk. Chunks hold at most
     ``min(max_chunk_entries, CHUNK_ENTRIES)`` distances and ``REFINE_ROWS`` queries, so their
-    temporaries are reused by the allocator rather than paged in afresh.
+    temporaries are reused by the allocator rather than paged in afresh. With ``presort`` the
+    candidates come sorted by working distance (:func:`_rank_and_prove`), the first chunk holding
+    at most ``PROBE_ROWS`` queries, until a chunk finds over half its rows near-tied (lattices,
+    duplicates); returns whether the last chunk still sorted (``presort`` without queries).
     """
     y64 = y.double()
     cell, below, above, group, start, length = _blocks(grid, y64, batch_y, reach, kth)
@@ -257,24 +267,25 @@ def cell_search(
     y_work, y64, group, complete, region = (
         t.index_select(0, order) for t in (y.to(grid.coords.dtype), y64, group, total <= wide, region)
     )
-    index, dist, proven = out
-    num_points, dim = grid.index.numel() - 1, y.size(1)  # the sentinel's position is num_points
+    dist = out[1]
+    num_points = grid.index.numel() - 1  # the sentinel's position
     capacity = min(max_chunk_entries, CHUNK_ENTRIES)
     first = 0
     while first < len(sizes):
-        part = slice(first, min(chunk_end(sizes, first, capacity), first + REFINE_ROWS))
+        most = PROBE_ROWS if presort and not first else REFINE_ROWS
+        part = slice(first, min(chunk_end(sizes, first, capacity), first + most))
         blocks, local = torch.unique_consecutive(group[part], return_inverse=True)
         runs = start.index_select(0, blocks), length.index_select(0, blocks)
         coords, source = _block_points(grid, *runs, sizes[part.stop - 1])  # D x [g, W], [g, W]
-        position, nearest = _nearest_in_block(coords, source, y_work[part], local, wide, num_points)
-        found = grid.index.index_select(0, position.view(-1)).view_as(position)
-        d64 = column_distances(y64[part], grid.reference, position)  # the sentinel's: inf
-        top, d64, ok = rank_and_prove(found, d64, nearest, k, complete[part], region[part], num_points, dim)
-        rows = order[part]
-        index.index_copy_(0, rows, top)
-        dist.index_copy_(0, rows, d64[:, k - dist.size(1) :])
-        proven.index_copy_(0, rows, ok)
+        position, nearest = _nearest_in_block(coords, source, y_work[part], local, wide, num_points, presort)
+        top, d64, ok, ranked = _rank_and_prove(
+            grid, y64[part], position, nearest, k, dist.size(1), complete[part], region[part], presort
+        )
+        presort = presort and 2 * ranked <= top.size(0)
+        for target, value in zip(out, (top, d64, ok)):
+            target.index_copy_(0, order[part], value)
         first = part.stop
+    return presort
 
 
 def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> Tuple[List[Tensor], Tensor]:
@@ -301,23 +312,65 @@ def _block_points(grid: CellGrid, start: Tensor, length: Tensor, width: int) -> 
 
 
 def _nearest_in_block(
-    coords: List[Tensor], source: Tensor, y: Tensor, group: Tensor, wide: int, sentinel: int
+    coords: List[Tensor], source: Tensor, y: Tensor, group: Tensor, wide: int, sentinel: int, nearest_first: bool
 ) -> Tuple[Tensor, Tensor]:
     """The ``wide`` nearest points to ``y: [m, D]`` among the points of the blocks ``group: [m]``
     (``coords``, ``source`` from :func:`_block_points`): their sorted positions ``[m, wide]``
-    (``sentinel`` as padding) and working distances ``[m, wide]``."""
+    (``sentinel`` as padding) and working distances ``[m, wide]``, in any order, or with
+    ``nearest_first`` sorted by working distance (ties in any order)."""
     m, width = y.size(0), source.size(1)
     keep = min(wide, width)
     if keep < wide:  # fewer points than candidates in every block of the chunk: pad
         position = source.new_full((m, wide - keep), sentinel)
         dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
-        found = _nearest_in_block(coords, source, y, group, keep, sentinel) if keep else (position[:, :0], dist[:, :0])
+        found = (
+            _nearest_in_block(coords, source, y, group, keep, sentinel, nearest_first)
+            if keep
+            else (position[:, :0], dist[:, :0])
+        )
         return torch.cat([found[0], position], 1), torch.cat([found[1], dist], 1)
     work = None
     for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
         term = axis.index_select(0, group).sub_(y[:, p, None])
         work = term.square_() if work is None else work.addcmul_(term, term)
     bits = torch.int32 if work.dtype == torch.float32 else torch.int64  # >= +0: bit patterns are monotone
-    nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=False)
+    nearest, chosen = torch.topk(work.view(bits), wide, dim=1, largest=False, sorted=nearest_first)
     position = source.view(-1).index_select(0, chosen.add_(group[:, None] * width).view(-1))
     return position.view(m, wide), nearest.view(work.dtype)
+
+
+def _rank_and_prove(
+    grid: CellGrid,
+    y64: Tensor,
+    position: Tensor,
+    nearest: Tensor,
+    k: int,
+    width: int,
+    complete: Tensor,
+    region: Tensor,
+    nearest_first: bool,
+) -> Tuple[Tensor, Tensor, Tensor, int]:
+    """:func:`pointcoc.ops.exact.rank_and_prove` for the candidates of :func:`_nearest_in_block`:
+    global indices ``[m, k]``, the last ``width`` float64 distances ``[m, width]`` of each row,
+    ``proven [m]`` and how many rows were ranked by float64 distance.
+
+    Candidates ``nearest_first`` need no ranking where :func:`pointcoc.ops.exact.ordered_by_work`
+    proves their working order the float64 order: the first ``k`` are the answer and only their
+    last ``width`` float64 distances are computed. The other rows (near-ties, duplicate points),
+    and every row of candidates in any order, are ranked by float64 distance.
+    """
+    num_points, dim = grid.index.numel() - 1, y64.size(1)
+    found = grid.index.index_select(0, position.view(-1)).view_as(position)
+    if not nearest_first:
+        every = column_distances(y64, grid.reference, position)  # the sentinel's: inf
+        top, every, proven = rank_and_prove(found, every, nearest, k, complete, region, num_points, dim)
+        return top, every[:, k - width :], proven, found.size(0)
+    top = found[:, :k]
+    d64 = column_distances(y64, grid.reference, position[:, k - width : k])  # the sentinel's: inf
+    proven = prove(d64[:, -1], nearest[:, -1], complete, region, dim)
+    rows = (~ordered_by_work(nearest, k, dim)).nonzero()[:, 0]
+    if rows.numel():
+        every = column_distances(y64[rows], grid.reference, position[rows])
+        ranked = rank_and_prove(found[rows], every, nearest[rows], k, complete[rows], region[rows], num_points, dim)
+        top[rows], d64[rows], proven[rows] = ranked[0], ranked[1][:, k - width :], ranked[2]
+    return top, d64, proven, rows.numel()

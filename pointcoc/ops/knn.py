@@ -336,17 +336,19 @@ def _cell_search(
     (as :func:`pointcoc.ops.cells.cell_search`); returns ``proven [M]``. Queries the first pass
     cannot prove (a k-th neighbour beyond the block, or ties spanning the candidates) get a
     second pass with more candidates, their blocks one cell wider on the sides nearer than the
-    k-th distance the first pass found."""
+    k-th distance the first pass found (candidates sorted by working distance only where the first
+    pass still sorted them at its end)."""
     wide = k + REFINE_EXTRA
     grid = cells.CellGrid(x.to(work), batch_x, counts_x, cells.points_per_cell(x.size(1), wide))
     index, dist = out
     proven = torch.empty(y.size(0), dtype=torch.bool, device=y.device)
-    cells.cell_search(grid, y, k, wide, batch_y, max_chunk_entries, (index, dist, proven))
+    presort = cells.cell_search(grid, y, k, wide, batch_y, max_chunk_entries, (index, dist, proven))
     rows = (~proven).nonzero()[:, 0]
     if rows.numel():
         kth = dist[rows, -1]  # an upper bound on the k-th neighbour distance
         again = (index.new_empty(rows.numel(), k), dist.new_empty(rows.numel(), dist.size(1)), proven[rows])
-        cells.cell_search(grid, y[rows], k, WIDE_FACTOR * wide, batch_y[rows], max_chunk_entries, again, kth=kth)
+        wider = WIDE_FACTOR * wide
+        cells.cell_search(grid, y[rows], k, wider, batch_y[rows], max_chunk_entries, again, kth=kth, presort=presort)
         index[rows], dist[rows], proven[rows] = again
     return proven
 
