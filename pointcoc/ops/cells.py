@@ -323,11 +323,9 @@ def _nearest_in_block(
     if keep < wide:  # fewer points than candidates in every block of the chunk: pad
         position = source.new_full((m, wide - keep), sentinel)
         dist = torch.full((m, wide - keep), math.inf, dtype=y.dtype, device=y.device)
-        found = (
-            _nearest_in_block(coords, source, y, group, keep, sentinel, nearest_first)
-            if keep
-            else (position[:, :0], dist[:, :0])
-        )
+        if not keep:
+            return position, dist
+        found = _nearest_in_block(coords, source, y, group, keep, sentinel, nearest_first)
         return torch.cat([found[0], position], 1), torch.cat([found[1], dist], 1)
     work = None
     for p, axis in enumerate(coords):  # padding lanes sit at infinity: their distance is inf
