@@ -24,6 +24,7 @@ from tests.helpers import DEVICES
 from tests.test_ops_exact import DTYPES, brute_knn, cloud, spread_for
 
 cells_module = importlib.import_module("pointcoc.ops.cells")
+exact_module = importlib.import_module("pointcoc.ops.exact")
 
 
 @pytest.fixture(autouse=True)
@@ -172,3 +173,47 @@ def test_grid_far_queries_and_coincident_points(dtype):
     grid = cells_module.CellGrid(x.double(), bx, batch_counts(bx), 10.0)
     last = (grid.cells[1] - 1).tolist()
     assert grid.cell_of(y.double(), by).tolist() == [[0, 0], [0, 0], [0, 0], [last[0], 0]]
+
+
+def test_ordered_by_work_needs_gaps_beyond_the_error_bounds():
+    """Sorted working distances fix the float64 order only where every gap among the first k + 1
+    exceeds the rounding of both arithmetics: ties, gaps of a few float32 ulps and a (k+1)-th
+    candidate too close to the k-th are refused; a gap just above the bound is accepted."""
+    delta, gamma, _, _ = exact_module._error_bounds(3)
+    bound = (1.0 + delta) * (1.0 + gamma) / ((1.0 - delta) * (1.0 - gamma))  # about 1 + 1.2e-6
+    above = torch.tensor(1.0 + 13 * 2.0**-23)  # 1 + 1.55e-6, a float32
+    below = torch.tensor(1.0 + 7 * 2.0**-23)  # 1 + 0.83e-6, a float32
+    assert float(below) < bound < float(above)
+    inf = float("inf")
+    rows = torch.tensor(
+        [
+            [1.0, 2.0, 3.0, 4.0, inf],  # far apart: ordered
+            [1.0, 1.0, 2.0, 3.0, 4.0],  # a tie
+            [0.5, 1.0, float(above), 3.0, 4.0],  # a gap just above the bound
+            [0.5, 1.0, float(below), 3.0, 4.0],  # a gap just below it
+            [0.5, 1.0, 2.0, 2.0, 4.0],  # the (k+1)-th ties the k-th
+            [0.0, 1.0, 2.0, 3.0, 3.0],  # zero first; beyond k + 1 nothing matters
+            [1.0, 2.0, 3.0, inf, inf],  # a block of exactly k points: padding after them
+            [1.0, 2.0, inf, inf, inf],  # fewer than k points
+        ]
+    )
+    ordered = exact_module.ordered_by_work(rows, 3, 3)
+    assert ordered.tolist() == [True, False, True, False, False, True, True, False]
+
+
+def test_grid_knn_sorted_candidates_with_near_ties_equal_brute_force():
+    """Candidates sorted by float32 distance, some of them a few ulps apart (their float32 order
+    may differ from the float64 one): those rows are ranked in float64, the rest keep the float32
+    order; every row equals the float64 brute force."""
+    g = torch.Generator().manual_seed(5)
+    background = torch.rand(700, 2, generator=g)
+    angle = torch.rand(40, generator=g, dtype=torch.float64) * 6.283
+    ring = (0.5 + 0.01 * torch.stack((angle.cos(), angle.sin()), 1)).float()  # 40 points 0.01 from the centre
+    ring = ring + torch.randint(-3, 4, ring.shape, generator=g) * 2.0**-24  # a few float32 ulps off
+    x = torch.cat([background, ring])
+    y = torch.cat([torch.full((5, 2), 0.5), background[:200]])
+    out = knn(x, y, 12)[1].view(-1, 12)
+    zeros = np.zeros(len(x), dtype=np.int64)
+    expected = brute_knn(x.double().numpy(), y.double().numpy(), 12, zeros, zeros[: len(y)])
+    assert len(x) >= cells_module.GRID_MIN_POINTS  # the default settings take the grid
+    assert out.tolist() == expected.tolist()
