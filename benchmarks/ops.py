@@ -23,6 +23,11 @@ warm-up run alone), as wall-clock time and as the process's CPU time (on a
 machine shared with other jobs the CPU time is the steadier figure; with one thread and an idle
 machine the two agree). The table is printed once, at the end.
 
+Rows timed in separate processes drift apart on a noisy machine (15-30% between runs), so
+with torch-cluster installed the two rows it was quoted for are also timed in turn with the
+pure path inside one process (``--alternate`` calls each, default 15): that ratio is the
+steadier comparison.
+
     python benchmarks/ops.py                      # all rows, CPU, one thread
     python benchmarks/ops.py --quick              # one timed run, no baselines (about 1-2 minutes)
     python benchmarks/ops.py --device cuda --threads 8
@@ -35,6 +40,7 @@ import importlib
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -214,11 +220,31 @@ def measure(case: str, operation: str, method: str, device: str, repeats: int, q
     return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3, "peak_mib": peak}
 
 
-def run_child(case: str, operation: str, method: str, args: argparse.Namespace) -> Optional[Dict[str, float]]:
+def alternate(case: str, operation: str, device: str, rounds: int) -> Dict[str, float]:
+    """Median times of the pure path and torch-cluster called in turn, ``rounds`` times each, in
+    this one process: drifts of a shared machine hit both alike, unlike rows timed one after
+    the other in separate processes."""
+    calls = {method: build_call(case, operation, method, device) for method in ("pure", "torch-cluster")}
+    times: Dict[str, List[float]] = {method: [] for method in calls}
+    for method, call in calls.items():  # warm-up
+        call()
+    for _ in range(rounds):
+        for method, call in calls.items():
+            sync(device)
+            start = time.perf_counter()
+            call()
+            sync(device)
+            times[method].append(time.perf_counter() - start)
+    return {method: statistics.median(values) * 1e3 for method, values in times.items()}
+
+
+def run_child(
+    case: str, operation: str, method: str, args: argparse.Namespace, flag: str = "--child"
+) -> Optional[Dict[str, float]]:
     command = [
         sys.executable,
         os.path.abspath(__file__),
-        "--child",
+        flag,
         case,
         operation,
         method,
@@ -226,6 +252,8 @@ def run_child(case: str, operation: str, method: str, args: argparse.Namespace) 
         args.device,
         "--repeats",
         str(args.repeats),
+        "--alternate",
+        str(args.alternate),
     ]
     command += ["--threads", str(args.threads)]
     if args.quick:
@@ -309,6 +337,17 @@ def print_table(rows: List[Dict[str, object]]) -> None:
     )
 
 
+def print_alternation(args: argparse.Namespace) -> None:
+    """The rows torch-cluster was quoted for, timed in turn with the pure path in one process."""
+    print(f"\nalternating in one process, {args.alternate} calls each (median ms):")
+    for case, operation in QUOTED_TORCH_CLUSTER_MS:
+        result = run_child(case, operation, "pure", args, flag="--alternate-child")
+        if result is not None:
+            pure, theirs = result["pure"], result["torch-cluster"]
+            ratio = pure / theirs
+            print(f"  {case:<7} {operation:<12} pure {pure:8.1f}  torch-cluster {theirs:8.1f}  pure/tc {ratio:.2f}x")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -317,13 +356,24 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row (median), default 5")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument(
+        "--alternate",
+        type=int,
+        default=15,
+        help="with torch-cluster: also time its two QUOTED rows in turn with the pure path in one process, "
+        "this many calls each (default 15; 0: off)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("CASE", "OPERATION", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--alternate-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
     torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(measure(*args.child, args.device, args.repeats, args.quick)))
+        return
+    if args.alternate_child:
+        print(json.dumps(alternate(*args.alternate_child[:2], args.device, args.alternate)))
         return
 
     from pointcoc.ops.knn import DEFAULT_CHUNK_ENTRIES
@@ -336,6 +386,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"kNN chunk budget {DEFAULT_CHUNK_ENTRIES} distance entries, repeats {args.repeats}"
     )
     print_table(rows)
+    if cluster and args.alternate > 0 and not args.quick:
+        print_alternation(args)
 
 
 if __name__ == "__main__":
