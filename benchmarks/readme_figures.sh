@@ -7,7 +7,7 @@
 # Parts: map (docs/cluster_map.png), digits (the four-format table), scanobjectnn (seeds 0-2),
 # rgbd (the trained RGB-D run), ops / cluster / pointmlp (the benchmark tables, one thread).
 # Every command's output is also written to outputs/readme_figures/<part>.log; copy the tables
-# from there into the README. Run it alone: other processes on the machine skew the timings.
+# from there into the README (figures) or docs/benchmarks.md (benchmark tables). Run it alone: other processes on the machine skew the timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
