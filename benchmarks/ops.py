@@ -238,16 +238,14 @@ def alternate(case: str, operation: str, device: str, rounds: int) -> Dict[str, 
     return {method: statistics.median(values) * 1e3 for method, values in times.items()}
 
 
-def run_child(
-    case: str, operation: str, method: str, args: argparse.Namespace, flag: str = "--child"
-) -> Optional[Dict[str, float]]:
+def run_child(what: List[str], args: argparse.Namespace, flag: str = "--child") -> Optional[Dict[str, float]]:
+    """Run this script with ``flag`` and ``what`` (case, operation and, for ``--child``, method)
+    in a fresh process; its last output line, parsed as JSON (``None`` if it failed)."""
     command = [
         sys.executable,
         os.path.abspath(__file__),
         flag,
-        case,
-        operation,
-        method,
+        *what,
         "--device",
         args.device,
         "--repeats",
@@ -260,7 +258,7 @@ def run_child(
         command.append("--quick")
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"  {case} {operation} {method} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        print(f"  {' '.join(what)} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -288,7 +286,7 @@ def collect(args: argparse.Namespace, cluster: bool) -> List[Dict[str, object]]:
     for case, operation in OPERATIONS:
         for method in methods_for(operation, cluster, args.quick):
             print(f"  measuring {case} {operation} {method} ...", file=sys.stderr, flush=True)
-            result = run_child(case, operation, method, args)
+            result = run_child([case, operation, method], args)
             if result is not None:
                 rows.append({"case": case, "operation": operation, "method": method, **result})
         quoted = QUOTED_TORCH_CLUSTER_MS.get((case, operation))
@@ -341,7 +339,7 @@ def print_alternation(args: argparse.Namespace) -> None:
     """The rows torch-cluster was quoted for, timed in turn with the pure path in one process."""
     print(f"\nalternating in one process, {args.alternate} calls each (median ms):")
     for case, operation in QUOTED_TORCH_CLUSTER_MS:
-        result = run_child(case, operation, "pure", args, flag="--alternate-child")
+        result = run_child([case, operation], args, flag="--alternate-child")
         if result is not None:
             pure, theirs = result["pure"], result["torch-cluster"]
             ratio = pure / theirs
@@ -364,7 +362,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         "this many calls each (default 15; 0: off)",
     )
     parser.add_argument("--child", nargs=3, metavar=("CASE", "OPERATION", "METHOD"), help=argparse.SUPPRESS)
-    parser.add_argument("--alternate-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--alternate-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
@@ -373,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(measure(*args.child, args.device, args.repeats, args.quick)))
         return
     if args.alternate_child:
-        print(json.dumps(alternate(*args.alternate_child[:2], args.device, args.alternate)))
+        print(json.dumps(alternate(*args.alternate_child, args.device, args.alternate)))
         return
 
     from pointcoc.ops.knn import DEFAULT_CHUNK_ENTRIES
