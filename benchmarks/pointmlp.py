@@ -1,4 +1,5 @@
-"""Training throughput and peak memory of PointMLP / PointMLP-elite / PointMLP-CoC, eager and compiled.
+"""Training throughput and peak memory of PointMLP / PointMLP-elite / PointMLP-CoC, eager and compiled,
+side by side with the released-layout reference models.
 
 Every row runs in a fresh subprocess so that its peak memory is its own: CPU peak =
 the whole process's peak resident set size (``ru_maxrss``: Python and torch included,
@@ -7,11 +8,14 @@ A step is forward + cross-entropy + backward + SGD (momentum 0.9) on random clou
 ``--points`` points with random FPS starts (the training setting). The first
 ``--warmup`` steps are not timed (for compiled rows they include the compilation).
 
-The reference figures are QUOTED, not measured by this script: the published
-reference code run side by side on this project's 2-core CPU machine kind (issue 13).
-Every other figure in the table is measured by the run that prints it.
+Two baselines:
+- MEASURED: :class:`pointcoc.reference.pointmlp.ReferencePointMLP` (the released layout: explicit
+  ``[B, S, k, 2C]`` groups, ``Conv1d`` layers, ``cdist`` + ``topk``, a plain FPS loop), run in its
+  own subprocess right before each eager pointcoc row, with the same threads, batch and steps;
+- QUOTED: the published reference code run on this project's 2-core CPU machine kind (issue 13),
+  batch 4, its thread count not recorded (see the footer).
 
-    python benchmarks/pointmlp.py --quick               # pointmlp + pointmlp_coc, batch 4, eager (< 2 min)
+    python benchmarks/pointmlp.py --quick               # pointmlp + pointmlp_coc, batch 4, eager (< 4 min)
     python benchmarks/pointmlp.py                       # all models, batch 4 and 8, eager + compiled at batch 4
     python benchmarks/pointmlp.py --models pointmlp_coc --batch-sizes 4 --compile both
 """
@@ -23,7 +27,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -49,14 +53,24 @@ REFERENCE = {"pointmlp": (4.0, 2.5), "pointmlp_coc": (6.5, 3.95)}
 TARGETS = {"pointmlp": (0.8, 0.7), "pointmlp_coc": (0.6, 0.7)}
 
 
-def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, steps: int, compiled: bool) -> Dict:
+def _build(model_name: str, implementation: str, points: int):
+    """The pointcoc model (random FPS starts: the training setting) or the released-layout reference."""
+    import pointcoc as pc
+    from pointcoc.reference.pointmlp import ReferencePointMLP
+
+    if implementation == "reference":
+        return ReferencePointMLP(model_name, num_classes=15, points=points)
+    return pc.create_model(model_name, num_classes=15, points=points, fps_random_start=True)
+
+
+def run_one(
+    model_name: str, batch: int, points: int, device: str, warmup: int, steps: int, compiled: bool, implementation: str
+) -> Dict:
     """Train ``warmup`` + ``steps`` steps in this process; return the measurements."""
     import torch
 
-    import pointcoc as pc
-
     torch.manual_seed(0)
-    model = pc.create_model(model_name, num_classes=15, points=points, fps_random_start=True).to(device).train()
+    model = _build(model_name, implementation, points).to(device).train()
     forward = torch.compile(model) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     xyz = torch.randn(batch, 3, points, device=device)
@@ -74,6 +88,7 @@ def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, 
     floor = gflop / gemm_gflops(device)
     result = {
         "model": model_name,
+        "implementation": implementation,
         "compiled": "yes" if compiled else "no",
         "batch": batch,
         "device": device,
@@ -92,45 +107,81 @@ def run_one(model_name: str, batch: int, points: int, device: str, warmup: int, 
     return result
 
 
-def _spawn(args: argparse.Namespace, model_name: str, batch: int, compiled: bool) -> Optional[Dict]:
+def _spawn(
+    args: argparse.Namespace, model_name: str, batch: int, compiled: bool, implementation: str
+) -> Optional[Dict]:
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", "--models", model_name,
         "--batch-sizes", str(batch), "--device", args.device, "--points", str(args.points),
         "--warmup", str(args.warmup), "--steps", str(args.steps), "--threads", str(args.threads),
-        "--compile", "yes" if compiled else "no",
+        "--compile", "yes" if compiled else "no", "--worker-implementation", implementation,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        print(f"{model_name} batch {batch} compiled={compiled}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        what = f"{implementation} {model_name} batch {batch} compiled={compiled}"
+        print(f"{what}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _with_ratios(r: Dict) -> Dict:
-    """Add the ratios to the quoted reference (CPU, batch 4 only: the reference's setting)."""
-    ref = REFERENCE.get(r["model"]) if r["batch"] == 4 and r["device"] == "cpu" else None
-    target = TARGETS.get(r["model"], ("", ""))
+def _ratio(value: float, base: Optional[float], target: object) -> str:
+    return f"{value / base:.2f} (<= {target})" if base else ""
+
+
+def _with_ratios(r: Dict, measured: Dict) -> Dict:
+    """Add the ratios to the measured reference row of the same model and batch, and to the quoted
+    reference (CPU, batch 4 only: its setting). Reference rows get none."""
+    if r["implementation"] == "reference":
+        return r
+    ref = measured.get((r["model"], r["batch"]))
+    quoted = REFERENCE.get(r["model"]) if r["batch"] == 4 and r["device"] == "cpu" else None
+    target = TARGETS.get(r["model"], ("-", "-"))
     r = dict(r)
-    r["time / ref (target)"] = f"{r['s/step'] / ref[0]:.2f} (<= {target[0]})" if ref else ""
-    r["memory / ref (target)"] = f"{r['peak RSS GB'] / ref[1]:.2f} (<= {target[1]})" if ref else ""
+    r["time / ref (target)"] = _ratio(r["s/step"], ref and ref["s/step"], target[0])
+    r["memory / ref (target)"] = _ratio(r["peak RSS GB"], ref and ref["peak RSS GB"], target[1])
+    r["time / quoted (target)"] = _ratio(r["s/step"], quoted and quoted[0], target[0])
+    r["memory / quoted (target)"] = _ratio(r["peak RSS GB"], quoted and quoted[1], target[1])
     return r
 
 
 def _footer(results: List[Dict]) -> str:
     quoted = "; ".join(f"{m}: {t} s/step, {g} GB peak RSS" for m, (t, g) in REFERENCE.items())
     lines = [
-        "Measured now: every column but the ratios' denominators.",
+        "Measured now: every row, and the ratios to the reference rows (`/ ref`: ReferencePointMLP, the released "
+        "layout, in its own process right before the pointcoc row of the same model and batch, same threads).",
         f"QUOTED reference (published code, batch 4, 1024 points, CPU, 2-core machine kind, issue 13): {quoted}.",
-        "Its threads are not recorded; the ratios issue 13 gives for this project's code then (0.71x for "
-        "pointmlp_coc) match runs with PyTorch's default of 2 threads, so time ratios are like for like with "
-        "--threads 2 on a quiet machine.",
+        "Its threads are not recorded. The reference rows of a --threads 2 run come close to it, and the ratio "
+        "issue 13 gave for this project's code then (0.71x for pointmlp_coc) matches 2-thread runs: `/ quoted` "
+        "is like for like with --threads 2 on a quiet machine; with other thread counts read `/ ref`.",
         "matmul floor: the step's matrix-product FLOPs (torch.utils.flop_counter) at the best float32 GEMM rate "
         "measured in the same process, with the same threads; a step with the same products cannot be faster.",
     ]
     if results:
         lines.append(f"threads per process: {results[0]['threads']}; load = 1-min load average at the end of each run")
     return "\n".join(lines)
+
+
+def _configs(models: List[str], batches: List[int], compile_mode: str, reference: bool) -> List[Tuple]:
+    """(model, batch, compiled, implementation) of every row, each eager pointcoc row right after its reference."""
+    configs = []
+    for m in models if compile_mode != "yes" else []:
+        for b in batches:
+            configs += ([(m, b, False, "reference")] if reference else []) + [(m, b, False, "pointcoc")]
+    if compile_mode != "no":  # compiled rows at the smallest batch (compilation takes minutes on a CPU)
+        configs += [(m, min(batches), True, "pointcoc") for m in models]
+    return configs
+
+
+def _run_rows(args: argparse.Namespace, configs: List[Tuple]) -> List[Dict]:
+    results = []
+    for i, (model_name, batch, compiled, implementation) in enumerate(configs):
+        what = f"{implementation} {model_name} batch {batch} compiled={compiled}"
+        print(f"[{i + 1}/{len(configs)}] {what}", file=sys.stderr)
+        result = _spawn(args, model_name, batch, compiled, implementation)
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -146,8 +197,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--compile", choices=["no", "yes", "both"], help="eager and/or torch.compile rows (default: both, --quick: no)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per process (default 1)")
+    parser.add_argument(
+        "--reference", choices=["yes", "no"], default="yes", help="run the released-layout reference rows"
+    )
     parser.add_argument("--out", help="also write the table to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-implementation", default="pointcoc", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     pin_threads(args.threads)
     if args.quick:
@@ -156,21 +211,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     batches = args.batch_sizes or ([4] if args.quick else [4, 8])
     compile_mode = args.compile or ("no" if args.quick else "both")
     if args.worker:
-        result = run_one(
-            models[0], batches[0], args.points, args.device, args.warmup, args.steps, compile_mode == "yes"
-        )
+        sizes = (batches[0], args.points, args.device, args.warmup, args.steps)
+        result = run_one(models[0], *sizes, compile_mode == "yes", args.worker_implementation)
         print(json.dumps(result))
         return
-    configs = [(m, b, False) for m in models for b in batches] if compile_mode != "yes" else []
-    if compile_mode != "no":  # compiled rows at the smallest batch (compilation takes minutes on a CPU)
-        configs += [(m, min(batches), True) for m in models]
-    results = []
-    for i, (model_name, batch, compiled) in enumerate(configs):
-        print(f"[{i + 1}/{len(configs)}] {model_name} batch {batch} compiled={compiled}", file=sys.stderr)
-        result = _spawn(args, model_name, batch, compiled)
-        if result is not None:
-            results.append(result)
-    table = markdown_table([_with_ratios(r) for r in results]) + "\n\n" + _footer(results)
+    results = _run_rows(args, _configs(models, batches, compile_mode, args.reference == "yes"))
+    measured = {(r["model"], r["batch"]): r for r in results if r["implementation"] == "reference"}
+    table = markdown_table([_with_ratios(r, measured) for r in results]) + "\n\n" + _footer(results)
     print(table)
     if args.out:
         with open(args.out, "w") as fh:

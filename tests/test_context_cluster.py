@@ -183,6 +183,36 @@ def test_index_add_rows_equals_autograd_index_add(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("heads", [1, 3])
+def test_weighted_sum_and_spread_equal_bmm_bit_for_bit(device, heads):
+    """The per-group weighted sum and spread (broadcast products with one head) give the values and
+    gradients of autograd's ``bmm`` / ``baddbmm`` bit for bit, in float32."""
+    from pointcoc.nn.context_cluster import _Spread, _WeightedSum
+
+    torch.manual_seed(heads)
+    G, L, C = 6, 5, 7
+    w = torch.rand(G, L, heads, device=device, requires_grad=True)
+    x = torch.randn(G, L, C, device=device, requires_grad=True)
+    p = torch.randn(G, heads, C, device=device, requires_grad=True)
+    bias = torch.randn(C, device=device, requires_grad=True)
+    pairs = [
+        (_WeightedSum.apply(w, x), torch.bmm(w.transpose(1, 2), x), (w, x)),
+        (_Spread.apply(bias, w, p), torch.baddbmm(bias.expand(G, L, C), w, p), (bias, w, p)),
+    ]
+    for got, expected, inputs in pairs:
+        assert torch.equal(got, expected)
+        grad = torch.randn_like(got)
+        for g, e in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+            assert torch.equal(g, e)
+    # hand check: one group, one head: w = [1, 2], x rows [1, 0], [0, 3] -> [1, 6]; spread of p = [4, 5] by w
+    w1 = torch.tensor([[[1.0], [2.0]]], device=device)
+    rows = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]], device=device)
+    assert _WeightedSum.apply(w1, rows).tolist() == [[[1.0, 6.0]]]
+    spread = _Spread.apply(torch.tensor([0.5, 0.0], device=device), w1, torch.tensor([[[4.0, 5.0]]], device=device))
+    assert spread.tolist() == [[[4.5, 5.0], [8.5, 10.0]]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("heads,normalize", [(1, "similarity"), (3, "similarity"), (3, "count")])
 def test_one_centre_segments_project_per_segment(device, heads, normalize):
     """Equal segments with one centre each (value and output projected once per segment): the values and

@@ -1,7 +1,7 @@
 """PointMLP, PointMLP-elite and their context-cluster variants (docs/design.md §9).
 
-The oracle is a naive model written here straight from the spec in the released
-layout: Conv1d layers on ``[B*S, C, k]`` groups, an explicit ``[B, S, k, 2C]``
+The oracle is :class:`pointcoc.reference.pointmlp.ReferencePointMLP`, written plainly in the
+released layout: Conv1d layers on ``[B*S, C, k]`` groups, an explicit ``[B, S, k, 2C]``
 concatenation with the repeated anchor, ``torch.cdist`` + ``topk`` neighbours and
 a plain farthest point sampling loop from index 0. It loads a released-format
 state dict (``{'net': {'module.' + name: tensor}}``, 1x1 weights ``[out, in, 1]``,
@@ -22,6 +22,7 @@ from torch import nn
 
 import pointcoc as pc
 from pointcoc.models.pointmlp import LocalGrouper
+from pointcoc.reference.pointmlp import ReferencePointMLP, fps_from_first
 from tests.helpers import DEVICES
 
 NAMES = ["pointmlp", "pointmlp_elite", "pointmlp_coc", "pointmlp_elite_coc"]
@@ -35,157 +36,6 @@ PARAMS = {
     "pointmlp_coc": 15_326_815,
     "pointmlp_elite_coc": 709_807 + 6_274 + 12_482 + 3 * 49_538,
 }
-
-# docs/design.md §9 table: embed, res_expansion, dim expansion, pre_blocks, pos_blocks
-ARCHITECTURES = {
-    "pointmlp": (64, 1.0, (2, 2, 2, 2), (2, 2, 2, 2), (2, 2, 2, 2)),
-    "pointmlp_elite": (32, 0.25, (2, 2, 2, 1), (1, 1, 2, 1), (1, 1, 2, 1)),
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# naive reference in the released layout
-# ----------------------------------------------------------------------------------------------
-
-
-def _conv_bn(cin: int, cout: int, relu: bool) -> nn.Sequential:
-    layers = [nn.Conv1d(cin, cout, 1, bias=False), nn.BatchNorm1d(cout)]
-    return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
-
-
-class _ConvBNReLU(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.net = _conv_bn(cin, cout, True)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int, expansion: float) -> None:
-        super().__init__()
-        self.net1 = _conv_bn(channels, int(channels * expansion), True)
-        self.net2 = _conv_bn(int(channels * expansion), channels, False)
-
-    def forward(self, x):  # [*, C, L]
-        return F.relu(self.net2(self.net1(x)) + x)
-
-
-class _Cluster(nn.Module):
-    """One centre per group = mean of its k points; sigmoid(beta + alpha cos) similarity; own residual."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        hidden = max(channels // 4, 32)
-        self.fc1 = nn.Conv1d(channels, hidden, 1)
-        self.fc_v = nn.Conv1d(channels, hidden, 1)
-        self.fc2 = nn.Conv1d(hidden, channels, 1)
-        self.sim_alpha = nn.Parameter(torch.ones(1))
-        self.sim_beta = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):  # [G, C, k]
-        f, v = self.fc1(x), self.fc_v(x)
-        centre, value_centre = f.mean(-1, keepdim=True), v.mean(-1)
-        cos = (F.normalize(f, dim=1) * F.normalize(centre, dim=1)).sum(1)  # [G, k]
-        s = torch.sigmoid(self.sim_beta + self.sim_alpha * cos)
-        agg = (value_centre + (s[:, None, :] * v).sum(-1)) / (1.0 + s.sum(-1, keepdim=True))  # [G, h]
-        return x + self.fc2(s[:, None, :] * agg[:, :, None])
-
-
-class _Grouper(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, channels))
-        self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, channels))
-
-
-class _Pre(nn.Module):
-    def __init__(self, cin: int, cout: int, blocks: int, expansion: float, coc: bool) -> None:
-        super().__init__()
-        self.transfer = _ConvBNReLU(2 * cin, cout)
-        ops = []
-        for _ in range(blocks):
-            ops += ([_Cluster(cout)] if coc else []) + [_Residual(cout, expansion)]
-        self.operation = nn.ModuleList(ops)
-
-    def forward(self, grouped):  # [B, S, k, 2C] -> [B, O, S]
-        B, S, k, d = grouped.shape
-        x = self.transfer(grouped.permute(0, 1, 3, 2).reshape(B * S, d, k))
-        for op in self.operation:
-            x = op(x)
-        return x.max(-1).values.view(B, S, -1).permute(0, 2, 1)
-
-
-class _Pos(nn.Module):
-    def __init__(self, channels: int, blocks: int, expansion: float) -> None:
-        super().__init__()
-        self.operation = nn.Sequential(*(_Residual(channels, expansion) for _ in range(blocks)))
-
-    def forward(self, x):  # [B, O, S]
-        return self.operation(x)
-
-
-def naive_fps(xyz: torch.Tensor, num: int) -> torch.Tensor:
-    """Farthest point sampling from index 0 on ``xyz: [B, n, 3]`` -> ``[B, num]``."""
-    B, n, _ = xyz.shape
-    rows = torch.arange(B)
-    picked = torch.zeros(B, num, dtype=torch.long)
-    nearest = torch.full((B, n), float("inf"), dtype=xyz.dtype)
-    current = torch.zeros(B, dtype=torch.long)
-    for i in range(num):
-        picked[:, i] = current
-        nearest = torch.minimum(nearest, ((xyz - xyz[rows, current][:, None]) ** 2).sum(-1))
-        current = nearest.argmax(-1)
-    return picked
-
-
-class ReferencePointMLP(nn.Module):
-    """PointMLP(-CoC) as docs/design.md §9 describes it, in the released parameter layout."""
-
-    def __init__(self, name: str, num_classes: int = 15, points: int = 1024, k: int = 24) -> None:
-        super().__init__()
-        embed, expansion, dims, pre, pos = ARCHITECTURES[name.replace("_coc", "")]
-        coc = name.endswith("_coc")
-        self.k = k
-        self.embedding = _ConvBNReLU(3, embed)
-        self.local_grouper_list = nn.ModuleList()
-        self.pre_blocks_list = nn.ModuleList()
-        self.pos_blocks_list = nn.ModuleList()
-        self.anchors = []
-        channels = embed
-        for s in range(4):
-            points //= 2
-            self.anchors.append(points)
-            self.local_grouper_list.append(_Grouper(channels))
-            self.pre_blocks_list.append(_Pre(channels, channels * dims[s], pre[s], expansion, coc))
-            channels *= dims[s]
-            self.pos_blocks_list.append(_Pos(channels, pos[s], expansion))
-        self.classifier = nn.Sequential(
-            nn.Linear(channels, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(256, num_classes),
-        )  # fmt: skip
-
-    def forward(self, x):  # [B, 3, n]
-        B = x.size(0)
-        rows = torch.arange(B)[:, None]
-        xyz = x.permute(0, 2, 1)
-        h = self.embedding(x)  # [B, C, n]
-        for s in range(4):
-            points = h.permute(0, 2, 1)  # [B, n, C]
-            anchor_idx = naive_fps(xyz, self.anchors[s])
-            anchor_xyz, anchor = xyz[rows, anchor_idx], points[rows, anchor_idx]
-            dist = torch.cdist(anchor_xyz, xyz, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-            nbr = dist.topk(self.k, dim=-1, largest=False).indices  # [B, S, k]
-            diff = points[rows[:, :, None], nbr] - anchor[:, :, None, :]
-            std = diff.reshape(B, -1).std(dim=-1).view(B, 1, 1, 1)
-            grouper = self.local_grouper_list[s]
-            normed = grouper.affine_alpha * diff / (std + 1e-5) + grouper.affine_beta
-            grouped = torch.cat([normed, anchor[:, :, None, :].expand_as(normed)], dim=-1)  # [B, S, k, 2C]
-            h = self.pos_blocks_list[s](self.pre_blocks_list[s](grouped))
-            xyz = anchor_xyz
-        return self.classifier(h.max(-1).values)
 
 
 def to_released(model: nn.Module) -> dict:
@@ -468,7 +318,7 @@ def test_grouper_matches_spec():
     x = torch.randn(B, n, C, dtype=torch.float64)
     groups = grouper(xyz, x)
     rows = torch.arange(B)[:, None]
-    anchor_idx = naive_fps(xyz, S)
+    anchor_idx = fps_from_first(xyz, S)
     assert torch.equal(groups.anchors.view(B, S) - n * torch.arange(B)[:, None], anchor_idx)
     torch.testing.assert_close(groups.anchor_xyz, xyz[rows, anchor_idx], rtol=0, atol=0)
     dist = ((xyz[rows, anchor_idx][:, :, None, :] - xyz[:, None, :, :]) ** 2).sum(-1)

@@ -381,3 +381,29 @@ def test_block_residual_structure():
     y = y + 0.25 * block.mlp(block.norm2(y))
     torch.testing.assert_close(block(x), y, rtol=1e-12, atol=1e-12)
     assert math.isclose(block.layer_scale_2[0].item(), 0.25)
+
+
+# ----------------------------------------------------------------------------- PointMLP, released layout
+
+
+def test_fps_from_first_hand_built():
+    """Points on a line at 0, 1, 2, 10 and a copy of 10: start at index 0, then the farthest
+    (10: the lower index of the tie), then the point farthest from both (2, at distance 4 from 0)."""
+    from pointcoc.reference.pointmlp import fps_from_first
+
+    xs = torch.tensor([0.0, 1.0, 2.0, 10.0, 10.0])
+    xyz = torch.stack([xs, torch.zeros(5), torch.zeros(5)], -1)[None]
+    assert fps_from_first(xyz, 3).tolist() == [[0, 3, 2]]
+    assert fps_from_first(torch.cat([xyz, xyz.flip(1)]), 2).tolist() == [[0, 3], [0, 4]]
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [("pointmlp", 13_232_079), ("pointmlp_elite", 709_807), ("pointmlp_coc", 15_326_815)],
+)
+def test_reference_pointmlp_parameter_counts_and_shapes(name, params):
+    model = reference.ReferencePointMLP(name, num_classes=15, points=64, k=4).eval()
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model(torch.randn(2, 3, 64)).shape == (2, 15)
+    with pytest.raises(ValueError, match="name must be one of"):
+        reference.ReferencePointMLP("pointnet")

@@ -53,6 +53,54 @@ def _index_add_rows(base: Tensor, index: Tensor, source: Tensor) -> Tensor:
     return _IndexAdd.apply(base, index, source)
 
 
+def _outer(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm(a, b)`` for ``a: [G, L, H]``, ``b: [G, H, C]``; with ``H = 1`` a broadcast product
+    (the same values: a one-term sum is its product), which is several times faster than ``bmm``."""
+    return a * b if a.size(-1) == 1 else torch.bmm(a, b)
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``w^T x`` per group: ``w: [G, L, H]``, ``x: [G, L, C]`` -> ``[G, H, C]`` (``torch.bmm(w.mT, x)``).
+
+    The gradient of ``x`` is the outer product ``w g``; with one head autograd's ``bmm`` computes
+    it as ``G`` products of inner size 1, here a broadcast product.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(w, x)
+        return torch.bmm(w.transpose(1, 2), x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        w, x = ctx.saved_tensors
+        grad_w = torch.bmm(x, grad.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        return grad_w, (_outer(w, grad) if ctx.needs_input_grad[1] else None)
+
+
+class _Spread(torch.autograd.Function):
+    """``bias + w p`` per group: ``bias: [O]``, ``w: [G, L, H]``, ``p: [G, H, O]`` -> ``[G, L, O]``.
+
+    The adjoint of :class:`_WeightedSum`: with one head the forward pass is a broadcast product
+    instead of ``baddbmm``'s ``G`` products of inner size 1; the gradients are weighted sums.
+    """
+
+    @staticmethod
+    def forward(ctx, bias: Tensor, w: Tensor, p: Tensor) -> Tensor:
+        ctx.save_for_backward(w, p)
+        if w.size(-1) == 1:  # product, then bias: baddbmm's rounding (addcmul's may differ)
+            return torch.mul(w, p).add_(bias)
+        return torch.baddbmm(bias.expand(w.size(0), w.size(1), -1), w, p)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        w, p = ctx.saved_tensors
+        grad_bias = grad.sum((0, 1)) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad, p.transpose(1, 2)) if ctx.needs_input_grad[1] else None
+        grad_p = torch.bmm(w.transpose(1, 2), grad) if ctx.needs_input_grad[2] else None
+        return grad_bias, grad_w, grad_p
+
+
 def _centre_means(feats: Tensor, plan: ClusterPlan) -> Tensor:
     """Mean of every centre's members. ``feats: [N, H, D]`` -> ``[G * c, H, D]``."""
     flat = feats.reshape(feats.size(0), -1)  # index_add is much faster on 2-D rows
@@ -206,11 +254,11 @@ def _one_centre_per_group_projected(
     G, L = plan.num_groups, plan.max_group_size
     s, total, den = _group_similarity(f.reshape(G, L, H, d), alpha, beta, normalize)  # [G, L, H], [G, H], [G, H]
     # mean input (the centre) + similarity-weighted inputs, as one weighted sum
-    inputs = torch.bmm((s + 1.0 / L).transpose(1, 2), x.reshape(G, L, C)) / den.unsqueeze(-1)  # [G, H, C]
+    inputs = _WeightedSum.apply(s + 1.0 / L, x.reshape(G, L, C)) / den.unsqueeze(-1)  # [G, H, C]
     agg = torch.einsum("ghc,hdc->ghd", inputs, value.weight.view(H, d, C))
     agg = agg + value.bias.view(H, d) * (total / den).unsqueeze(-1)
     projected = torch.einsum("ghd,ohd->gho", agg, proj.weight.view(-1, H, d))  # [G, H, out_dim]
-    return torch.baddbmm(proj.bias.expand(G, L, -1), s, projected).view(N, -1)
+    return _Spread.apply(proj.bias, s, projected).view(N, -1)
 
 
 class ContextCluster(nn.Module):

@@ -1,8 +1,10 @@
-"""Reference implementation: the context cluster and CoC models on ``[B, C, H, W]`` images.
+"""Reference implementations: the context cluster and CoC models on ``[B, C, H, W]`` images, and
+PointMLP(-CoC) in the released layout (:mod:`pointcoc.reference.pointmlp`).
 
-Written plainly (dense similarity, 0/1 assignment mask) as the oracle the
-points-mode models are tested against (docs/design.md §1, §13). A leaf: only tests,
-benchmarks and the checkpoint converter import it.
+Written plainly (dense similarity, 0/1 assignment mask; explicit grouped tensors) as the
+oracles the library's models are tested against and the baselines the benchmarks run beside
+them (docs/design.md §1, §13). A leaf: only tests, benchmarks and the checkpoint converter
+import it.
 """
 
 from .cluster import Cluster
@@ -16,6 +18,7 @@ from .models import (
     create_model,
     list_models,
 )
+from .pointmlp import ReferencePointMLP
 
 __all__ = [
     "Cluster",
@@ -27,4 +30,5 @@ __all__ = [
     "ContextClusterNet",
     "create_model",
     "list_models",
+    "ReferencePointMLP",
 ]
