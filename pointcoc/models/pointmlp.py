@@ -92,10 +92,14 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, track_stats: bool = True) -> Tensor:
         """``x: [M, C] -> [M, C]``; ``track_stats=False`` leaves the BN running statistics untouched."""
+        return torch.relu_(self.residual_sum(x, track_stats))
+
+    def residual_sum(self, x: Tensor, track_stats: bool = True) -> Tensor:
+        """``BN(W2 relu(BN(W1 x))) + x``: the block's output before its final ReLU."""
         linear1, bn1, relu = self.net1
         linear2, bn2 = self.net2
         out = _batch_norm(bn2, linear2(relu(_batch_norm(bn1, linear1(x), track_stats))), track_stats)
-        return torch.relu_(out.add_(x))
+        return out.add_(x)
 
 
 @dataclass
@@ -311,12 +315,15 @@ class PreExtraction(nn.Module):
     def _extract(self, groups: GroupedPoints, plan: Optional[ClusterPlan], track_stats: bool) -> Tensor:
         linear, bn, relu = self.transfer.net
         h = relu(_batch_norm(bn, groups.linear(linear.weight), track_stats))  # [B * S * k, out]
-        for op in self.operation:
-            if isinstance(op, ContextCluster):
-                h = h + op(h, plan=plan)
-            else:
-                h = op(h, track_stats)
-        return h.view(groups.num_groups, groups.k, -1).max(dim=1).values
+        if not self.operation:
+            return h.view(groups.num_groups, groups.k, -1).max(dim=1).values
+        *ops, last = self.operation  # the last is a ResidualBlock
+        for op in ops:
+            h = h + op(h, plan=plan) if isinstance(op, ContextCluster) else op(h, track_stats)
+        # max_j relu(z_j) = relu(max_j z_j) (ReLU is monotone), with the same arg max wherever the
+        # gradient is not zero: the last block's ReLU runs on [B * S, out] instead of [B * S * k, out]
+        h = last.residual_sum(h, track_stats)
+        return torch.relu(h.view(groups.num_groups, groups.k, -1).max(dim=1).values)
 
 
 class PosExtraction(nn.Module):
