@@ -86,7 +86,7 @@ def matmul_gflop(step: Callable[[], None]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def gemm_gflops(device: str, repeats: int = 5) -> float:
+def gemm_gflops(device: str, repeats: int = 20) -> float:
     """Best float32 GEMM rate of this process on ``device`` (its current threads), in GFLOP/s.
 
     A ``[4096, 1024] x [1024, 1024]`` product, the shape class of the largest layers of the
