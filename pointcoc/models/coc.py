@@ -31,7 +31,7 @@ from ..nn.anchors import ANCHORS
 from ..nn.cluster_plan import ClusterPlan
 from ..nn.context_cluster import ContextCluster
 from ..nn.geometry import PointGeometry, canonical_order, point_lattice
-from ..nn.layers import DropPath, Mlp
+from ..nn.layers import DropPath, Mlp, checkpoint_contexts
 from ..nn.norm import PointGroupNorm, segment_mean
 from ..nn.reducer import PointReducer
 from .configs import VARIANTS, CocConfig
@@ -125,7 +125,9 @@ class CocBlock(nn.Module):
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """``x: [N, dim]`` -> ``[N, dim]``; with ``return_assignment`` also the ``[N, heads]`` centre ids."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, geo, plan, return_assignment, use_reentrant=False)
+            return checkpoint(
+                self._forward, x, geo, plan, return_assignment, use_reentrant=False, context_fn=checkpoint_contexts
+            )
         return self._forward(x, geo, plan, return_assignment)
 
     def _forward(
@@ -134,7 +136,7 @@ class CocBlock(nn.Module):
         b, B, u = geo.batch, geo.num_samples, geo.uniform
         mixed, assignment = self.token_mixer(self.norm1(x, b, B, u), plan=plan, return_assignment=True)
         x = x + self.drop_path(self.layer_scale_1 * mixed, b, B)
-        x = x + self.drop_path(self.layer_scale_2 * self.mlp(self.norm2(x, b, B, u)), b, B)
+        x = x + self.drop_path(self.mlp(self.norm2(x, b, B, u), scale=self.layer_scale_2), b, B)
         return (x, assignment) if return_assignment else x
 
 

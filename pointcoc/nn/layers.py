@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import threading
+from contextlib import contextmanager, nullcontext
+from typing import ContextManager, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,40 +12,81 @@ from torch import Tensor, nn
 
 from .._checks import check_drop_prob
 
-__all__ = ["Mlp", "DropPath"]
+__all__ = ["Mlp", "DropPath", "checkpoint_contexts", "checkpoint_recomputation"]
+
+
+_recompute = threading.local()
+
+
+@contextmanager
+def checkpoint_recomputation() -> Iterator[None]:
+    """Marks the recomputation pass of activation checkpointing (``torch.utils.checkpoint``'s
+    ``context_fn``): inside it, :class:`Mlp` only regenerates what its backward pass keeps."""
+    previous = getattr(_recompute, "active", False)
+    _recompute.active = True
+    try:
+        yield
+    finally:
+        _recompute.active = previous
+
+
+def checkpoint_contexts() -> Tuple[nullcontext, ContextManager[None]]:
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint`` (non-reentrant) of a block with an :class:`Mlp`.
+
+    Only for blocks in which no op keeps the MLP's output for its backward pass (in a CoC
+    block it feeds stochastic depth and the residual addition): the recomputation pass leaves
+    that output unfilled.
+    """
+    return nullcontext(), checkpoint_recomputation()
 
 
 class _GeluLinear(torch.autograd.Function):
-    """``F.linear(F.gelu(h), weight, bias)`` on ``h: [M, K]`` that keeps ``h`` but not ``gelu(h)``.
+    """``scale * F.linear(F.gelu(h), weight, bias)`` on ``h: [M, K]`` keeping ``h``, not ``gelu(h)`` or the output.
 
-    The backward pass recomputes ``gelu(h)`` (one cheap elementwise op) and applies the
-    same products as autograd's ``addmm`` / ``gelu`` backward, so gradients are bit-identical
-    while a hidden-width activation per row is not stored.
+    The backward pass recomputes ``gelu(h)`` (one cheap elementwise op). Without ``scale`` it
+    applies autograd's products, so the gradients are bit-identical. With ``scale`` the output is
+    not kept for ``scale``'s gradient: with ``P = grad^T gelu(h)``, ``d scale = rowsum(P * weight) +
+    bias * colsum(grad)``, ``d weight = scale * P``, ``d bias = scale * colsum(grad)``; ``h``'s
+    gradient is autograd's. As it then keeps nothing computed after ``h``, the recomputation
+    pass of a checkpointed block stops at it (PyTorch's checkpoint early stop): inside
+    :func:`checkpoint_recomputation` it returns its output unfilled, as nothing reads it.
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(h, weight)
-        return F.linear(F.gelu(h), weight, bias)
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, scale: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(h, weight, bias, scale)
+        if getattr(_recompute, "active", False):
+            return h.new_empty(h.size(0), weight.size(0))
+        out = F.linear(F.gelu(h), weight, bias)
+        return out if scale is None else out.mul_(scale)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        h, weight = ctx.saved_tensors
-        grad_h = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = grad.t().mm(F.gelu(h))
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0)
-        if ctx.needs_input_grad[0]:
-            grad_h = torch.ops.aten.gelu_backward(grad.mm(weight), h)
-        return grad_h, grad_weight, grad_bias
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        h, weight, bias, scale = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_h = grad_weight = grad_bias = grad_scale = None
+        if needs[0]:
+            scaled = grad if scale is None else grad * scale
+            grad_h = torch.ops.aten.gelu_backward(scaled.mm(weight), h)
+        if scale is None:
+            grad_weight = grad.t().mm(F.gelu(h)) if needs[1] else None
+            return grad_h, grad_weight, (grad.sum(0) if needs[2] else None), None
+        if needs[1] or needs[3]:
+            products = grad.t().mm(F.gelu(h))  # [O, K]
+            grad_weight = products * scale.unsqueeze(1) if needs[1] else None
+        column_sums = grad.sum(0)
+        if needs[3]:
+            grad_scale = (products * weight).sum(1) + bias * column_sums
+        if needs[2]:
+            grad_bias = column_sums * scale
+        return grad_h, grad_weight, grad_bias, grad_scale
 
 
 class Mlp(nn.Module):
-    """``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)`` on ``x: [N, dim]``.
+    """``Linear(dim, hidden) -> GELU -> Linear(hidden, dim)`` on ``x: [N, dim]``, times ``scale``.
 
-    Without dropout, the GELU output is recomputed in the backward pass instead of stored;
-    without gradients, GELU runs in place on the hidden activation.
+    Without dropout, the GELU output is recomputed in the backward pass instead of stored
+    (:class:`_GeluLinear`); without gradients, GELU runs in place on the hidden activation.
     """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
@@ -53,12 +96,15 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+        """``scale * fc2(gelu(fc1(x)))``; ``scale`` (``[dim]``, e.g. a layer scale) defaults to 1."""
         if self.drop.p == 0.0 and not torch.is_grad_enabled():
-            return self.fc2(torch.ops.aten.gelu_(self.fc1(x)))  # nothing to keep: GELU in place
+            out = self.fc2(torch.ops.aten.gelu_(self.fc1(x)))  # nothing to keep: GELU in place
+            return out if scale is None else out.mul_(scale)
         if self.drop.p == 0.0 and x.dim() == 2:
-            return _GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias)
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+            return _GeluLinear.apply(self.fc1(x), self.fc2.weight, self.fc2.bias, scale)
+        out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return out if scale is None else scale * out
 
 
 class DropPath(nn.Module):
