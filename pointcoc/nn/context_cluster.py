@@ -127,12 +127,7 @@ def assign_centres(fn: Tensor, cn: Tensor, plan: ClusterPlan, alpha: Tensor, bet
     if c == 1:
         return torch.zeros(N, H, dtype=torch.long, device=fn.device)
     L = plan.max_group_size
-    if plan.dense_index is None:
-        dense = fn.view(G, L, H, d)
-    else:
-        dense = fn.new_zeros(G * L, H, d)
-        dense[plan.dense_index] = fn
-        dense = dense.view(G, L, H, d)
+    dense = _dense_rows(fn.reshape(N, H * d), plan).view(G, L, H, d)
     invalid = None if plan.centre_valid is None else ~plan.centre_valid  # [G, c]
     out = torch.empty(G, L, H, dtype=torch.long, device=fn.device)
     step = max(1, _SIM_CHUNK // max(1, G * H * c))
@@ -145,6 +140,20 @@ def assign_centres(fn: Tensor, cn: Tensor, plan: ClusterPlan, alpha: Tensor, bet
         out[:, s : s + step] = sim.argmax(-1).transpose(1, 2)
     out = out.view(G * L, H)
     return out if plan.dense_index is None else out.index_select(0, plan.dense_index)
+
+
+def _dense_rows(rows: Tensor, plan: ClusterPlan) -> Tensor:
+    """``rows: [N, K]`` in the plan's dense ``[G * L, K]`` layout (padding rows zero)."""
+    if plan.dense_index is None:
+        return rows
+    slots = plan.num_groups * plan.max_group_size
+    if plan.dense_index.numel() == slots:  # a permutation of the slots: a gather, nothing to pad
+        order = torch.empty_like(plan.dense_index)
+        order[plan.dense_index] = torch.arange(slots, device=rows.device)
+        return rows.index_select(0, order)
+    dense = rows.new_zeros(slots, rows.size(1))
+    dense[plan.dense_index] = rows
+    return dense
 
 
 def context_cluster(
