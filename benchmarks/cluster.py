@@ -13,7 +13,8 @@ Cases (float32, batch 8):
   t  compiled: ``torch.compile(model)`` of coc_tiny in lattice mode, inference and training
      (``--compile-backend``; the warm-up step includes the compilation)
 
-Every row runs in a fresh subprocess so that its peak memory is its own: on CPU the peak
+Every row runs in fresh subprocesses (``--rounds`` of them, the implementations of a case
+alternating; the table gives medians) so that its peak memory is its own: on CPU the peak
 resident set size of the whole process (Python and torch included, what the reference
 figures measure), on CUDA ``torch.cuda.max_memory_allocated``. Times are the wall and CPU
 seconds per step after one warm-up step; on a loaded machine compare CPU seconds.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from typing import Callable, Dict, List, Optional
@@ -135,7 +137,7 @@ def run_one(case: str, impl: str, name: str, repeats: int, device: str, backend:
         step = _model_step(pc, case, impl, name, device, backend)
     wall, cpu = time_steps(step, 1, repeats, device)
     peak = peak_cuda_gb(device) if device.startswith("cuda") else peak_rss_gb()
-    what = "regions={fold} centres={centres}x{centres}".format(**OP_CASES[case]) if case in OP_CASES else name
+    what = "regions={regions} centres={centres}x{centres}".format(**OP_CASES[case]) if case in OP_CASES else name
     impl = f"{impl} ({backend})" if case == "t" else impl
     return {
         "case": case,
@@ -173,22 +175,29 @@ def _spawn(args: argparse.Namespace, case: str, impl: str, name: str) -> Optiona
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _with_ratios(rows: List[Dict], device: str) -> List[Dict]:
-    """Time ratio of each row to the first implementation of its (case, what); memory ratio to the quoted reference."""
-    first: Dict = {}
-    keys = [(r["case"], r["what"]) for r in rows]
-    out = []
+def _merge_rounds(rows: List[Dict], device: str) -> List[Dict]:
+    """One row per (case, what, impl): the medians over its rounds; the time ratio to the case's
+    first implementation is taken round by round (each pair ran back to back) and then its median;
+    the memory ratio is the median peak over the quoted reference."""
+    runs: Dict = {}
     for r in rows:
-        base = first.setdefault((r["case"], r["what"]), r)
-        is_base, r = base is r, dict(r)
-        alone = keys.count((r["case"], r["what"])) == 1  # nothing to compare with
-        r["CPU time / A"] = "" if alone else ("A" if is_base else f"{r['CPU s/step'] / base['CPU s/step']:.2f}")
-        key = (r["case"], r["what"])
-        ref = REFERENCE_GB.get(key, 0)
-        quoted = ref and r["impl"] == "points" and device == "cpu"
-        r["ref GB (quoted)"] = ref if quoted else ""
-        r["peak / ref (target)"] = f"{r['peak GB'] / ref:.2f} (<= {TARGETS[key]})" if quoted else ""
-        out.append(r)
+        runs.setdefault((r["case"], r["what"], r["impl"]), []).append(r)
+    first: Dict = {}
+    out = []
+    for (case, what, impl), group in runs.items():
+        row = {k: (statistics.median(r[k] for r in group) if isinstance(v, float) else v) for k, v in group[0].items()}
+        row["round"] = len(group)
+        row["rounds"] = row.pop("round")
+        base = first.setdefault((case, what), group)
+        alone = sum(1 for k in runs if k[:2] == (case, what)) == 1  # nothing to compare with
+        base_cpu = {b["round"]: b["CPU s/step"] for b in base}
+        ratios = [r["CPU s/step"] / base_cpu[r["round"]] for r in group if r["round"] in base_cpu] or [float("nan")]
+        row["CPU time / A"] = "" if alone else ("A" if base is group else f"{statistics.median(ratios):.2f}")
+        ref = REFERENCE_GB.get((case, what), 0)
+        quoted = ref and impl == "points" and device == "cpu"
+        row["ref GB (quoted)"] = ref if quoted else ""
+        row["peak / ref (target)"] = f"{row['peak GB'] / ref:.2f} (<= {TARGETS[(case, what)]})" if quoted else ""
+        out.append(row)
     return out
 
 
@@ -196,7 +205,8 @@ def _footer(device: str, threads: int) -> str:
     quoted = "; ".join(f"{n}: {g} GB" for (c, n), g in REFERENCE_GB.items() if c == "d")
     return "\n".join([
         "A = the first implementation of each case (a-d, i: the grid reference; e: lattice mode); "
-        "CPU time / A = the row's CPU seconds per step over A's.",
+        "CPU time / A = the median over rounds of the row's CPU seconds per step over A's in the same round; "
+        "the other figures are medians over rounds.",
         f"QUOTED reference peak RSS (published code, training, batch 8, 224x224, CPU, issue 13): {quoted}; "
         f"inference (coc_tiny): DERIVED, {REFERENCE_GB[('i', 'coc_tiny')]} GB = {INFERENCE_BEFORE_GB} GB (the points "
         f"path before issue 13's memory work, measured at commit 4b26ee1) / {INFERENCE_RATIO} (issue 13's ratio).",
@@ -210,6 +220,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", choices=list(CASES))
     ap.add_argument("--repeats", type=int, default=2, help="timed steps per row after one warm-up step")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="processes per row, the implementations of a case alternating (medians)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per process (default 1)")
     ap.add_argument("--quick", action="store_true", help="cases d and i, points path only, 1 timed step")
@@ -222,23 +235,28 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(run_one(*args.worker, args.repeats, args.device, args.compile_backend)))
         return
     if args.quick:
-        args.repeats = 1
+        args.repeats, args.rounds = 1, 1
     cases = args.cases or (["d", "i"] if args.quick else list(CASES))
-    rows = []
+    rows, failed = [], 0
     for case in cases:
         impls, names = CASES[case]
         impls = ("points",) if args.quick and case in ("d", "i") else impls
         for name in names:
-            for impl in impls:
-                print(f"[{case}] {name} {impl}", file=sys.stderr)
-                row = _spawn(args, case, impl, name)
-                if row is not None:
-                    rows.append(row)
-    table = markdown_table(_with_ratios(rows, args.device)) + "\n\n" + _footer(args.device, args.threads)
+            for round_ in range(args.rounds):
+                for impl in impls:
+                    print(f"[{case}] {name} {impl} (round {round_ + 1}/{args.rounds})", file=sys.stderr)
+                    row = _spawn(args, case, impl, name)
+                    if row is None:
+                        failed += 1
+                    else:
+                        rows.append({**row, "round": round_})
+    table = markdown_table(_merge_rounds(rows, args.device)) + "\n\n" + _footer(args.device, args.threads)
     print(table)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(table + "\n")
+    if failed:
+        sys.exit(f"{failed} run(s) failed (their errors are above)")
 
 
 if __name__ == "__main__":
