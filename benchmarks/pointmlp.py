@@ -221,13 +221,17 @@ def main(argv: Optional[List[str]] = None) -> None:
         result = run_one(models[0], *sizes, compile_mode == "yes", args.worker_implementation)
         print(json.dumps(result))
         return
-    results = _run_rows(args, _configs(models, batches, compile_mode, args.reference == "yes"))
+    configs = _configs(models, batches, compile_mode, args.reference == "yes")
+    results = _run_rows(args, configs)
     measured = {(r["model"], r["batch"]): r for r in results if r["implementation"] == "reference"}
     table = markdown_table([_with_ratios(r, measured) for r in results]) + "\n\n" + _footer(results)
     print(table)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(table + "\n")
+    failed = len(configs) - len(results)
+    if failed:
+        sys.exit(f"{failed} run(s) failed (their errors are above)")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,15 @@ def test_coc_compiled_matches_eager():
     _compiled_matches_eager(model, points, "aot_eager", train=False)
 
 
+def test_coc_training_step_compiles():
+    """A CoC training step (its first two stages checkpointed) through dynamo + AOT autograd: the
+    compiled blocks take the plain checkpoint (``context_fn`` must be dispatch modes there)."""
+    torch.manual_seed(0)
+    model = ContextClusterNet(_SMALL_COC, num_classes=3, mode="lattice")
+    assert model.network[0][0].grad_checkpointing
+    _compiled_matches_eager(model, pc.image_to_points(torch.rand(2, 3, 32, 32)), "aot_eager", train=True)
+
+
 def test_coc_point_mode_compiled_matches_eager():
     """Point mode (FPS centres, grid anchors) on half the pixels, through dynamo + AOT autograd.
 

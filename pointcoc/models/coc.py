@@ -125,9 +125,10 @@ class CocBlock(nn.Module):
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """``x: [N, dim]`` -> ``[N, dim]``; with ``return_assignment`` also the ``[N, heads]`` centre ids."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(
-                self._forward, x, geo, plan, return_assignment, use_reentrant=False, context_fn=checkpoint_contexts
-            )
+            args = (self._forward, x, geo, plan, return_assignment)
+            if torch.compiler.is_compiling():  # the compiler plans the recomputation (context_fn: dispatch modes only)
+                return checkpoint(*args, use_reentrant=False)
+            return checkpoint(*args, use_reentrant=False, context_fn=checkpoint_contexts)
         return self._forward(x, geo, plan, return_assignment)
 
     def _forward(
