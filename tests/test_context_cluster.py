@@ -239,3 +239,51 @@ def test_one_centre_segments_project_per_segment(device, heads, normalize):
     assert torch.equal(centre, centre_ref)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["in order", "permuted", "padded"])
+def test_head_major_dense_layout_by_hand(device, layout):
+    """The argmax's dense layout ``[G, H, L, d]``: slot (g, h, r) holds head h of group g's r-th point
+    (in point order), padding slots are zero; built here point by point."""
+    from types import SimpleNamespace
+
+    from pointcoc.nn.cluster_plan import _dense_layout
+    from pointcoc.nn.context_cluster import _head_major
+
+    group = {"in order": [0, 0, 0, 1, 1, 1], "permuted": [1, 0, 1, 0, 0, 1], "padded": [1, 0, 1, 1, 2, 1]}[layout]
+    group = torch.tensor(group, device=device)
+    G = int(group.max()) + 1
+    dense_index, L = _dense_layout(group, G)
+    assert (dense_index is None) == (layout == "in order")
+    plan = SimpleNamespace(num_groups=G, max_group_size=L, dense_index=dense_index)
+    fn = torch.arange(6 * 2 * 3, dtype=torch.float64, device=device).view(6, 2, 3) + 1
+    expected = torch.zeros(G, 2, L, 3, dtype=torch.float64, device=device)
+    rank = [0] * G
+    for i, g in enumerate(group.tolist()):
+        expected[g, :, rank[g]] = fn[i]
+        rank[g] += 1
+    assert torch.equal(_head_major(fn, plan), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_context_cluster_without_gradients_equals_with_and_keeps_its_inputs(device):
+    """Without gradients the products run in place on fresh gathers: the same bits as with
+    gradients, and the caller's f, v and centre features are untouched."""
+    from pointcoc.nn.context_cluster import context_cluster
+
+    torch.manual_seed(0)
+    pts = grid_points(torch.zeros(2, 1, 8, 8, device=device))
+    layer = ContextCluster(1, 4, heads=2, head_dim=3, proposal="grid", centres=(2, 2), regions=2).to(device)
+    plan = layer.make_plan(pts.pos, pts.batch, pixel=pts.pixel, grid_size=pts.grid_size)
+    assert plan.dense_index is not None  # 2 x 2 regions of row-major pixels: the layout is a permutation
+    f, v = torch.randn(2, 128, 2, 3, device=device).unbind(0)
+    centres = tuple(torch.randn(2, plan.num_groups * plan.num_centres, 2, 3, device=device).unbind(0))
+    alpha, beta = torch.tensor([1.5], device=device), torch.tensor([-0.2], device=device)
+    before = [t.clone() for t in (f, v, *centres)]
+    with torch.no_grad():
+        got = context_cluster(f, v, plan, alpha, beta, centres=centres)
+    expected = context_cluster(f.requires_grad_(True), v, plan, alpha, beta, centres=centres)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    for t, b in zip((f, v, *centres), before):
+        assert torch.equal(t.detach(), b)

@@ -127,14 +127,13 @@ def assign_centres(fn: Tensor, cn: Tensor, plan: ClusterPlan, alpha: Tensor, bet
     if c == 1:
         return torch.zeros(N, H, dtype=torch.long, device=fn.device)
     L = plan.max_group_size
-    dense = _dense_rows(fn.reshape(N, H * d), plan).view(G, L, H, d)
+    dense = _head_major(fn, plan)  # [G, H, L, d]
     invalid = None if plan.centre_valid is None else ~plan.centre_valid  # [G, c]
     out = torch.empty(G, L, H, dtype=torch.long, device=fn.device)
     step = max(1, _SIM_CHUNK // max(1, G * H * c))
     cT = cn.permute(0, 2, 3, 1)  # [G, H, d, c]
     for s in range(0, L, step):
-        blk = dense[:, s : s + step].transpose(1, 2)  # [G, H, l, d]
-        sim = torch.sigmoid(beta + alpha * torch.matmul(blk, cT))  # [G, H, l, c]
+        sim = torch.sigmoid(beta + alpha * torch.matmul(dense[:, :, s : s + step], cT))  # [G, H, l, c]
         if invalid is not None:
             sim.masked_fill_(invalid[:, None, None, :], float("-inf"))
         out[:, s : s + step] = sim.argmax(-1).transpose(1, 2)
@@ -142,18 +141,20 @@ def assign_centres(fn: Tensor, cn: Tensor, plan: ClusterPlan, alpha: Tensor, bet
     return out if plan.dense_index is None else out.index_select(0, plan.dense_index)
 
 
-def _dense_rows(rows: Tensor, plan: ClusterPlan) -> Tensor:
-    """``rows: [N, K]`` in the plan's dense ``[G * L, K]`` layout (padding rows zero)."""
-    if plan.dense_index is None:
-        return rows
-    slots = plan.num_groups * plan.max_group_size
-    if plan.dense_index.numel() == slots:  # a permutation of the slots: a gather, nothing to pad
-        order = torch.empty_like(plan.dense_index)
-        order[plan.dense_index] = torch.arange(slots, device=rows.device)
-        return rows.index_select(0, order)
-    dense = rows.new_zeros(slots, rows.size(1))
-    dense[plan.dense_index] = rows
-    return dense
+def _head_major(fn: Tensor, plan: ClusterPlan) -> Tensor:
+    """``fn: [N, H, d]`` in the plan's dense layout with the heads before the points, ``[G, H, L, d]``
+    (padding rows zero). Without padding it is one gather, and a chunk of ``L`` is contiguous."""
+    N, H, d = fn.shape
+    G, L = plan.num_groups, plan.max_group_size
+    if plan.dense_index is not None and plan.dense_index.numel() != G * L:  # padded groups
+        dense = fn.new_zeros(G * L, H, d)
+        dense[plan.dense_index] = fn
+        return dense.view(G, L, H, d).transpose(1, 2)
+    point = torch.arange(N, device=fn.device)  # the point in each slot
+    if plan.dense_index is not None:
+        point = torch.empty_like(point).index_copy_(0, plan.dense_index, point)
+    rows = point.view(G, 1, L) * H + torch.arange(H, device=fn.device).view(1, H, 1)  # row of [N * H, d]
+    return fn.reshape(N * H, d).index_select(0, rows.view(-1)).view(G, H, L, d)
 
 
 def context_cluster(
@@ -193,19 +194,27 @@ def context_cluster(
         means = _centre_means(torch.cat([f, v], dim=-1), plan)  # [G*c, H, 2d]
         centres = means[..., :d], means[..., d:]
     cf, vc = centres
+    # without gradients nothing keeps the [N, H, d] tensors made here or v: each is dropped
+    # (del) after its last use and products run in place on fresh gathers, a lower peak
     fn = F.normalize(f, dim=-1)
     cn = F.normalize(cf, dim=-1)
     local = assign_centres(fn.detach(), cn.detach().view(plan.num_groups, c, H, d), plan, alpha.detach(), beta.detach())
     centre = plan.group[:, None] * c + local  # [N, H]
     slot = (centre * H + torch.arange(H, device=f.device)).view(-1)  # row of [G*c*H, ...]
-    cos = (fn * cn.reshape(-1, d).index_select(0, slot).view(N, H, d)).sum(-1)
+    cos = _product(cn.reshape(-1, d).index_select(0, slot).view(N, H, d), fn).sum(-1)
+    del fn
     s = torch.sigmoid(beta + alpha * cos)  # [N, H] similarity to the assigned centre
     num = _index_add_rows(vc.reshape(-1, d), slot, (s.unsqueeze(-1) * v).view(-1, d))
+    del v
     weight = s.reshape(-1) if normalize == "similarity" else torch.ones_like(s).view(-1)
     den = _index_add_rows(weight.new_ones(num.size(0)), slot, weight)
     agg = num / den.unsqueeze(-1)
-    out = s.unsqueeze(-1) * agg.index_select(0, slot).view(N, H, d)
-    return out, centre
+    return _product(agg.index_select(0, slot).view(N, H, d), s.unsqueeze(-1)), centre
+
+
+def _product(fresh: Tensor, other: Tensor) -> Tensor:
+    """``fresh * other``, in place on ``fresh`` (a tensor nothing else holds) when there is no gradient."""
+    return other * fresh if torch.is_grad_enabled() else fresh.mul_(other)
 
 
 def _is_one_centre_per_group(plan: ClusterPlan) -> bool:
