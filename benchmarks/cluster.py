@@ -12,6 +12,8 @@ Cases (float32, batch 8):
      a fixed random 50% of the pixels (``pc.sample_pixels``), input points built once
   t  compiled: ``torch.compile(model)`` of coc_tiny in lattice mode, inference and training
      (``--compile-backend``; the warm-up step includes the compilation)
+  k  activation checkpointing: the training steps of d without it (``checkpoint_stages=0``)
+     and with the default (the blocks of the first two stages)
 
 Every row runs in fresh subprocesses (``--rounds`` of them, the implementations of a case
 alternating; the table gives medians) so that its peak memory is its own: on CPU the peak
@@ -55,6 +57,7 @@ CASES = {
     "i": (("grid", "points"), ["coc_tiny"]),
     "e": (("lattice", "point"), ["full", "discrete50"]),
     "t": (("compiled",), ["coc_tiny infer", "coc_tiny train"]),
+    "k": (("none", "checkpointed"), ["coc_tiny", "coc_tiny_plain"]),
 }
 #: QUOTED reference peak RSS in GB (published code, batch 8, 224x224, CPU, issue 13). No inference
 #: figure was recorded: the inference one is DERIVED, the points path's inference peak measured
@@ -100,8 +103,9 @@ def _model_step(pc, case: str, impl: str, name: str, device: str, backend: str) 
     model_name = name.split()[0] if case == "t" else ("coc_tiny" if case == "e" else name)
     if impl == "grid":
         model, inputs = pc.reference.create_model(model_name), lambda: images
-    elif case in ("d", "i"):  # the model turns the image tensor into points at every step
-        model, inputs = pc.create_model(model_name, mode="lattice"), lambda: images
+    elif case in ("d", "i", "k"):  # the model turns the image tensor into points at every step
+        stages = {"none": {"checkpoint_stages": 0}, "checkpointed": {}}.get(impl, {})
+        model, inputs = pc.create_model(model_name, mode="lattice", **stages), lambda: images
     else:
         mode = impl if case == "e" else "lattice"
         model, points = pc.create_model(model_name, mode=mode), pc.image_to_points(images)
@@ -204,7 +208,7 @@ def _merge_rounds(rows: List[Dict], device: str) -> List[Dict]:
 def _footer(device: str, threads: int) -> str:
     quoted = "; ".join(f"{n}: {g} GB" for (c, n), g in REFERENCE_GB.items() if c == "d")
     return "\n".join([
-        "A = the first implementation of each case (a-d, i: the grid reference; e: lattice mode); "
+        "A = the first implementation of each case (a-d, i: the grid reference; e: lattice mode; k: no checkpointing); "
         "CPU time / A = the median over rounds of the row's CPU seconds per step over A's in the same round; "
         "the other figures are medians over rounds.",
         f"QUOTED reference peak RSS (published code, training, batch 8, 224x224, CPU, issue 13): {quoted}; "
