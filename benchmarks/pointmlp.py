@@ -18,6 +18,7 @@ Two baselines:
     python benchmarks/pointmlp.py --quick               # pointmlp + pointmlp_coc, batch 4, eager (< 4 min)
     python benchmarks/pointmlp.py                       # all models, batch 4 and 8, eager + compiled at batch 4
     python benchmarks/pointmlp.py --models pointmlp_coc --batch-sizes 4 --compile both
+    python benchmarks/pointmlp.py --models pointmlp_coc --batch-sizes 4 --compile no --rounds 3   # medians
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -91,6 +93,7 @@ def run_one(
         "implementation": implementation,
         "compiled": "yes" if compiled else "no",
         "batch": batch,
+        "points": points,
         "device": device,
         "threads": torch.get_num_threads(),
         "s/step": wall,
@@ -125,36 +128,55 @@ def _spawn(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _ratio(value: float, base: Optional[float], target: object = None) -> str:
-    if not base:
+def _ratio(values: List[float], target: object = None) -> str:
+    """The median of ``values`` (none: empty), with its target."""
+    if not values:
         return ""
-    return f"{value / base:.2f}" + (f" (<= {target})" if target is not None else "")
+    return f"{statistics.median(values):.2f}" + (f" (<= {target})" if target is not None else "")
 
 
-def _with_ratios(r: Dict, measured: Dict) -> Dict:
-    """Add the ratios to the measured reference row of the same model and batch, and to the quoted
-    reference (CPU, batch 4 only: its setting). Reference rows get none.
+def _merge_rounds(rounds: List[List[Dict]]) -> List[Dict]:
+    """One row per configuration, the medians of its rounds, with its ratios.
 
+    A ratio to the measured reference is taken within each round (the reference ran right before
+    the pointcoc row) and then its median; the ratios to the quoted reference (batch 4, 1024
+    points, CPU: its setting) use the medians.
     The time target applies to both time ratios; the memory target to the quoted figure, which
-    issue 13 defines it against (peak RSS does not depend on the thread count)."""
-    if r["implementation"] == "reference":
-        return r
-    ref = measured.get((r["model"], r["batch"]))
-    quoted = REFERENCE.get(r["model"]) if r["batch"] == 4 and r["device"] == "cpu" else None
-    time_target, memory_target = TARGETS.get(r["model"], (None, None))
-    r = dict(r)
-    r["time / ref (target)"] = _ratio(r["s/step"], ref and ref["s/step"], time_target)
-    r["memory / ref"] = _ratio(r["peak RSS GB"], ref and ref["peak RSS GB"])
-    r["time / quoted (target)"] = _ratio(r["s/step"], quoted and quoted[0], time_target)
-    r["memory / quoted (target)"] = _ratio(r["peak RSS GB"], quoted and quoted[1], memory_target)
-    return r
+    issue 13 defines it against (peak RSS does not depend on the thread count). Reference rows
+    get no ratios."""
+    runs: Dict = {}
+    for results in rounds:
+        measured = {(r["model"], r["batch"]): r for r in results if r["implementation"] == "reference"}
+        for r in results:
+            key = (r["model"], r["implementation"], r["compiled"], r["batch"])
+            runs.setdefault(key, []).append((r, measured.get((r["model"], r["batch"]))))
+    return [_merged_row(pairs) for pairs in runs.values()]
+
+
+def _merged_row(pairs: List[Tuple[Dict, Optional[Dict]]]) -> Dict:
+    rows = [r for r, _ in pairs]
+    row = {k: (statistics.median(r[k] for r in rows) if isinstance(v, float) else v) for k, v in rows[0].items()}
+    row["rounds"] = len(rows)
+    if row["implementation"] == "reference":
+        return row
+    setting = (row["batch"], row["points"], row["device"]) == (4, 1024, "cpu")  # the quoted figures' setting
+    quoted = REFERENCE.get(row["model"]) if setting else None
+    time_target, memory_target = TARGETS.get(row["model"], (None, None))
+    paired = [(r, ref) for r, ref in pairs if ref is not None]
+    row["time / ref (target)"] = _ratio([r["s/step"] / ref["s/step"] for r, ref in paired], time_target)
+    row["memory / ref"] = _ratio([r["peak RSS GB"] / ref["peak RSS GB"] for r, ref in paired])
+    row["time / quoted (target)"] = _ratio([row["s/step"] / quoted[0]] if quoted else [], time_target)
+    row["memory / quoted (target)"] = _ratio([row["peak RSS GB"] / quoted[1]] if quoted else [], memory_target)
+    return row
 
 
 def _footer(results: List[Dict]) -> str:
     quoted = "; ".join(f"{m}: {t} s/step, {g} GB peak RSS" for m, (t, g) in REFERENCE.items())
     lines = [
         "Measured now: every row, and the ratios to the reference rows (`/ ref`: ReferencePointMLP, the released "
-        "layout, in its own process right before the pointcoc row of the same model and batch, same threads).",
+        "layout, in its own process right before the pointcoc row of the same model and batch, same threads). "
+        "rounds: runs of the row (--rounds); its figures are their medians, and a ratio to the reference row is "
+        "taken within each round, then its median.",
         f"QUOTED reference (published code, batch 4, 1024 points, CPU, 2-core machine kind, issue 13): {quoted}.",
         "Its threads are not recorded. The reference rows of a --threads 2 run come close to it, and the ratio "
         "issue 13 gave for this project's code then (0.71x for pointmlp_coc) matches 2-thread runs: `time / quoted` "
@@ -206,6 +228,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument(
         "--reference", choices=["yes", "no"], default="yes", help="run the released-layout reference rows"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of every row, each pointcoc row right after its reference (medians)"
+    )
     parser.add_argument("--out", help="also write the table to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-implementation", default="pointcoc", help=argparse.SUPPRESS)
@@ -222,14 +247,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(json.dumps(result))
         return
     configs = _configs(models, batches, compile_mode, args.reference == "yes")
-    results = _run_rows(args, configs)
-    measured = {(r["model"], r["batch"]): r for r in results if r["implementation"] == "reference"}
-    table = markdown_table([_with_ratios(r, measured) for r in results]) + "\n\n" + _footer(results)
+    rounds = [_run_rows(args, configs) for _ in range(args.rounds)]
+    results = [r for results in rounds for r in results]
+    table = markdown_table(_merge_rounds(rounds)) + "\n\n" + _footer(results)
     print(table)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(table + "\n")
-    failed = len(configs) - len(results)
+    failed = len(configs) * args.rounds - len(results)
     if failed:
         sys.exit(f"{failed} run(s) failed (their errors are above)")
 
