@@ -43,7 +43,14 @@ from typing import Callable, Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.harness import markdown_table, peak_cuda_gb, peak_rss_gb, pin_threads, time_steps  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    markdown_table,
+    median_row,
+    peak_cuda_gb,
+    peak_rss_gb,
+    pin_threads,
+    time_steps,
+)
 
 __all__ = ["CASES", "REFERENCE_GB", "TARGETS", "run_one", "main"]
 
@@ -189,9 +196,9 @@ def _merge_rounds(rows: List[Dict], device: str) -> List[Dict]:
     first: Dict = {}
     out = []
     for (case, what, impl), group in runs.items():
-        row = {k: (statistics.median(r[k] for r in group) if isinstance(v, float) else v) for k, v in group[0].items()}
-        row["round"] = len(group)
-        row["rounds"] = row.pop("round")
+        row = median_row(group)
+        del row["round"]
+        row["rounds"] = len(group)
         base = first.setdefault((case, what), group)
         alone = sum(1 for k in runs if k[:2] == (case, what)) == 1  # nothing to compare with
         base_cpu = {b["round"]: b["CPU s/step"] for b in base}

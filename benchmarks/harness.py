@@ -20,6 +20,7 @@ __all__ = [
     "time_steps",
     "median_step_times",
     "markdown_table",
+    "median_row",
     "matmul_gflop",
     "gemm_gflops",
 ]
@@ -122,6 +123,11 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def median_row(rows: Sequence[Dict]) -> Dict:
+    """The first of ``rows`` with each float field replaced by its median over all of them."""
+    return {k: (statistics.median(r[k] for r in rows) if isinstance(v, float) else v) for k, v in rows[0].items()}
 
 
 def markdown_table(rows: Sequence[Dict], columns: Sequence[str] = ()) -> str:

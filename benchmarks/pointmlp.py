@@ -38,6 +38,7 @@ from benchmarks.harness import (  # noqa: E402
     gemm_gflops,
     markdown_table,
     matmul_gflop,
+    median_row,
     peak_cuda_gb,
     peak_rss_gb,
     pin_threads,
@@ -155,7 +156,7 @@ def _merge_rounds(rounds: List[List[Dict]]) -> List[Dict]:
 
 def _merged_row(pairs: List[Tuple[Dict, Optional[Dict]]]) -> Dict:
     rows = [r for r, _ in pairs]
-    row = {k: (statistics.median(r[k] for r in rows) if isinstance(v, float) else v) for k, v in rows[0].items()}
+    row = median_row(rows)
     row["rounds"] = len(rows)
     if row["implementation"] == "reference":
         return row
